@@ -1,0 +1,59 @@
+"""The ``medhub`` command line: argument parsing only.
+
+Each module in this package that defines ``register(subparsers)`` adds its sub-commands; a command's
+handler is stored as ``func`` on its parser and receives the parsed namespace. Command modules import
+heavy libraries (torch, timm) inside their handlers, never at module level, so browsing stays instant.
+Any :class:`~medhub.errors.MedhubError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from medhub.errors import MedhubError
+
+DISCLAIMER = "Research software, not a medical device: never use its outputs for clinical decisions."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, with every command module's sub-commands registered."""
+    parser = argparse.ArgumentParser(
+        prog="medhub",
+        description="Pretrained checkpoints for medical imaging: browse, load, fine-tune, publish. " + DISCLAIMER,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if module_info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        if hasattr(module, "register"):
+            module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``medhub`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MedhubError as exc:
+        print(f"medhub: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medhub: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""``medhub results``: the matrix of reported results (model x task)."""
+
+from __future__ import annotations
+
+import argparse
+
+from medhub.cli._output import print_json, print_table
+from medhub.cli.browse import format_result
+from medhub.registry import load_registry
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``results``."""
+    p = subparsers.add_parser("results", help="reported results as a model x task table")
+    p.add_argument("--task", help="only this task")
+    p.add_argument("--model", help="only this checkpoint id, alias or random:<arch>")
+    p.add_argument("--metric", help="only this metric (auc, acc, dice)")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.set_defaults(func=cmd_results)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Print reported results, one row per (model, setting) and one column per task."""
+    results = load_registry().results_for(model=args.model, task=args.task)
+    if args.metric:
+        results = [r for r in results if r.metric == args.metric.lower()]
+    if args.json:
+        print_json([{"id": f"{r.model}/{r.task}/{r.metric}", **r.model_dump(mode="json")} for r in results])
+        return 0
+    if args.task or args.model:
+        rows = [(r.model, r.task, format_result(r)) for r in results]
+        print_table(["model", "task", "result"], rows, title=f"{len(rows)} reported results")
+        return 0
+    tasks = sorted({r.task for r in results})
+    matrix: dict[tuple, dict[str, str]] = {}
+    for r in results:
+        setting = ", ".join(f"{k}={v}" for k, v in r.setting.items())
+        std = f"±{r.std:.3f}" if r.std is not None else ""
+        matrix.setdefault((r.model, setting, r.metric), {})[r.task] = f"{r.mean:.3f}{std}"
+    rows = [(m, s, metric.upper(), *(cells.get(t, "") for t in tasks)) for (m, s, metric), cells in sorted(matrix.items())]
+    print_table(["model", "setting", "metric", *tasks], rows, title="Reported results (0-1 scale)")
+    return 0

@@ -1,0 +1,272 @@
+"""Load, validate and query the registry: the built-in ``registry.yaml`` plus the user's overlays.
+
+Overlays come from ``MEDHUB_REGISTRY=path1:path2`` and ``~/.config/medhub/registry.d/*.yaml``; they merge
+over the built-in file, and an id defined twice is an error that names both files. Loading never
+imports torch or timm; the deep checks against timm live in :mod:`medhub.registry_check`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from medhub.errors import RegistryError, UnknownModelError, UnknownTaskError
+from medhub.schema import RANDOM_PREFIX, Checkpoint, ReportedResult, Task
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SECTIONS = ("checkpoints", "tasks", "results")
+
+
+def builtin_registry_path() -> Path:
+    """The registry shipped with medhub: inside the wheel, or at the top of a source checkout."""
+    shipped = PACKAGE_DIR / "_data" / "registry.yaml"
+    return shipped if shipped.exists() else PACKAGE_DIR.parent / "registry.yaml"
+
+
+def config_dir() -> Path:
+    """medhub's per-user configuration folder (``$XDG_CONFIG_HOME/medhub`` or ``~/.config/medhub``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "medhub"
+
+
+def user_overlay_dir() -> Path:
+    """Folder whose ``*.yaml`` files merge over the built-in registry."""
+    return config_dir() / "registry.d"
+
+
+def overlay_paths() -> list[Path]:
+    """Overlay files in merge order: ``MEDHUB_REGISTRY`` entries first, then ``registry.d/*.yaml``."""
+    paths = [Path(p) for p in os.environ.get("MEDHUB_REGISTRY", "").split(os.pathsep) if p]
+    folder = user_overlay_dir()
+    if folder.is_dir():
+        paths += sorted(folder.glob("*.yaml"))
+    return paths
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses duplicate mapping keys."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def read_yaml(path: Path) -> dict:
+    """Parse one registry file, refusing duplicate keys; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read registry file ({exc.strerror}); check the path", path=path) from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RegistryError(f"{path}:{line}: invalid YAML: {problem}; fix the file and retry", path=path) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not set(data) <= {*SECTIONS, "version"}:
+        raise RegistryError(
+            f"{path}: a registry file is a mapping with sections {', '.join(SECTIONS)}; found "
+            f"{sorted(data) if isinstance(data, dict) else type(data).__name__}",
+            path=path,
+        )
+    return data
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(entry)"
+    return f"field '{where}': {first['msg']}"
+
+
+def _parse_entries(path: Path, data: dict) -> tuple[dict, dict, list]:
+    """Validate one file's sections into schema objects; errors name file, entry and field."""
+    checkpoints, tasks, results = {}, {}, []
+    for section, model, store in (("checkpoints", Checkpoint, checkpoints), ("tasks", Task, tasks)):
+        entries = data.get(section) or {}
+        if not isinstance(entries, dict):
+            raise RegistryError(f"{path}: '{section}' must map ids to entries", path=path)
+        for entry_id, body in entries.items():
+            if not isinstance(body, dict):
+                raise RegistryError(f"{path}: {section}.{entry_id}: entry must be a mapping", path=path)
+            try:
+                store[entry_id] = model(id=entry_id, **body)
+            except ValidationError as exc:
+                raise RegistryError(f"{path}: {section}.{entry_id}: {_describe(exc)}", path=path) from exc
+            except TypeError as exc:
+                raise RegistryError(f"{path}: {section}.{entry_id}: {exc}", path=path) from exc
+    raw_results = data.get("results") or []
+    if not isinstance(raw_results, list):
+        raise RegistryError(f"{path}: 'results' must be a list of results", path=path)
+    for index, body in enumerate(raw_results):
+        try:
+            results.append(ReportedResult(**body))
+        except (ValidationError, TypeError) as exc:
+            detail = _describe(exc) if isinstance(exc, ValidationError) else str(exc)
+            label = f"{body.get('model')}/{body.get('task')}" if isinstance(body, dict) else index
+            raise RegistryError(f"{path}: results[{index}] ({label}): {detail}", path=path) from exc
+    return checkpoints, tasks, results
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Validated, immutable registry contents with the file each entry came from."""
+
+    checkpoints: dict[str, Checkpoint]
+    tasks: dict[str, Task]
+    results: tuple[ReportedResult, ...]
+    origin: dict[str, Path] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    # ---- queries -------------------------------------------------------------------------
+    def resolve_id(self, name: str) -> str:
+        """Canonical id for an id or alias; raises :class:`UnknownModelError` with suggestions."""
+        if name in self.checkpoints:
+            return name
+        if name in self.aliases:
+            return self.aliases[name]
+        close = difflib.get_close_matches(name, [*self.checkpoints, *self.aliases], n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; run 'medhub list' to see every id"
+        raise UnknownModelError(f"unknown checkpoint '{name}'{hint}", model_id=name, suggestions=close)
+
+    def get_model(self, name: str) -> Checkpoint:
+        """The checkpoint entry for an id or alias."""
+        return self.checkpoints[self.resolve_id(name)]
+
+    def get_task(self, name: str) -> Task:
+        """The task entry for an id; raises :class:`UnknownTaskError` with suggestions."""
+        if name in self.tasks:
+            return self.tasks[name]
+        close = difflib.get_close_matches(name, list(self.tasks), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; run 'medhub tasks' to see every task"
+        raise UnknownTaskError(f"unknown task '{name}'{hint}", task_id=name, suggestions=close)
+
+    def list_models(
+        self,
+        pattern: str | None = None,
+        *,
+        arch: str | None = None,
+        objective: str | None = None,
+        data: str | None = None,
+        task: str | None = None,
+    ) -> list[Checkpoint]:
+        """Checkpoints matching every given filter (shell-style wildcards, case-insensitive)."""
+        with_task = {r.model for r in self.results if task and r.task == task}
+        found = []
+        for entry in self.checkpoints.values():
+            if pattern and not _any_match([entry.id, *entry.aliases], pattern):
+                continue
+            if arch and not _any_match([entry.arch, entry.family, entry.id.split("_")[0]], arch):
+                continue
+            if objective and not _any_match([entry.objective, *(s.objective for s in entry.lineage)], objective):
+                continue
+            if data and not _any_match(list(entry.data_chain), data):
+                continue
+            if task and entry.id not in with_task:
+                continue
+            found.append(entry)
+        return sorted(found, key=lambda e: e.id)
+
+    def results_for(self, *, model: str | None = None, task: str | None = None) -> list[ReportedResult]:
+        """Reported results filtered by model (id, alias or ``random:arch``) and/or task."""
+        if model and not model.startswith(RANDOM_PREFIX):
+            model = self.resolve_id(model)
+        if task:
+            self.get_task(task)
+        return [r for r in self.results if (not model or r.model == model) and (not task or r.task == task)]
+
+
+def _any_match(values: list[str], pattern: str) -> bool:
+    pattern = pattern.lower()
+    return any(fnmatch.fnmatchcase(v.lower(), pattern) for v in values)
+
+
+def merge(files: list[Path]) -> Registry:
+    """Merge registry files in order; an id or alias defined twice names both files."""
+    checkpoints: dict[str, Checkpoint] = {}
+    tasks: dict[str, Task] = {}
+    results: list[ReportedResult] = []
+    origin: dict[str, Path] = {}
+    aliases: dict[str, str] = {}
+    for path in files:
+        new_ckpts, new_tasks, new_results = _parse_entries(path, read_yaml(path))
+        for kind, new, store in (("checkpoint", new_ckpts, checkpoints), ("task", new_tasks, tasks)):
+            for entry_id, entry in new.items():
+                key = f"{kind}:{entry_id}"
+                if key in origin or (kind == "checkpoint" and entry_id in aliases):
+                    first = origin.get(key) or origin[f"checkpoint:{aliases[entry_id]}"]
+                    raise RegistryError(
+                        f"{kind} id '{entry_id}' is defined in both {first} and {path}; rename one of them",
+                        path=path,
+                    )
+                store[entry_id] = entry
+                origin[key] = path
+        for entry in new_ckpts.values():
+            for alias in entry.aliases:
+                if alias in aliases or alias in checkpoints:
+                    other = origin[f"checkpoint:{aliases.get(alias, alias)}"]
+                    raise RegistryError(
+                        f"alias '{alias}' of '{entry.id}' ({path}) clashes with an id or alias in {other}",
+                        path=path,
+                    )
+                aliases[alias] = entry.id
+        results.extend(new_results)
+    registry = Registry(checkpoints, tasks, tuple(results), origin, aliases)
+    check_references(registry)
+    return registry
+
+
+def check_references(registry: Registry) -> None:
+    """Every reported result names an existing task and a known model (or ``random:<arch>``)."""
+    for result in registry.results:
+        if result.task not in registry.tasks:
+            raise RegistryError(f"result {result.model}/{result.task}: task '{result.task}' is not registered")
+        if not result.is_baseline and result.model not in registry.checkpoints:
+            raise RegistryError(
+                f"result {result.model}/{result.task}: model '{result.model}' is not a registered checkpoint"
+            )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(stamp: tuple[tuple[str, int], ...]) -> Registry:
+    return merge([Path(path) for path, _ in stamp])
+
+
+def load_registry() -> Registry:
+    """The built-in registry merged with the user's overlays, validated once per set of files.
+
+    >>> reg = load_registry()
+    >>> reg.get_model("resnet50_imagenet1k").arch
+    'resnet50'
+    """
+    files = [builtin_registry_path(), *overlay_paths()]
+    for path in files:
+        if not path.is_file():
+            raise RegistryError(f"{path}: registry file not found; fix MEDHUB_REGISTRY or reinstall medhub", path=path)
+    return _load_cached(tuple((str(p), p.stat().st_mtime_ns) for p in files))
+
+
+def clear_cache() -> None:
+    """Forget the loaded registry (after writing an overlay)."""
+    _load_cached.cache_clear()

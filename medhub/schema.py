@@ -1,0 +1,274 @@
+"""The registry's data model: checkpoints, tasks and reported results (pydantic, immutable).
+
+Unknown facts are ``None`` together with a ``notes`` entry that says so; nothing here guesses.
+The ids follow ``<arch>[_<objective>]_<data1>[_<data2>...]`` with the oldest data first.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_.\-]*$"
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+RANDOM_PREFIX = "random:"
+
+TaskType = Literal["multi-label", "binary", "multi-class", "ordinal", "segmentation"]
+SourceKind = Literal["medhub_hf", "timm_hf", "url", "manual", "local"]
+
+
+class Frozen(BaseModel):
+    """Base for every registry record: unknown fields are errors, values never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LineageStage(Frozen):
+    """One pretraining stage, in the order the stages ran."""
+
+    dataset: str = Field(description="data token, e.g. imagenet1k, chestxray14, mimiccxr")
+    objective: str = Field(description="supervised, mocov2, swav, simmim, ...")
+    epochs: int | None = None
+    source: str | None = Field(None, description="who ran this stage (repo, paper)")
+    notes: str | None = None
+
+
+class WeightSource(Frozen):
+    """One place the weights can come from, tried in the order listed."""
+
+    kind: SourceKind
+    repo: str | None = Field(None, description="HF repo id for medhub_hf / timm_hf")
+    revision: str | None = Field(None, description="40-hex commit for medhub_hf")
+    filename: str | None = None
+    url: str | None = None
+    format: str | None = Field(None, description="converter format name (see medhub.convert)")
+    sha256: str | None = None
+    notes: str | None = None
+
+    @field_validator("revision")
+    @classmethod
+    def _commit_is_hex(cls, value: str | None) -> str | None:
+        if value is not None and not COMMIT_RE.match(value):
+            raise ValueError(f"revision must be a 40-hex commit id, got {value!r}")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256_is_hex(cls, value: str | None) -> str | None:
+        if value is not None and not SHA256_RE.match(value):
+            raise ValueError(f"sha256 must be 64 lowercase hex characters, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _has_location(self) -> WeightSource:
+        if self.kind in ("medhub_hf", "timm_hf") and not self.repo:
+            raise ValueError(f"a {self.kind} source needs 'repo'")
+        if self.kind == "medhub_hf" and not self.revision:
+            raise ValueError("a medhub_hf source needs 'revision' pinned to a 40-hex commit")
+        if self.kind == "url" and not self.url:
+            raise ValueError("a url source needs 'url'")
+        return self
+
+
+class Preprocessing(Frozen):
+    """The input contract: what the network expects to see."""
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    notes: str | None = None
+
+    @model_validator(mode="after")
+    def _stats_match_channels(self) -> Preprocessing:
+        channels = self.input_size[0]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"mean/std need {channels} values for input_size {list(self.input_size)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class Head(Frozen):
+    """Names timm uses for the classifier and first conv, and what the shipped head predicts."""
+
+    classifier: str = Field(description="state-dict prefix of the classifier, e.g. fc or head.fc")
+    first_conv: str = Field(description="state-dict prefix of the first conv, e.g. conv1 or patch_embed.proj")
+    num_classes: int | None = Field(None, description="classes of the shipped head; 0 or None when it has none")
+    label_names: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _labels_match_classes(self) -> Head:
+        if self.label_names is not None and len(self.label_names) != (self.num_classes or 0):
+            raise ValueError(
+                f"head has {len(self.label_names)} label_names but num_classes={self.num_classes}"
+            )
+        return self
+
+
+class Licence(Frozen):
+    """Licence of the weights, and the terms of use of the data they were trained on."""
+
+    weights: str | None = Field(None, description="SPDX id or a short name; None when unknown")
+    data_terms: str | None = None
+    url: str | None = None
+    notes: str | None = None
+
+
+class Paper(Frozen):
+    """Where the checkpoint (or its benchmark) was described."""
+
+    title: str
+    citation: str | None = None
+    doi: str | None = None
+    url: str | None = None
+
+
+class Recipe(Frozen):
+    """How to produce weights that no one has published yet."""
+
+    command: str
+    notes: str | None = None
+
+
+class Checkpoint(Frozen):
+    """One pretrained checkpoint with its provenance."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    aliases: tuple[str, ...] = ()
+    arch: str = Field(description="timm architecture name")
+    arch_kwargs: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    family: str = Field(description="resnet, densenet, convnext, swin, vit, deit, beit")
+    objective: str = Field(description="objective of the last stage, or 'supervised'")
+    lineage: tuple[LineageStage, ...]
+    sources: tuple[WeightSource, ...] = ()
+    preprocessing: Preprocessing = Preprocessing()
+    head: Head
+    licence: Licence = Licence()
+    paper: Paper | None = None
+    benchmarks: tuple[str, ...] = Field((), description="papers/figures this checkpoint appears in")
+    recipe: Recipe | None = None
+    notes: tuple[str, ...] = ()
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_are_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for alias in value:
+            if not re.match(ID_PATTERN, alias):
+                raise ValueError(f"alias {alias!r} is not a valid id")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_or_recipe(self) -> Checkpoint:
+        if not self.lineage:
+            raise ValueError("lineage needs at least one stage")
+        if not self.sources and self.recipe is None:
+            raise ValueError("a checkpoint needs weight sources, or a recipe saying how to produce them")
+        return self
+
+    @property
+    def data_chain(self) -> tuple[str, ...]:
+        """Datasets of the lineage, oldest first."""
+        return tuple(stage.dataset for stage in self.lineage)
+
+    @property
+    def published(self) -> bool:
+        """True when at least one source of weights is recorded."""
+        return bool(self.sources)
+
+
+class Split(Frozen):
+    """How a task's data is divided."""
+
+    name: str
+    size: int | None = None
+    definition: str | None = Field(None, description="official list file, ratio, or rule")
+
+
+class Protocol(Frozen):
+    """The fine-tuning recipe the benchmark used for a task."""
+
+    recipe: str = Field(description="benchmark_classification, benchmark_segmentation, medmnist_v2, ...")
+    optimizer: str = "adam"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    max_epochs: int = 1000
+    scheduler: str | None = "reduce_on_plateau"
+    scheduler_kwargs: dict[str, float | int | str | list[float]] = Field(default_factory=dict)
+    early_stopping_patience: int | None = 10
+    loss: str = "bce"
+    img_size: int = 224
+    normalization: str = "imagenet"
+    train_augment: tuple[str, ...] = ()
+    eval_transform: str | None = None
+    test_transform: str | None = None
+    selection: str = Field("val_loss", description="what picks the best epoch: val_loss or val_auc")
+    decoder: str | None = Field(None, description="segmentation decoder, e.g. unet")
+    source: str | None = None
+    notes: str | None = None
+
+
+class DataLayout(Frozen):
+    """What the reader expects on disk, relative to the task's data folder."""
+
+    reader: str = Field(description="medmnist_npz, nih_cxr14, chexpert, image_folder, csv_manifest, ...")
+    description: str
+    files: tuple[str, ...] = ()
+    download: str | None = Field(None, description="where the data comes from (URL or instructions)")
+    md5: dict[str, str] = Field(default_factory=dict, description="official md5 per file, when known")
+
+
+class Task(Frozen):
+    """A downstream task of the benchmark."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    name: str
+    code: str | None = Field(None, description="the benchmark's short code, e.g. DXC14")
+    modality: str
+    type: TaskType
+    labels: tuple[str, ...]
+    metric: str = Field(description="auc, acc or dice")
+    splits: tuple[Split, ...]
+    protocol: Protocol
+    layout: DataLayout
+    licence: Licence = Licence()
+    paper: Paper | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        """Outputs of the network's head for this task."""
+        return 1 if self.type == "binary" else len(self.labels)
+
+
+class ReportedResult(Frozen):
+    """A published number for one (model, task) pair."""
+
+    model: str = Field(description="a checkpoint id, or random:<timm arch> for a from-scratch baseline")
+    task: str
+    metric: str
+    mean: float = Field(description="on the 0-1 scale (AUC, accuracy, Dice)")
+    std: float | None = None
+    runs: int | None = None
+    setting: dict[str, int | float | str] = Field(
+        default_factory=dict, description="what distinguishes this number, e.g. img_size, label_fraction"
+    )
+    source: str
+    notes: str | None = None
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _on_unit_scale(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"results are stored on the 0-1 scale, got {value}")
+        return value
+
+    @property
+    def is_baseline(self) -> bool:
+        """True for from-scratch baselines (``random:<arch>``)."""
+        return self.model.startswith(RANDOM_PREFIX)

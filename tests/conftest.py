@@ -1,0 +1,43 @@
+"""Test isolation: every test gets its own HOME, config, caches and Hub settings; nothing reaches the internet."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# huggingface_hub reads these at import time: set them before anything imports it.
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDHUB_SHARED", ROOT.parent / "shared"))
+DATA = SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``: real medical images. Missing data is a failure, never a silent skip."""
+    if not DATA.is_dir():
+        pytest.fail(f"{DATA} is missing: the tests need ../shared/data beside the repository (or MEDHUB_SHARED)")
+    return DATA
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch) -> Path:
+    """A fresh HOME, XDG config/cache, HF cache and medhub cache for each test."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("HF_HOME", str(home / ".cache" / "huggingface"))
+    monkeypatch.setenv("MEDHUB_HOME", str(home / ".cache" / "medhub"))
+    monkeypatch.delenv("MEDHUB_REGISTRY", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from medhub.registry import clear_cache
+
+    clear_cache()
+    return home
