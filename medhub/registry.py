@@ -270,3 +270,32 @@ def load_registry() -> Registry:
 def clear_cache() -> None:
     """Forget the loaded registry (after writing an overlay)."""
     _load_cached.cache_clear()
+
+
+def write_overlay_entry(entry: Checkpoint, filename: str = "user.yaml") -> Path:
+    """Add or replace ``entry`` in the user's overlay file (atomically) so it loads by its id at once.
+
+    The file is ``~/.config/medhub/registry.d/<filename>``. An id that the built-in registry or another
+    overlay file already defines is refused (ids are never silently shadowed).
+    """
+    from medhub._io import atomic_write_text
+
+    path = user_overlay_dir() / filename
+    data = read_yaml(path) if path.exists() else {}
+    checkpoints = dict(data.get("checkpoints") or {})
+    others = [p for p in [builtin_registry_path(), *overlay_paths()] if p.exists() and p.resolve() != path.resolve()]
+    taken = merge(others) if others else None
+    if taken and (entry.id in taken.checkpoints or entry.id in taken.aliases):
+        first = taken.origin.get(f"checkpoint:{taken.aliases.get(entry.id, entry.id)}")
+        raise RegistryError(
+            f"checkpoint id '{entry.id}' is already defined in {first}; choose another id (--id)", path=path
+        )
+    body = entry.model_dump(mode="json", exclude_defaults=True, exclude={"id"})
+    checkpoints[entry.id] = body
+    data = {"version": 1, **data, "checkpoints": checkpoints}
+    text = "# medhub user overlay: entries written by medhub push / medhub adapt\n" + yaml.safe_dump(
+        data, sort_keys=False, allow_unicode=True
+    )
+    atomic_write_text(path, text)
+    clear_cache()
+    return path
