@@ -69,3 +69,7 @@ class OfflineError(MedhubError, OSError):
 
 class UsageError(MedhubError, ValueError):
     """An option or argument combination that cannot work."""
+
+
+class DownloadError(MedhubError, OSError):
+    """A download from an original URL that failed or broke off (a rerun resumes it)."""

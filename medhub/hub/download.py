@@ -1,0 +1,298 @@
+"""Downloads: original URLs (streamed, resumable, verified) and Hugging Face Hub files.
+
+This package is the only place that imports ``huggingface_hub``. Every function reads ``HF_ENDPOINT`` and
+``HF_HUB_OFFLINE`` from the environment at call time, so a server or an offline switch configured after
+import still applies.
+
+URL downloads stream into ``<dest>.part`` with a progress bar, resume from that file with an HTTP ``Range``
+request, verify the sha256 when one is known, and only then rename the file into place. A checksum mismatch
+deletes the download and raises :class:`~medhub.errors.ChecksumError`: a bad file is never cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from medhub.errors import ChecksumError, DownloadError, HubError, OfflineError
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+USER_AGENT = "medhub (+https://github.com/medhub)"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for cache-only operation."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in _TRUE
+
+
+def hub_endpoint() -> str:
+    """The Hub the client talks to: ``HF_ENDPOINT``, or huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+# ---- original URLs ----------------------------------------------------------------------------------------
+
+
+def download_url(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    progress: bool = True,
+    local_files_only: bool = False,
+    timeout: float = 60.0,
+) -> Path:
+    """Download ``url`` to ``dest`` (streamed, atomic, resumable) and verify its sha256.
+
+    An existing ``dest`` is reused (after checking ``sha256`` when given). An interrupted download leaves
+    ``<dest>.part`` behind; the next call resumes it with an HTTP ``Range`` request.
+
+    Args:
+        url: ``http(s)://`` or ``file://`` address.
+        dest: final path of the file.
+        sha256: expected hex digest; a mismatch deletes the file and raises :class:`ChecksumError`.
+        progress: show a tqdm progress bar on stderr.
+        local_files_only: never touch the network (also implied by ``HF_HUB_OFFLINE=1``).
+        timeout: seconds to wait for the server on connect and on each read.
+
+    Returns:
+        The path of the verified file.
+
+    >>> path = download_url("https://example.org/w.pth", "/tmp/w.pth", sha256=None)  # doctest: +SKIP
+    """
+    from filelock import FileLock
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        if dest.exists():
+            _verify(dest, sha256, url)
+            logger.info("using cached %s", dest)
+            return dest
+        if local_files_only or is_offline():
+            raise OfflineError(
+                f"{url} is not cached (expected at {dest}); go online (unset HF_HUB_OFFLINE) and run the "
+                "same call once to download it",
+                url=url,
+                path=dest,
+            )
+        part = dest.with_name(dest.name + ".part")
+        digest = _stream(url, part, progress=progress, timeout=timeout)
+        if sha256 and digest != sha256.lower():
+            part.unlink(missing_ok=True)
+            raise ChecksumError(
+                f"sha256 mismatch for {url}: expected {sha256}, got {digest}; the file was deleted, not "
+                "cached. The source may have changed or been tampered with: check the URL and the registry",
+                url=url,
+                expected=sha256,
+                actual=digest,
+            )
+        os.replace(part, dest)
+    logger.info("downloaded %s -> %s", url, dest)
+    return dest
+
+
+def _verify(path: Path, sha256: str | None, url: str) -> None:
+    """Check a cached file; a mismatch deletes it and raises :class:`ChecksumError`."""
+    if not sha256:
+        return
+    digest = _hash_file(path, hashlib.sha256())
+    if digest != sha256.lower():
+        path.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"cached file {path} (from {url}) has sha256 {digest}, expected {sha256}; it was deleted. "
+            "Run the same call again to download a fresh copy",
+            path=path,
+            expected=sha256,
+            actual=digest,
+        )
+
+
+def _hash_file(path: Path, digest: hashlib._Hash) -> str:
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _open(url: str, offset: int, timeout: float):
+    """Open ``url``, asking for bytes from ``offset`` on; returns ``(response, resumed)``."""
+    headers = {"User-Agent": USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s)/file by design
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # the .part is already complete or larger than the file
+            return None, False
+        raise DownloadError(
+            f"cannot download {url}: HTTP {exc.code} {exc.reason}; check the URL or fetch the file by hand",
+            url=url,
+            status=exc.code,
+        ) from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DownloadError(
+            f"cannot download {url}: {reason}; check the network connection and the URL", url=url
+        ) from exc
+    status = getattr(response, "status", None) or response.getcode()
+    return response, bool(offset) and status == 206
+
+
+def _stream(url: str, part: Path, *, progress: bool, timeout: float) -> str:
+    """Fill ``part`` with the bytes of ``url`` (resuming it if possible); return the sha256 of the whole file."""
+    from tqdm.auto import tqdm
+
+    offset = part.stat().st_size if part.exists() else 0
+    response, resumed = _open(url, offset, timeout)
+    if response is None:  # 416: start over
+        part.unlink(missing_ok=True)
+        offset = 0
+        response, resumed = _open(url, 0, timeout)
+    digest = hashlib.sha256()
+    if resumed:
+        _hash_file(part, digest)
+        logger.info("resuming %s at byte %d", url, offset)
+    else:
+        offset = 0
+    length = response.headers.get("Content-Length")
+    total = offset + int(length) if length and length.isdigit() else None
+    received = offset
+    with contextlib.closing(response), open(part, "ab" if resumed else "wb") as out, tqdm(
+        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+        desc=Path(part.name).stem, disable=not progress, leave=False,
+    ) as bar:  # fmt: skip
+        try:
+            for chunk in iter(lambda: response.read(CHUNK), b""):
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as exc:
+            raise DownloadError(
+                f"download of {url} broke off after {received} bytes ({exc}); run the same call again to "
+                f"resume from {part}",
+                url=url,
+                path=part,
+            ) from exc
+        out.flush()
+        os.fsync(out.fileno())
+    if total is not None and received != total:
+        raise DownloadError(
+            f"download of {url} stopped at {received} of {total} bytes; run the same call again to resume "
+            f"from {part}",
+            url=url,
+            path=part,
+        )
+    return digest.hexdigest()
+
+
+# ---- Hugging Face Hub -------------------------------------------------------------------------------------
+
+
+def hf_file(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Path:
+    """One file of a Hub repo, from the cache or ``HF_ENDPOINT``.
+
+    Args:
+        repo_id: ``org/name``.
+        filename: path inside the repo.
+        revision: branch, tag or (preferably) a 40-hex commit.
+        cache_dir: Hub cache folder; default ``$HF_HOME/hub``.
+        local_files_only: use the cache only (also implied by ``HF_HUB_OFFLINE=1``).
+        token: Hub token; ``None`` uses ``HF_TOKEN`` or the saved login.
+
+    Returns:
+        Path of the cached file.
+    """
+    from huggingface_hub import hf_hub_download
+
+    offline = local_files_only or is_offline()
+    try:
+        path = hf_hub_download(
+            repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=offline,
+            token=token, endpoint=os.environ.get("HF_ENDPOINT") or None,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - every client error becomes one medhub error
+        raise _hub_error(exc, repo_id, filename, revision, offline) from exc
+    return Path(path)
+
+
+def hf_snapshot(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    allow_patterns: list[str] | str | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """A folder holding the files of a Hub repo at ``revision`` (restricted to ``allow_patterns``).
+
+    Same arguments as :func:`hf_file`; returns the snapshot folder.
+    """
+    from huggingface_hub import snapshot_download
+
+    offline = local_files_only or is_offline()
+    try:
+        path = snapshot_download(
+            repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline, token=token,
+            allow_patterns=allow_patterns, endpoint=os.environ.get("HF_ENDPOINT") or None,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001
+        raise _hub_error(exc, repo_id, None, revision, offline) from exc
+    return Path(path)
+
+
+def _hub_error(
+    exc: Exception, repo_id: str, filename: str | None, revision: str | None, offline: bool
+) -> Exception:
+    """Translate a huggingface_hub exception into a one-line medhub error (never mentions a token)."""
+    from huggingface_hub import errors
+
+    if not isinstance(exc, (OSError, errors.EntryNotFoundError, errors.HfHubHTTPError, ValueError)):
+        return exc  # a programming error: let it surface unchanged
+    what = f"{repo_id}{'/' + filename if filename else ''}@{revision or 'main'}"
+    endpoint = hub_endpoint()
+    if offline and isinstance(
+        exc, (errors.LocalEntryNotFoundError, FileNotFoundError, errors.EntryNotFoundError)
+    ):
+        return OfflineError(
+            f"{what} is not in the local Hub cache and offline mode is on; unset HF_HUB_OFFLINE (or pass "
+            f"local_files_only=False) and load it once from {endpoint} to cache it",
+            repo_id=repo_id,
+            filename=filename,
+            revision=revision,
+        )
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        detail = f"repository {repo_id} not found on {endpoint} (if it is private, set HF_TOKEN)"
+    elif isinstance(exc, errors.RevisionNotFoundError):
+        detail = f"revision {revision} not found in {repo_id} on {endpoint}"
+    elif isinstance(exc, (errors.RemoteEntryNotFoundError, errors.EntryNotFoundError)) and not isinstance(
+        exc, errors.LocalEntryNotFoundError
+    ):
+        detail = f"{filename or 'file'} not found in {repo_id}@{revision or 'main'} on {endpoint}"
+    elif isinstance(exc, errors.LocalEntryNotFoundError):
+        detail = f"cannot reach {endpoint} for {what} and it is not cached; check the network and HF_ENDPOINT"
+    else:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = f"Hub request for {what} at {endpoint} failed: {first}"
+    return HubError(detail, repo_id=repo_id, filename=filename, revision=revision)
