@@ -1,0 +1,197 @@
+"""The static site: complete, linked, with embedded data, and its search really filters in headless Chromium."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from medhub.cards.site import build_site
+from medhub.cli import main
+from medhub.registry import load_registry, merge
+
+TEST_REGISTRY = Path(__file__).parent / "data" / "cards_registry.yaml"
+CHROMIUM = os.environ.get("MEDHUB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    build_site(out, registry=merge([TEST_REGISTRY]))
+    return out
+
+
+def embedded_data(index: Path) -> dict:
+    match = re.search(r"<script>window\.MEDHUB = (.*?);</script>", index.read_text(encoding="utf-8"), re.S)
+    assert match, "index.html embeds no data object"
+    return json.loads(match.group(1))
+
+
+def test_site_has_index_cards_leaderboards_and_charts(site):
+    registry = merge([TEST_REGISTRY])
+    data = embedded_data(site / "index.html")
+    assert sorted(m["id"] for m in data["models"]) == sorted(registry.checkpoints)
+    moco = next(m for m in data["models"] if m["id"] == "resnet50_mocov2_imagenet1k")
+    assert (
+        moco["objectives"] == ["mocov2"] and moco["tasks"] == ["shenzhen_tb"] and moco["family"] == "resnet"
+    )
+    for cid in registry.checkpoints:
+        page = (site / "cards" / f"{cid}.html").read_text(encoding="utf-8")
+        assert "<h2>Lineage</h2>" in page and "<table>" in page and "not a medical device" in page
+    card = (site / "cards" / "resnet50_imagenet1k_chestxray14.html").read_text(encoding="utf-8")
+    assert "<td>0.8312 ± 0.0008</td>" in card and "ChestX-ray14 (NIH)" in card
+    board = (site / "tasks" / "shenzhen_tb.html").read_text(encoding="utf-8")
+    order = [
+        board.index(name)
+        for name in (
+            "resnet50_imagenet1k_chestxray14",
+            "resnet50_mocov2_imagenet1k",
+            "random init (resnet50)",
+        )
+    ]
+    assert order == sorted(order), "leaderboard is not sorted by mean"
+    svg = (site / "tasks" / "shenzhen_tb.svg").read_text(encoding="utf-8")
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    assert not (site / "tasks" / "nonexistent.svg").exists()
+
+
+def test_every_relative_link_resolves(site):
+    pages = list(site.rglob("*.html"))
+    assert len(pages) >= 4 + 2 + 2
+    for page in pages:
+        for target in re.findall(r'(?:href|src)="([^"#?]+)', page.read_text(encoding="utf-8")):
+            assert not target.startswith(("http:", "https:", "/")), f"{page.name}: non-relative link {target}"
+            assert (page.parent / target).resolve().exists(), (
+                f"{page.relative_to(site)} links to missing {target}"
+            )
+
+
+def test_html_is_escaped(tmp_path):
+    text = TEST_REGISTRY.read_text().replace("Paper B, fig 2", "<script>alert(1)</script>")
+    registry_file = tmp_path / "r.yaml"
+    registry_file.write_text(text)
+    build_site(tmp_path / "out", registry=merge([registry_file]))
+    board = (tmp_path / "out" / "tasks" / "shenzhen_tb.html").read_text(encoding="utf-8")
+    assert "<script>alert(1)</script>" not in board and "&lt;script&gt;alert(1)&lt;/script&gt;" in board
+
+
+def test_site_build_cli_uses_the_registry(tmp_path, capsys):
+    out = tmp_path / "site"
+    assert main(["site", "build", str(out)]) == 0
+    assert "site written" in capsys.readouterr().out
+    ids = {m["id"] for m in embedded_data(out / "index.html")["models"]}
+    assert ids == set(load_registry().checkpoints)
+    assert main(["site", "build", str(out), "--results-db", "sqlite:///x.db"]) == 2
+    assert "--results-db" in capsys.readouterr().err
+
+
+# ---- a real browser ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        pytest.fail(
+            f"Debian chromium is not installed ({CHROMIUM} missing): run 'apt-get install -y chromium' "
+            "(.ci/run does) or set MEDHUB_CHROMIUM to a chromium binary"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def static_server(site):
+    handler = functools.partial(QuietHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+
+def visible_ids(page) -> list[str]:
+    return page.eval_on_selector_all("#models tbody tr:not([hidden])", "rows => rows.map(r => r.dataset.id)")
+
+
+def exercise_index(page, url: str, shots: Path | None = None) -> None:
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    assert len(visible_ids(page)) == 4
+    assert page.inner_text("#count") == "4 of 4 checkpoints"
+    page.fill("#search", "")
+    page.type("#search", "moco")
+    assert visible_ids(page) == ["resnet50_mocov2_imagenet1k"]
+    assert page.inner_text("#count") == "1 of 4 checkpoints"
+    if shots:
+        page.screenshot(path=str(shots / "index-search.png"), full_page=True)
+    page.fill("#search", "nih")  # from the display name of a data token, "ChestX-ray14 (NIH)"
+    assert visible_ids(page) == ["resnet50_imagenet1k_chestxray14"]
+    page.fill("#search", "resnet50 imagenet")  # every word must match
+    assert set(visible_ids(page)) == {
+        "resnet50_imagenet1k",
+        "resnet50_imagenet1k_chestxray14",
+        "resnet50_mocov2_imagenet1k",
+    }
+    page.fill("#search", "")
+    page.select_option("#f-family", "swin")
+    assert visible_ids(page) == ["swin_base_simmim_imagenet1k"]
+    page.select_option("#f-family", "")
+    page.select_option("#f-task", "shenzhen_tb")
+    assert set(visible_ids(page)) == {"resnet50_imagenet1k_chestxray14", "resnet50_mocov2_imagenet1k"}
+    page.select_option("#f-data", "chestxray14")
+    assert visible_ids(page) == ["resnet50_imagenet1k_chestxray14"]
+    page.click("text=resnet50_imagenet1k_chestxray14")
+    page.wait_for_selector("h2:has-text('Lineage')")
+    assert "0.8312 ± 0.0008" in page.inner_text("main")
+    if shots:
+        page.screenshot(path=str(shots / "card.png"), full_page=True)
+    page.goto(url.replace("index.html", "tasks/shenzhen_tb.html"))
+    assert page.eval_on_selector("img.chart", "img => img.complete && img.naturalWidth > 0")
+    if shots:
+        page.screenshot(path=str(shots / "leaderboard.png"), full_page=True)
+    assert not errors, errors
+
+
+@pytest.mark.browser
+def test_search_filters_over_file_url(browser, site, tmp_path):
+    page = browser.new_page()
+    shots = Path(os.environ["MEDHUB_SCREENSHOTS"]) if os.environ.get("MEDHUB_SCREENSHOTS") else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    exercise_index(page, (site / "index.html").as_uri(), shots)
+    assert (shots / "index-search.png").stat().st_size > 1000
+    page.close()
+
+
+@pytest.mark.browser
+def test_search_filters_over_http(browser, static_server):
+    page = browser.new_page()
+    exercise_index(page, f"{static_server}/index.html")
+    page.goto(f"{static_server}/index.html?q=simmim")
+    assert visible_ids(page) == ["swin_base_simmim_imagenet1k"]
+    page.close()
