@@ -1,0 +1,260 @@
+"""Declarative conversion rules and the engine that applies them.
+
+A :class:`Rules` record says, for one checkpoint family, which container entry holds the weights, which
+keys belong to networks the original project does not publish as its backbone (dropped), which one
+prefix wraps the backbone (stripped, longest candidate first, and the result asserted), which key renames
+reach timm names, and an optional hook for what a rename cannot say (tensor reshapes, table resizes).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from medhub.errors import ConversionError
+
+logger = logging.getLogger(__name__)
+
+Target = Mapping[str, tuple[int, ...]]
+"""Key -> shape of the timm model the weights are for (``None`` when the architecture is not known)."""
+
+# Wrapper names that must never survive a conversion at the start of a key (the Version2 loader bug:
+# `replace('module.', '')` ran before `replace('module.encoder_q.', '')`, leaving `encoder_q.` behind).
+WRAPPER_TOKENS = (
+    "module.", "_orig_mod.", "encoder_q.", "encoder_k.", "base_encoder.", "momentum_encoder.",
+    "encoder.", "backbone.", "swin_model.", "teacher.", "student.",
+)
+_MAX_LISTED = 12
+
+
+def listed(keys: Any, limit: int = _MAX_LISTED) -> str:
+    """``a, b, c … (+N more)``: a short, sorted rendering of many keys for error messages."""
+    keys = sorted(keys)
+    text = ", ".join(keys[:limit])
+    return text + (f" … (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did, for the caller, the log and ``medhub convert``.
+
+    Attributes:
+        fmt: the format name applied.
+        detected: True when ``fmt="auto"`` chose it.
+        reason: why that format (the evidence auto-detection used, or "given explicitly").
+        container: the top-level entry that held the weights (``state_dict``, ``model``, ``teacher``…).
+        prefix: the wrapper prefix stripped from every kept key ('' when none).
+        source_keys: number of tensors in the container before conversion.
+        renamed: old key -> new key for every key whose name changed.
+        dropped: keys removed (other networks, heads, buffers timm recomputes).
+        adapted: tensors changed in value or shape, one line each.
+        metadata: top-level non-weight entries of the file (epoch, args, …), as short strings.
+        notes: anything else worth knowing.
+    """
+
+    fmt: str
+    detected: bool = False
+    reason: str = "given explicitly"
+    container: str | None = None
+    prefix: str = ""
+    source_keys: int = 0
+    kept: int = 0
+    renamed: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        how = "detected" if self.detected else "given"
+        lines = [
+            f"format: {self.fmt} ({how}: {self.reason})",
+            f"container: {self.container or '(top level)'}; prefix stripped: {self.prefix or '(none)'}",
+            f"keys: {self.source_keys} in source, {self.kept} kept, {len(self.renamed)} renamed, "
+            f"{len(self.dropped)} dropped",
+        ]
+        if self.dropped:
+            lines.append(f"dropped: {listed(self.dropped, 8)}")
+        lines += [f"adapted: {a}" for a in self.adapted]
+        lines += [f"note: {n}" for n in self.notes]
+        if self.metadata:
+            lines.append("file metadata: " + ", ".join(f"{k}={v}" for k, v in self.metadata.items()))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+Hook = Callable[[dict[str, torch.Tensor], "Target | None", ConversionReport], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """One checkpoint family, declaratively.
+
+    Attributes:
+        name: format name (``moco``, ``swav``, …).
+        summary: one line for ``FORMATS`` listings.
+        containers: top-level entries tried in order to find the weights; a flat dict of tensors needs none.
+        prefixes: wrapper prefixes, of which the longest one shared by every kept key is stripped.
+            ``''`` among them allows raw files with no wrapper.
+        drop: key prefixes (after an optional DataParallel ``module.``) of tensors that are not part of
+            the published backbone (projection heads, predictors, momentum encoders, queues, decoders).
+        renames: ``(regex, replacement)`` pairs applied in order to each stripped key.
+        hook: a function for what renames cannot express (reshapes, table resizing, layout moves).
+    """
+
+    name: str
+    summary: str
+    containers: tuple[str, ...] = ("state_dict", "model")
+    prefixes: tuple[str, ...] = ("module.", "")
+    drop: tuple[str, ...] = ()
+    renames: tuple[tuple[str, str], ...] = ()
+    hook: Hook | None = None
+
+    def apply(self, obj: Any, target: Target | None, report: ConversionReport) -> dict[str, torch.Tensor]:
+        """Convert a loaded checkpoint object into a timm-named state dict, filling ``report``."""
+        state = self._unwrap(obj, report)
+        report.source_keys = len(state)
+        state = self._drop(state, report)
+        state = self._strip(state, report)
+        state = self._rename(state, report)
+        if self.hook is not None:
+            state = self.hook(state, target, report)
+        if target is not None:
+            state = fill_batchnorm_counters(state, target, report)
+        report.kept = len(state)
+        return state
+
+    def _unwrap(self, obj: Any, report: ConversionReport) -> dict[str, torch.Tensor]:
+        if not isinstance(obj, Mapping):
+            raise ConversionError(
+                f"a '{self.name}' checkpoint must be a dict, got {type(obj).__name__}; "
+                "save `model.state_dict()` rather than the model object", fmt=self.name)
+        current: Mapping = obj
+        for _ in range(3):  # containers may nest: {'state_dict': {'model': ...}} is seen in the wild
+            if is_state_dict(current):
+                break
+            entry = next((c for c in self.containers if isinstance(current.get(c), Mapping)), None)
+            if entry is None:
+                raise ConversionError(
+                    f"no weights found for format '{self.name}': expected one of the entries "
+                    f"{', '.join(self.containers)}; the file has {listed(map(str, current))}", fmt=self.name)
+            report.metadata.update(describe_metadata(current, skip=entry))
+            report.container = entry if report.container is None else f"{report.container}/{entry}"
+            current = current[entry]
+        tensors = {k: v for k, v in current.items() if isinstance(v, torch.Tensor)}
+        others = sorted(set(map(str, current)) - set(tensors))
+        if others:
+            raise ConversionError(
+                f"entries that are not tensors inside the weights ({listed(others)}); "
+                f"this is not a '{self.name}' checkpoint", fmt=self.name)
+        return tensors
+
+    def _drop(self, state: dict, report: ConversionReport) -> dict:
+        if not self.drop:
+            return state
+        pattern = re.compile(r"^(?:module\.)?(?:%s)" % "|".join(re.escape(d) for d in self.drop))
+        kept = {}
+        for key, value in state.items():
+            if pattern.match(key):
+                report.dropped.append(key)
+            else:
+                kept[key] = value
+        return kept
+
+    def _strip(self, state: dict, report: ConversionReport) -> dict:
+        if not state:
+            raise ConversionError(f"no weights left after dropping the non-backbone keys of '{self.name}'",
+                                  fmt=self.name)
+        for prefix in sorted(self.prefixes, key=len, reverse=True):
+            if all(key.startswith(prefix) for key in state):
+                report.prefix = prefix
+                stripped = {key[len(prefix):]: value for key, value in state.items()}
+                break
+        else:
+            expected = " or ".join(repr(p) for p in self.prefixes if p)
+            odd = [k for k in state if not any(k.startswith(p) for p in self.prefixes if p)]
+            raise ConversionError(
+                f"format '{self.name}' expects every backbone key to start with {expected}; these do not: "
+                f"{listed(odd)}. Check --format (auto-detection may help)", fmt=self.name)
+        leftover = [k for k in stripped if k.startswith(WRAPPER_TOKENS)]
+        if leftover:
+            raise ConversionError(
+                f"after stripping '{report.prefix}', keys still carry a wrapper name: {listed(leftover)}; "
+                f"the file is not laid out like a '{self.name}' checkpoint", fmt=self.name)
+        return stripped
+
+    def _rename(self, state: dict, report: ConversionReport) -> dict:
+        if not self.renames:
+            return state
+        compiled = [(re.compile(p), r) for p, r in self.renames]
+        out = {}
+        for key, value in state.items():
+            new = key
+            for pattern, replacement in compiled:
+                new = pattern.sub(replacement, new)
+            if new != key:
+                report.renamed[report.prefix + key] = new
+            if new in out:
+                raise ConversionError(f"two source keys map to '{new}' in format '{self.name}'", fmt=self.name)
+            out[new] = value
+        return out
+
+
+def is_state_dict(obj: Mapping) -> bool:
+    """True when a mapping is a flat dict of tensors (at least one, and no nested dicts)."""
+    values = list(obj.values())
+    return bool(values) and any(isinstance(v, torch.Tensor) for v in values) and not any(
+        isinstance(v, Mapping) for v in values)
+
+
+def describe_metadata(obj: Mapping, skip: str) -> dict[str, str]:
+    """Short string forms of a checkpoint's top-level entries other than the weights."""
+    out = {}
+    for key, value in obj.items():
+        if key == skip:
+            continue
+        if isinstance(value, (int, float, str, bool)) or value is None:
+            out[str(key)] = str(value)[:60]
+        else:
+            out[str(key)] = f"<{type(value).__name__}>"
+    return out
+
+
+def fill_batchnorm_counters(state: dict, target: Target, report: ConversionReport) -> dict:
+    """Add ``num_batches_tracked`` where the target has it and the source BatchNorm lacked it (FrozenBN)."""
+    added = 0
+    for key in target:
+        if key.endswith(".num_batches_tracked") and key not in state:
+            if key[: -len("num_batches_tracked")] + "running_mean" in state:
+                state[key] = torch.tensor(0, dtype=torch.long)
+                added += 1
+    if added:
+        report.adapted.append(f"added num_batches_tracked=0 to {added} BatchNorm layers (source had none)")
+    return state
+
+
+def rename_keys(state: dict, pairs: tuple[tuple[str, str], ...], report: ConversionReport) -> dict:
+    """Apply ``(regex, replacement)`` renames inside a hook, recording them like :meth:`Rules._rename`."""
+    compiled = [(re.compile(p), r) for p, r in pairs]
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pattern, replacement in compiled:
+            new = pattern.sub(replacement, new)
+        if new != key:
+            original = next((o for o, n in report.renamed.items() if n == key), report.prefix + key)
+            report.renamed[original] = new
+        out[new] = value
+    return out

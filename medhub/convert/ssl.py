@@ -1,0 +1,76 @@
+"""Self-supervised checkpoints: keep the backbone the original project publishes, drop everything else.
+
+MoCo v1/v2, PCL and CLSA keep the query encoder; MoCo-v3 the base encoder; DINO the teacher backbone;
+SimSiam the encoder without its projector; PyContrast the ``model`` entry (never ``model_ema``). Projection
+heads, predictors, prototypes, momentum encoders, queues, decoders and mask tokens are dropped.
+"""
+
+from __future__ import annotations
+
+from medhub.convert._core import Rules
+
+MOCO = Rules(
+    name="moco",
+    summary="MoCo v1/v2, PCL, CLSA: `module.encoder_q.` query encoder; encoder_k, queue and fc MLP dropped",
+    containers=("state_dict", "model"),
+    prefixes=("module.encoder_q.", "encoder_q."),
+    drop=("encoder_k.", "queue", "encoder_q.fc."),
+)
+
+SWAV = Rules(
+    name="swav",
+    summary="SwAV, DeepCluster-v2, SeLa-v2: `module.` ResNet; projection_head and prototypes dropped",
+    containers=("state_dict", "model"),
+    prefixes=("module.", ""),
+    drop=("projection_head.", "prototypes."),
+)
+
+BARLOWTWINS = Rules(
+    name="barlowtwins",
+    summary="Barlow Twins: raw torchvision backbone, or a training checkpoint with `module.backbone.`",
+    containers=("model", "state_dict"),
+    prefixes=("module.backbone.", "backbone.", "module.", ""),
+    drop=("projector.", "bn."),
+)
+
+SIMSIAM = Rules(
+    name="simsiam",
+    summary="SimSiam: `module.encoder.`; the projector `encoder.fc` and the predictor dropped",
+    containers=("state_dict", "model"),
+    prefixes=("module.encoder.", "encoder."),
+    drop=("encoder.fc.", "predictor."),
+)
+
+PYCONTRAST = Rules(
+    name="pycontrast",
+    summary="PyContrast InsDis/PIRL/InfoMin: the `model` entry (not model_ema), `module.encoder.`; heads dropped",
+    containers=("model",),
+    prefixes=("module.encoder.", "encoder."),
+    drop=("head.", "head_jig", "jigsaw"),
+)
+
+DINO = Rules(
+    name="dino",
+    summary="DINO: teacher backbone of a full checkpoint (`teacher`, `backbone.`), or a raw backbone; ViT or ResNet",
+    containers=("teacher", "state_dict", "model"),
+    prefixes=("module.backbone.", "backbone.", "module.", ""),
+    drop=("head.",),
+)
+
+MAE = Rules(
+    name="mae",
+    summary="MAE: `model` entry; decoder and mask_token dropped",
+    containers=("model", "state_dict"),
+    prefixes=("module.", ""),
+    drop=("decoder", "mask_token"),
+)
+
+MOCOV3_VIT = Rules(
+    name="mocov3_vit",
+    summary="MoCo-v3 ViT: `module.base_encoder.`; its head MLP, momentum encoder and predictor dropped",
+    containers=("state_dict", "model"),
+    prefixes=("module.base_encoder.", "base_encoder."),
+    drop=("momentum_encoder.", "predictor.", "base_encoder.head."),
+)
+
+RULES = (MOCO, SWAV, BARLOWTWINS, SIMSIAM, PYCONTRAST, DINO, MAE, MOCOV3_VIT)
