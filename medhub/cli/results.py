@@ -16,11 +16,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="only this checkpoint id, alias or random:<arch>")
     p.add_argument("--metric", help="only this metric (auc, acc, dice)")
     p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.add_argument("--db", help="show reproduced results from a 'medhub benchmark' database (SQLAlchemy URL)")
+    p.add_argument("--csv", action="store_true", help="with --db: print the matrix as CSV")
+    p.add_argument("--baseline", help="with --db: model to test every other against (default: a random: model)")
+    p.add_argument("--plots", help="with --db: write per-task bar and label-efficiency plots (PNG, SVG) here")
     p.set_defaults(func=cmd_results)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     """Print reported results, one row per (model, setting) and one column per task."""
+    if args.db:  # reproduced results of a benchmark grid
+        from medhub.cli.benchmark import show_db_results
+
+        return show_db_results(args)
     results = load_registry().results_for(model=args.model, task=args.task)
     if args.metric:
         results = [r for r in results if r.metric == args.metric.lower()]
