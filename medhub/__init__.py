@@ -23,8 +23,8 @@ _LAZY = {
     "list_tasks": "medhub.api:list_tasks",
     "get_task": "medhub.api:get_task",
     "reported_results": "medhub.api:reported_results",
-    "load": "medhub.load:load",
-    "transforms": "medhub.load:transforms",
+    "load": "medhub.loader:load",
+    "transforms": "medhub.loader:transforms",
     "convert_checkpoint": "medhub.convert:convert_checkpoint",
     "MedhubError": "medhub.errors:MedhubError",
 }

@@ -141,7 +141,7 @@ def _from_hub(entry, source, revision, cache_dir, offline, progress) -> Resolved
     )  # fmt: skip
     if source.sha256:
         _check_hub_file(path, source.sha256, describe(source, rev))
-    state_dict, report = convert_file(path, fmt=source.format or "auto", arch=entry.arch)
+    state_dict, report = _convert(path, source, entry)
     return ResolvedWeights(state_dict, describe(source, rev), path=path, conversion=report)
 
 
@@ -152,10 +152,12 @@ def _from_url(entry, source, revision, cache_dir, offline, progress) -> Resolved
     converted = cache.converted_path(root, entry.id, key)
     if converted.exists():
         state_dict, meta = cache.load_converted(converted)
-        return ResolvedWeights(state_dict, describe(source), converted, meta.get("conversion"), cached=True)
+        return ResolvedWeights(
+            state_dict, describe(source), converted, _cached_report(meta, converted), cached=True
+        )
     target = cache.download_path(root, key, source.url)
     path = download_url(source.url, target, sha256=source.sha256, progress=progress, local_files_only=offline)
-    state_dict, report = convert_file(path, fmt=source.format or "auto", arch=entry.arch)
+    state_dict, report = _convert(path, source, entry)
     meta = {
         "id": entry.id,
         "url": source.url,
@@ -179,7 +181,7 @@ def _from_local(entry, source, revision, cache_dir, offline, progress) -> Resolv
             "with the original",
             path=path,
         )
-    state_dict, report = convert_file(path, fmt=source.format or "auto", arch=entry.arch)
+    state_dict, report = _convert(path, source, entry)
     return ResolvedWeights(state_dict, describe(source), path, report)
 
 
@@ -218,12 +220,24 @@ def _check_hub_file(path: Path, expected: str, name: str) -> None:
         )
 
 
+def _cached_report(meta: dict[str, Any], path: Path) -> Any:
+    """The conversion report saved beside cached weights (``None`` when the cache predates reports)."""
+    from medhub.convert import ConversionReport
+
+    try:
+        report = ConversionReport(**meta["conversion"])
+    except (KeyError, TypeError):
+        return None
+    report.notes = [*report.notes, f"read from the medhub cache: {path}"]
+    return report
+
+
 def _as_dict(report: Any) -> Any:
     return report.to_dict() if hasattr(report, "to_dict") else report
 
 
-def convert_file(path: Path, *, fmt: str, arch: str) -> tuple[dict[str, torch.Tensor], Any]:
-    """Convert one checkpoint file to timm keys: ``(state_dict, ConversionReport)``."""
-    from medhub import convert
+def _convert(path: Path, source: WeightSource, entry: Checkpoint) -> tuple[dict[str, torch.Tensor], Any]:
+    """Convert one checkpoint file to the entry's timm keys: ``(state_dict, ConversionReport)``."""
+    from medhub.convert import convert_file
 
-    return convert.convert_checkpoint_with_report(path, fmt=fmt, arch=arch)
+    return convert_file(path, fmt=source.format or "auto", arch=entry.arch, **entry.arch_kwargs)

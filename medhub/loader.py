@@ -48,13 +48,17 @@ class LoadSummary:
     load: Any = None
     tried: list[str] = field(default_factory=list)
 
-    def __str__(self) -> str:
+    def summary(self) -> str:
+        """A few human-readable lines: source, skipped sources, conversion and load reports."""
         lines = [f"loaded {self.name} from {self.source or 'nowhere (random init)'}"]
         lines += [f"skipped {t}" for t in self.tried]
         for part in (self.conversion, self.load):
             if part is not None:
                 lines.append(part.summary() if hasattr(part, "summary") else str(part))
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
 
 
 def load(
@@ -186,13 +190,13 @@ def _load_entry(entry: Checkpoint, *, arch, pretrained, revision, cache_dir, loc
 
 def _load_file(path: Path, *, arch, fmt, pretrained, num_classes, in_chans, timm_kwargs) -> torch.nn.Module:
     """A bare checkpoint file in any supported format: needs ``arch``."""
-    from medhub.weights import convert_file
+    from medhub.convert import convert_file
 
     if not arch:
         raise UsageError(
             f"{path} is a bare checkpoint: pass arch='<timm architecture>' (e.g. arch='resnet50')"
         )
-    state_dict, report = convert_file(path, fmt=fmt, arch=arch) if pretrained else (None, None)
+    state_dict, report = convert_file(path, fmt=fmt, arch=arch, **timm_kwargs) if pretrained else (None, None)
     summary = LoadSummary(str(path), source=f"file {path}" if pretrained else None, conversion=report)
     return _build(
         arch, state_dict, summary, num_classes=num_classes, in_chans=in_chans, timm_kwargs=timm_kwargs
@@ -247,7 +251,7 @@ def _build(arch: str, state_dict, summary: LoadSummary, *, num_classes, in_chans
 
     model, report = create_model(
         arch, state_dict, num_classes=num_classes, in_chans=in_chans, classifier=classifier,
-        first_conv=first_conv, pretrained_cfg=pretrained_cfg, **timm_kwargs,
+        first_conv=first_conv, pretrained_cfg=pretrained_cfg, conversion=summary.conversion, **timm_kwargs,
     )  # fmt: skip
     summary.load = report
     model.medhub_load_report = summary
