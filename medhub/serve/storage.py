@@ -1,0 +1,368 @@
+"""The store behind ``medhub serve``: content-addressed blobs, immutable commits, atomically updated refs.
+
+Layout under the root (every write is a temporary file renamed into place, so a crash leaves the old
+state or the new one, never half of one)::
+
+    blobs/ab/cd/<sha256>                 file contents, named by their sha256, never rewritten
+    tmp/                                 uploads in progress (emptied at start-up; never read)
+    locks/<type>/<namespace>/<name>.lock one lock per repo, held while its refs change
+    repos/<type>/<namespace>/<name>/
+        repo.json                        creation time, privacy
+        commits/<id>.json                immutable commits; id = sha1 of the canonical JSON
+        refs.json                        {"branches": {...}, "tags": {...}}: the repo exists iff this exists
+    trash/                               deleted repos on their way out (emptied at start-up)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medhub._io import atomic_write_bytes
+from medhub.serve.protocol import (
+    GITATTRIBUTES,
+    SHA1_HEX,
+    SHA256_HEX,
+    ProtocolError,
+    RepoRef,
+    bad_request,
+    git_blob_oid,
+    lfs_pointer,
+)
+
+log = logging.getLogger(__name__)
+_CHUNK = 1 << 20
+
+
+def _now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def _canonical(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def file_entry(sha256: str, size: int, *, lfs: bool, data: bytes | None = None) -> dict:
+    """A tree entry: sha256 and size of the content, git oid, and whether it is stored as LFS."""
+    oid = git_blob_oid(lfs_pointer(sha256, size) if lfs else data if data is not None else b"")
+    return {"sha256": sha256, "size": size, "oid": oid, "lfs": lfs}
+
+
+@dataclass(frozen=True)
+class Commit:
+    """An immutable commit: its full file tree plus metadata."""
+
+    id: str
+    parents: tuple[str, ...]
+    summary: str
+    description: str
+    author: str
+    date: str
+    files: Mapping[str, dict] = field(repr=False)
+
+
+@dataclass
+class Operation:
+    """One change in a commit: ``add`` (with ``entry``), ``delete`` or ``delete_folder``."""
+
+    kind: str
+    path: str
+    entry: dict | None = None
+
+
+class BlobWriter:
+    """Streams one upload into ``tmp/``, hashing as it goes; publishes it only if size and sha256 match."""
+
+    def __init__(self, store: Store, oid: str, size: int) -> None:
+        self.store, self.oid, self.size, self.written = store, oid, size, 0
+        fd, name = tempfile.mkstemp(dir=store.root / "tmp", suffix=".part")
+        self._path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        """Append a chunk; refuses more bytes than declared."""
+        self.written += len(chunk)
+        if self.written > self.size:
+            raise bad_request(f"upload is larger than its declared size {self.size}")
+        self._hash.update(chunk)
+        self._file.write(chunk)
+
+    def finish(self) -> str:
+        """Check size and sha256, then rename the blob into place; returns the oid."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if self.written != self.size:
+            raise bad_request(f"upload has {self.written} bytes but {self.size} were declared")
+        if self._hash.hexdigest() != self.oid:
+            raise bad_request(f"sha256 of the upload is {self._hash.hexdigest()}, not the declared oid {self.oid}")
+        self.store._publish(self._path, self.oid)
+        return self.oid
+
+    def abort(self) -> None:
+        """Drop the partial upload."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+
+class Store:
+    """A directory of Hub repositories. Safe for concurrent threads and processes sharing one root."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve()
+        for sub in ("blobs", "repos", "locks"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for sub in ("tmp", "trash"):  # leftovers of a crash: never visible, removed now
+            shutil.rmtree(self.root / sub, ignore_errors=True)
+            (self.root / sub).mkdir()
+        self._commits: dict[tuple[RepoRef, str], Commit] = {}
+        self._cache_lock = threading.Lock()
+
+    # ---- blobs -------------------------------------------------------------------------------
+    def blob_path(self, sha256: str) -> Path:
+        """Where the blob with this sha256 lives (whether or not it exists)."""
+        if not SHA256_HEX.match(sha256):
+            raise bad_request("an LFS oid must be 64 lowercase hex characters (sha256)")
+        return self.root / "blobs" / sha256[:2] / sha256[2:4] / sha256
+
+    def has_blob(self, sha256: str, size: int | None = None) -> bool:
+        """Whether a blob exists (and has ``size`` bytes, when given)."""
+        try:
+            return size is None or self.blob_path(sha256).stat().st_size == size
+        except FileNotFoundError:
+            return False
+
+    def blob_writer(self, oid: str, size: int) -> BlobWriter:
+        """A writer for an upload that must hash to ``oid`` and have ``size`` bytes."""
+        self.blob_path(oid)
+        return BlobWriter(self, oid, size)
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store ``data`` (if new) and return its sha256."""
+        sha = hashlib.sha256(data).hexdigest()
+        if not self.has_blob(sha, len(data)):
+            writer = BlobWriter(self, sha, len(data))
+            try:
+                writer.write(data)
+                writer.finish()
+            finally:
+                writer.abort()
+        return sha
+
+    def read_blob(self, sha256: str) -> bytes:
+        """The whole content of a blob (for small files such as README.md)."""
+        return self.blob_path(sha256).read_bytes()
+
+    def _publish(self, tmp: Path, sha256: str) -> None:
+        target = self.blob_path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ---- repos -------------------------------------------------------------------------------
+    def repo_dir(self, repo: RepoRef) -> Path:
+        """The directory of a repo (names were validated by :func:`~medhub.serve.protocol.make_repo`)."""
+        return self.root / "repos" / repo.type / repo.namespace / repo.name
+
+    def exists(self, repo: RepoRef) -> bool:
+        """Whether the repo exists (its refs file is the last thing creation writes)."""
+        return (self.repo_dir(repo) / "refs.json").is_file()
+
+    @contextlib.contextmanager
+    def lock(self, repo: RepoRef) -> Iterator[None]:
+        """Hold the repo's lock (an ``flock``: works across threads and processes)."""
+        path = self.root / "locks" / repo.type / repo.namespace / f"{repo.name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def meta(self, repo: RepoRef) -> dict:
+        """``repo.json`` of an existing repo; 404 ``RepoNotFound`` otherwise."""
+        if not self.exists(repo):
+            raise ProtocolError(404, f"repository {repo.type}/{repo.id} not found", "RepoNotFound")
+        return json.loads((self.repo_dir(repo) / "repo.json").read_text(encoding="utf-8"))
+
+    def create_repo(self, repo: RepoRef, *, private: bool, author: str) -> str:
+        """Create a repo with an initial commit holding ``.gitattributes``; 409 if it exists."""
+        with self.lock(repo):
+            if self.exists(repo):
+                raise ProtocolError(409, f"repository {repo.type}/{repo.id} already exists")
+            folder = self.repo_dir(repo)
+            shutil.rmtree(folder, ignore_errors=True)  # a creation that crashed half way
+            (folder / "commits").mkdir(parents=True)
+            atomic_write_bytes(folder / "repo.json", _canonical({"createdAt": _now(), "private": bool(private)}))
+            data = GITATTRIBUTES.encode()
+            entry = file_entry(self.put_bytes(data), len(data), lfs=False, data=data)
+            head = self._write_commit(repo, (), {".gitattributes": entry}, "initial commit", "", author)
+            self._write_refs(repo, {"branches": {"main": head}, "tags": {}})
+        log.info("created %s/%s", repo.type, repo.id)
+        return head
+
+    def delete_repo(self, repo: RepoRef) -> None:
+        """Delete a repo (its blobs stay, they may be shared)."""
+        with self.lock(repo):
+            self.meta(repo)
+            os.replace(self.repo_dir(repo), self.root / "trash" / uuid.uuid4().hex)
+        shutil.rmtree(self.root / "trash", ignore_errors=True)
+        (self.root / "trash").mkdir(exist_ok=True)
+
+    # ---- refs and commits --------------------------------------------------------------------
+    def refs(self, repo: RepoRef) -> dict:
+        """``{"branches": {name: id}, "tags": {name: id}}``."""
+        self.meta(repo)
+        return json.loads((self.repo_dir(repo) / "refs.json").read_text(encoding="utf-8"))
+
+    def _write_refs(self, repo: RepoRef, refs: dict) -> None:
+        atomic_write_bytes(self.repo_dir(repo) / "refs.json", _canonical(refs))
+
+    def resolve(self, repo: RepoRef, revision: str) -> tuple[str, str | None]:
+        """Commit id and branch name (None for tags and ids) of a revision; 404 ``RevisionNotFound``."""
+        refs = self.refs(repo)
+        name = revision
+        for prefix, kind in (("refs/heads/", "branches"), ("refs/tags/", "tags")):
+            if revision.startswith(prefix):
+                name = revision[len(prefix) :]
+                if name in refs[kind]:
+                    return refs[kind][name], name if kind == "branches" else None
+        if name in refs["branches"]:
+            return refs["branches"][name], name
+        if name in refs["tags"]:
+            return refs["tags"][name], None
+        if SHA1_HEX.match(revision) and (self.repo_dir(repo) / "commits" / f"{revision}.json").is_file():
+            return revision, None
+        raise ProtocolError(404, f"revision {revision!r} not found in {repo.id}", "RevisionNotFound")
+
+    def commit(self, repo: RepoRef, commit_id: str) -> Commit:
+        """Load a commit (cached: commits never change)."""
+        key = (repo, commit_id)
+        with self._cache_lock:
+            cached = self._commits.get(key)
+        if cached is not None:
+            return cached
+        raw = json.loads((self.repo_dir(repo) / "commits" / f"{commit_id}.json").read_bytes())
+        found = Commit(commit_id, tuple(raw["parents"]), raw["summary"], raw["description"], raw["author"],
+                       raw["date"], raw["files"])
+        with self._cache_lock:
+            if len(self._commits) > 4096:
+                self._commits.clear()
+            self._commits[key] = found
+        return found
+
+    def _write_commit(self, repo: RepoRef, parents: tuple[str, ...], files: dict, summary: str,
+                      description: str, author: str) -> str:
+        body = {"repo": f"{repo.type}/{repo.id}", "parents": list(parents), "summary": summary,
+                "description": description, "author": author, "date": _now(), "files": files}
+        data = _canonical(body)
+        commit_id = hashlib.sha1(data, usedforsecurity=False).hexdigest()
+        path = self.repo_dir(repo) / "commits" / f"{commit_id}.json"
+        if not path.exists():
+            atomic_write_bytes(path, data)
+        return commit_id
+
+    def create_commit(self, repo: RepoRef, branch: str, operations: list[Operation], *, summary: str,
+                      description: str = "", author: str, parent: str | None = None) -> str:
+        """Apply ``operations`` on top of ``branch`` and move the branch; 412 if ``parent`` is not its head."""
+        with self.lock(repo):
+            head, head_branch = self.resolve(repo, branch)
+            if head_branch is None:
+                raise bad_request(f"{branch!r} is not a branch: commits go to a branch")
+            if parent is not None and parent != head:
+                raise ProtocolError(412, f"parentCommit {parent} is not the head of {branch!r} ({head})")
+            files = apply_operations(dict(self.commit(repo, head).files), operations)
+            new = self._write_commit(repo, (head,), files, summary, description, author)
+            refs = self.refs(repo)
+            refs["branches"][head_branch] = new
+            self._write_refs(repo, refs)
+        log.info("commit %s on %s/%s@%s", new, repo.type, repo.id, head_branch)
+        return new
+
+    def history(self, repo: RepoRef, commit_id: str, limit: int = 10_000) -> list[Commit]:
+        """Commits from ``commit_id`` back to the first one (first parents), newest first."""
+        out: list[Commit] = []
+        current: str | None = commit_id
+        while current and len(out) < limit:
+            commit = self.commit(repo, current)
+            out.append(commit)
+            current = commit.parents[0] if commit.parents else None
+        return out
+
+    def set_ref(self, repo: RepoRef, kind: str, name: str, target: str | None, *, must_exist: bool) -> None:
+        """Create (``target`` given) or delete (``target`` None) a branch or tag; 409 / 404 as appropriate."""
+        with self.lock(repo):
+            refs = self.refs(repo)
+            present = name in refs[kind]
+            if target is not None and present:
+                raise ProtocolError(409, f"{kind[:-1] if kind == 'tags' else 'branch'} {name!r} already exists")
+            if target is None and not present:
+                code = "RevisionNotFound" if must_exist else None
+                raise ProtocolError(404, f"{name!r} is not a {kind[:-1] if kind == 'tags' else 'branch'}", code)
+            if target is None and kind == "branches" and name == "main":
+                raise bad_request("the main branch cannot be deleted")
+            if target is None:
+                del refs[kind][name]
+            else:
+                refs[kind][name] = target
+            self._write_refs(repo, refs)
+
+    # ---- checking ----------------------------------------------------------------------------
+    def fsck(self) -> list[str]:
+        """Problems found in the whole store (empty when every ref, commit and blob is consistent)."""
+        problems: list[str] = []
+        base = self.root / "repos"
+        for refs_file in sorted(base.glob("*/*/*/refs.json")):
+            rtype, ns, name = refs_file.parent.relative_to(base).parts
+            repo = RepoRef(rtype, ns, name)
+            try:
+                refs = self.refs(repo)
+                heads = list(refs["branches"].values()) + list(refs["tags"].values())
+                for head in heads:
+                    for commit in self.history(repo, head):
+                        for path, entry in commit.files.items():
+                            if not self.has_blob(entry["sha256"], entry["size"]):
+                                problems.append(f"{repo.id}@{commit.id}: {path} has no blob")
+            except (OSError, ValueError, KeyError) as exc:
+                problems.append(f"{repo.id}: {type(exc).__name__}: {exc}")
+        return problems
+
+
+def apply_operations(files: dict, operations: list[Operation]) -> dict:
+    """The tree after ``operations``; 404 ``EntryNotFound`` for a missing deletion, 400 for a file/folder clash."""
+    for op in operations:
+        if op.kind == "add":
+            files[op.path] = op.entry
+        elif op.kind == "delete":
+            if files.pop(op.path, None) is None:
+                raise ProtocolError(404, f"cannot delete {op.path!r}: no such file", "EntryNotFound")
+        else:
+            prefix = op.path.rstrip("/") + "/"
+            for path in [p for p in files if p.startswith(prefix)]:
+                del files[path]
+    folders = {p.rsplit("/", i)[0] for p in files for i in range(1, p.count("/") + 1)}
+    clash = folders.intersection(files)
+    if clash:
+        raise bad_request(f"{sorted(clash)[0]!r} would be both a file and a folder")
+    return files
