@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 HF_PREFIX = "hf-hub:"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".bin", ".npz", ".ckpt", ".tar")
-FOLDER_PATTERNS = ["config.json", "*.safetensors", "*.bin", "*.pth", "*.npz"]
+FOLDER_PATTERNS = ["config.json", "model.safetensors"]  # what medhub.export.read_model_folder reads
 
 
 @dataclass
@@ -255,5 +255,6 @@ def _build(arch: str, state_dict, summary: LoadSummary, *, num_classes, in_chans
     )  # fmt: skip
     summary.load = report
     model.medhub_load_report = summary
-    logger.info("%s", summary)
+    logger.info("loaded %s (%s) from %s", summary.name, arch, summary.source or "nowhere: random init")
+    logger.debug("%s", summary)
     return model
