@@ -20,8 +20,14 @@ from medhub.serve.storage import Store
 __all__ = ["Hub", "Store", "build_app", "create_app"]
 
 
-def build_app(root: str | os.PathLike, *, token_file: str | os.PathLike | None = None, public_read: bool = False,
-              max_upload_mb: int = 20_480, regular_only: bool = False):
+def build_app(
+    root: str | os.PathLike,
+    *,
+    token_file: str | os.PathLike | None = None,
+    public_read: bool = False,
+    max_upload_mb: int = 20_480,
+    regular_only: bool = False,
+):
     """The ASGI app serving the store at ``root`` (created if missing).
 
     Args:

@@ -19,7 +19,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from medhub.serve.auth import Auth
-from medhub.serve.protocol import REPO_TYPES, ProtocolError, bad_request, check_path, check_revision, make_repo
+from medhub.serve.protocol import (
+    REPO_TYPES,
+    ProtocolError,
+    bad_request,
+    check_path,
+    check_revision,
+    make_repo,
+)
 from medhub.serve.storage import Store
 
 log = logging.getLogger(__name__)
@@ -37,7 +44,9 @@ class Hub:
     regular_only: bool = False
 
 
-def json_response(data: object, status: int = 200, headers: dict | None = None, media_type: str | None = None) -> Response:
+def json_response(
+    data: object, status: int = 200, headers: dict | None = None, media_type: str | None = None
+) -> Response:
     """A compact JSON answer."""
     body = json.dumps(data, separators=(",", ":")).encode()
     return Response(body, status, headers, media_type or "application/json")
@@ -110,9 +119,9 @@ def match(method: str, segments: list[str]) -> tuple[Handler, dict]:
         rest = segments[1:] if segments[:1] in (["datasets"], ["spaces"]) else segments
         if segments[:1] == ["spaces"]:
             make_repo("spaces", "", "")
-        if len(rest) == 6 and rest[1].endswith(".git") and rest[2:] == ["info", "lfs", "objects", "batch"]:
-            if method == "POST":
-                return write_api.lfs_batch, {"repo": make_repo(repo_type, _dec(rest[0]), _dec(rest[1])[:-4])}
+        lfs = rest[2:] == ["info", "lfs", "objects", "batch"]
+        if len(rest) == 6 and rest[1].endswith(".git") and lfs and method == "POST":
+            return write_api.lfs_batch, {"repo": make_repo(repo_type, _dec(rest[0]), _dec(rest[1])[:-4])}
         if len(rest) >= 5 and rest[2] == "resolve" and method in ("GET", "HEAD"):
             repo = make_repo(repo_type, _dec(rest[0]), _dec(rest[1]))
             path = check_path("/".join(_dec(s) for s in rest[4:]))
@@ -120,7 +129,9 @@ def match(method: str, segments: list[str]) -> tuple[Handler, dict]:
     raise ProtocolError(404, f"no such endpoint: {method} /{'/'.join(segments)[:200]}")
 
 
-def _repo_route(method: str, action: str, args: list[str], read_api, write_api) -> tuple[Handler, dict] | None:
+def _repo_route(
+    method: str, action: str, args: list[str], read_api, write_api
+) -> tuple[Handler, dict] | None:
     """Routes under ``/api/{type}s/{namespace}/{name}``."""
     rev = check_revision(_dec(args[0])) if args else None
     tail = "/".join(_dec(s) for s in args[1:] if s)

@@ -34,7 +34,9 @@ def read_token_file(path: str | os.PathLike) -> dict[str, User]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise UsageError(f"cannot read the token file {path}: {exc.strerror}; create it with one token per line") from None
+        raise UsageError(
+            f"cannot read the token file {path}: {exc.strerror}; create it with one token per line"
+        ) from None
     tokens: dict[str, User] = {}
     for number, line in enumerate(lines, 1):
         fields = line.split()
@@ -42,7 +44,9 @@ def read_token_file(path: str | os.PathLike) -> dict[str, User]:
             continue
         role = fields[2] if len(fields) > 2 else "write"
         if role not in ("read", "write") or len(fields) > 3 or len(fields[0]) < 8:
-            raise UsageError(f"{path}, line {number}: expected 'TOKEN [NAME] [read|write]' with a token of 8+ characters")
+            raise UsageError(
+                f"{path}, line {number}: expected 'TOKEN [NAME] [read|write]' with a token of 8+ characters"
+            )
         tokens[fields[0]] = User(fields[1] if len(fields) > 1 else "medhub", role == "write")
     return tokens
 
@@ -72,7 +76,9 @@ class Auth:
         """Check read access; 401 when a token is needed and missing."""
         user = self.user(authorization)
         if user is None and (private or not self.public_read):
-            raise ProtocolError(401, "this server needs a token to read: set HF_TOKEN or pass token=", "RepoNotFound")
+            raise ProtocolError(
+                401, "this server needs a token to read: set HF_TOKEN or pass token=", "RepoNotFound"
+            )
         return user
 
     def can_write(self, authorization: str | None) -> User:
@@ -92,7 +98,9 @@ class Auth:
     def check_signature(self, message: str, expires: str, signature: str) -> None:
         """403 unless ``signature`` signs ``message`` and has not expired."""
         try:
-            valid = int(expires) >= time.time() and hmac.compare_digest(self.sign(message, int(expires)), signature)
+            valid = int(expires) >= time.time() and hmac.compare_digest(
+                self.sign(message, int(expires)), signature
+            )
         except ValueError:
             valid = False
         if not valid:

@@ -18,8 +18,28 @@ RESERVED_NAMESPACES = {"api", "models", "datasets", "spaces", "resolve", "lfs"}
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
 #: Patterns the initial ``.gitattributes`` sends to LFS (as on huggingface.co, shortened).
 LFS_SUFFIXES = (
-    ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".onnx", ".npy", ".npz", ".pkl", ".pickle",
-    ".msgpack", ".tar", ".gz", ".zip", ".zst", ".xz", ".tflite", ".parquet", ".arrow", ".model", ".joblib",
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".onnx",
+    ".npy",
+    ".npz",
+    ".pkl",
+    ".pickle",
+    ".msgpack",
+    ".tar",
+    ".gz",
+    ".zip",
+    ".zst",
+    ".xz",
+    ".tflite",
+    ".parquet",
+    ".arrow",
+    ".model",
+    ".joblib",
 )
 GITATTRIBUTES = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in LFS_SUFFIXES)
 REGULAR_MAX_BYTES = 10 * 1024 * 1024  # larger files always go through LFS, as on the real Hub

@@ -61,12 +61,26 @@ def _info(hub: Hub, request: Request, repo: RepoRef, revision: str) -> dict:
     for path, entry in sorted(commit.files.items()):
         sibling = {"rfilename": path, "size": entry["size"], "blobId": entry["oid"]}
         if entry["lfs"]:
-            sibling["lfs"] = {"sha256": entry["sha256"], "size": entry["size"], "pointerSize": _pointer_size(entry)}
+            sibling["lfs"] = {
+                "sha256": entry["sha256"],
+                "size": entry["size"],
+                "pointerSize": _pointer_size(entry),
+            }
         siblings.append(sibling)
     info = {
-        "_id": commit.id[:24], "id": repo.id, "author": repo.namespace, "sha": commit.id,
-        "lastModified": commit.date, "createdAt": meta["createdAt"], "private": meta["private"],
-        "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": tags, "siblings": siblings,
+        "_id": commit.id[:24],
+        "id": repo.id,
+        "author": repo.namespace,
+        "sha": commit.id,
+        "lastModified": commit.date,
+        "createdAt": meta["createdAt"],
+        "private": meta["private"],
+        "gated": False,
+        "disabled": False,
+        "downloads": 0,
+        "likes": 0,
+        "tags": tags,
+        "siblings": siblings,
     }
     if repo.type == "models":
         info["modelId"] = repo.id
@@ -157,7 +171,10 @@ async def refs(hub: Hub, request: Request, repo: RepoRef) -> Response:
         _readable(hub, request, repo)
         found = hub.store.refs(repo)
         out = {
-            kind: [{"name": n, "ref": f"refs/{prefix}/{n}", "targetCommit": c} for n, c in sorted(found[kind].items())]
+            kind: [
+                {"name": n, "ref": f"refs/{prefix}/{n}", "targetCommit": c}
+                for n, c in sorted(found[kind].items())
+            ]
             for kind, prefix in (("branches", "heads"), ("tags", "tags"))
         }
         out["converts"] = []
@@ -174,8 +191,13 @@ async def commits(hub: Hub, request: Request, repo: RepoRef, revision: str) -> R
     def work() -> list[dict]:
         _, commit = _checkout(hub, request, repo, revision)
         return [
-            {"id": c.id, "title": c.summary, "message": c.description, "date": c.date,
-             "authors": [{"user": c.author, "avatar": None}]}
+            {
+                "id": c.id,
+                "title": c.summary,
+                "message": c.description,
+                "date": c.date,
+                "authors": [{"user": c.author, "avatar": None}],
+            }
             for c in hub.store.history(repo, commit.id)
         ]
 
@@ -194,12 +216,16 @@ async def resolve(hub: Hub, request: Request, repo: RepoRef, revision: str, path
         try:
             stat = os.stat(blob)
         except FileNotFoundError:
-            raise ProtocolError(500, f"content of {path!r} is missing from the store; run a store check") from None
-        headers = {"X-Repo-Commit": commit.id, "ETag": f'"{entry["sha256"] if entry["lfs"] else entry["oid"]}"'}
+            raise ProtocolError(
+                500, f"content of {path!r} is missing from the store; run a store check"
+            ) from None
+        headers = {
+            "X-Repo-Commit": commit.id,
+            "ETag": f'"{entry["sha256"] if entry["lfs"] else entry["oid"]}"',
+        }
         if entry["lfs"]:
             headers.update({"X-Linked-Etag": f'"{entry["sha256"]}"', "X-Linked-Size": str(entry["size"])})
         return headers, stat, str(blob)
 
     headers, stat, blob = await run_in_threadpool(work)
     return FileResponse(blob, headers=headers, stat_result=stat, media_type="application/octet-stream")
-

@@ -109,7 +109,9 @@ class BlobWriter:
         if self.written != self.size:
             raise bad_request(f"upload has {self.written} bytes but {self.size} were declared")
         if self._hash.hexdigest() != self.oid:
-            raise bad_request(f"sha256 of the upload is {self._hash.hexdigest()}, not the declared oid {self.oid}")
+            raise bad_request(
+                f"sha256 of the upload is {self._hash.hexdigest()}, not the declared oid {self.oid}"
+            )
         self.store._publish(self._path, self.oid)
         return self.oid
 
@@ -214,7 +216,9 @@ class Store:
             folder = self.repo_dir(repo)
             shutil.rmtree(folder, ignore_errors=True)  # a creation that crashed half way
             (folder / "commits").mkdir(parents=True)
-            atomic_write_bytes(folder / "repo.json", _canonical({"createdAt": _now(), "private": bool(private)}))
+            atomic_write_bytes(
+                folder / "repo.json", _canonical({"createdAt": _now(), "private": bool(private)})
+            )
             data = GITATTRIBUTES.encode()
             entry = file_entry(self.put_bytes(data), len(data), lfs=False, data=data)
             head = self._write_commit(repo, (), {".gitattributes": entry}, "initial commit", "", author)
@@ -264,18 +268,39 @@ class Store:
         if cached is not None:
             return cached
         raw = json.loads((self.repo_dir(repo) / "commits" / f"{commit_id}.json").read_bytes())
-        found = Commit(commit_id, tuple(raw["parents"]), raw["summary"], raw["description"], raw["author"],
-                       raw["date"], raw["files"])
+        found = Commit(
+            commit_id,
+            tuple(raw["parents"]),
+            raw["summary"],
+            raw["description"],
+            raw["author"],
+            raw["date"],
+            raw["files"],
+        )
         with self._cache_lock:
             if len(self._commits) > 4096:
                 self._commits.clear()
             self._commits[key] = found
         return found
 
-    def _write_commit(self, repo: RepoRef, parents: tuple[str, ...], files: dict, summary: str,
-                      description: str, author: str) -> str:
-        body = {"repo": f"{repo.type}/{repo.id}", "parents": list(parents), "summary": summary,
-                "description": description, "author": author, "date": _now(), "files": files}
+    def _write_commit(
+        self,
+        repo: RepoRef,
+        parents: tuple[str, ...],
+        files: dict,
+        summary: str,
+        description: str,
+        author: str,
+    ) -> str:
+        body = {
+            "repo": f"{repo.type}/{repo.id}",
+            "parents": list(parents),
+            "summary": summary,
+            "description": description,
+            "author": author,
+            "date": _now(),
+            "files": files,
+        }
         data = _canonical(body)
         commit_id = hashlib.sha1(data, usedforsecurity=False).hexdigest()
         path = self.repo_dir(repo) / "commits" / f"{commit_id}.json"
@@ -283,8 +308,17 @@ class Store:
             atomic_write_bytes(path, data)
         return commit_id
 
-    def create_commit(self, repo: RepoRef, branch: str, operations: list[Operation], *, summary: str,
-                      description: str = "", author: str, parent: str | None = None) -> str:
+    def create_commit(
+        self,
+        repo: RepoRef,
+        branch: str,
+        operations: list[Operation],
+        *,
+        summary: str,
+        description: str = "",
+        author: str,
+        parent: str | None = None,
+    ) -> str:
         """Apply ``operations`` on top of ``branch`` and move the branch; 412 if ``parent`` is not its head."""
         with self.lock(repo):
             head, head_branch = self.resolve(repo, branch)
@@ -316,10 +350,14 @@ class Store:
             refs = self.refs(repo)
             present = name in refs[kind]
             if target is not None and present:
-                raise ProtocolError(409, f"{kind[:-1] if kind == 'tags' else 'branch'} {name!r} already exists")
+                raise ProtocolError(
+                    409, f"{kind[:-1] if kind == 'tags' else 'branch'} {name!r} already exists"
+                )
             if target is None and not present:
                 code = "RevisionNotFound" if must_exist else None
-                raise ProtocolError(404, f"{name!r} is not a {kind[:-1] if kind == 'tags' else 'branch'}", code)
+                raise ProtocolError(
+                    404, f"{name!r} is not a {kind[:-1] if kind == 'tags' else 'branch'}", code
+                )
             if target is None and kind == "branches" and name == "main":
                 raise bad_request("the main branch cannot be deleted")
             if target is None:

@@ -51,10 +51,16 @@ async def whoami(hub: Hub, request: Request) -> Response:
     if user is None:
         raise ProtocolError(401, "Invalid credentials in Authorization header")
     role = "write" if user.can_write else "read"
-    return json_response({
-        "type": "user", "name": user.name, "fullname": user.name, "orgs": [], "isPro": False,
-        "auth": {"type": "access_token", "accessToken": {"displayName": "medhub serve", "role": role}},
-    })
+    return json_response(
+        {
+            "type": "user",
+            "name": user.name,
+            "fullname": user.name,
+            "orgs": [],
+            "isPro": False,
+            "auth": {"type": "access_token", "accessToken": {"displayName": "medhub serve", "role": role}},
+        }
+    )
 
 
 async def validate_yaml(hub: Hub, request: Request) -> Response:
@@ -82,8 +88,9 @@ async def create_repo(hub: Hub, request: Request) -> Response:
         await run_in_threadpool(hub.store.create_repo, repo, private=private, author=user.name)
     except ProtocolError as err:
         if err.status == 409:
-            return json_response({"error": err.message, "url": _repo_url(request, repo)}, 409,
-                                 {"X-Error-Message": err.message})
+            return json_response(
+                {"error": err.message, "url": _repo_url(request, repo)}, 409, {"X-Error-Message": err.message}
+            )
         raise
     return json_response({"url": _repo_url(request, repo), "name": repo.id, "id": repo.id})
 
@@ -111,7 +118,9 @@ async def preupload(hub: Hub, request: Request, repo: RepoRef, revision: str) ->
             path = check_path(item.get("path") if isinstance(item, dict) else None)
             size, sample = item.get("size"), item.get("sample") or ""
             if not isinstance(size, int) or size < 0 or not isinstance(sample, str) or len(sample) > 4096:
-                raise bad_request(f"{path!r}: 'size' must be a non-negative integer and 'sample' short base64")
+                raise bad_request(
+                    f"{path!r}: 'size' must be a non-negative integer and 'sample' short base64"
+                )
             try:
                 head = base64.b64decode(sample, validate=True)
             except (binascii.Error, ValueError):
@@ -119,7 +128,9 @@ async def preupload(hub: Hub, request: Request, repo: RepoRef, revision: str) ->
             lfs = not hub.regular_only and wants_lfs(path, size, head)
             remote = tree.get(path)
             oid = None if remote is None else remote["sha256"] if remote["lfs"] else remote["oid"]
-            out.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            out.append(
+                {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         return out
 
     return json_response({"files": await run_in_threadpool(work), "commitOid": None})
@@ -173,7 +184,9 @@ def _lfs_file(hub: Hub, value: dict) -> Operation:
     if value.get("algo", "sha256") != "sha256" or not isinstance(oid, str) or not SHA256_HEX.match(oid):
         raise bad_request(f"{path!r}: an LFS file needs a sha256 oid")
     if not hub.store.has_blob(oid) or (size is not None and not hub.store.has_blob(oid, size)):
-        raise bad_request(f"{path!r}: LFS object {oid} was not uploaded (or has another size); upload it first")
+        raise bad_request(
+            f"{path!r}: LFS object {oid} was not uploaded (or has another size); upload it first"
+        )
     return Operation("add", path, file_entry(oid, hub.store.blob_path(oid).stat().st_size, lfs=True))
 
 
@@ -193,12 +206,20 @@ async def commit(hub: Hub, request: Request, repo: RepoRef, revision: str) -> Re
         summary, description = header.get("summary") or "", header.get("description") or ""
         if not isinstance(summary, str) or not isinstance(description, str):
             raise bad_request("summary and description must be strings")
-        return hub.store.create_commit(repo, revision, operations, summary=summary[:_SUMMARY_CHARS],
-                                       description=description[:_SUMMARY_CHARS], author=user.name, parent=parent)
+        return hub.store.create_commit(
+            repo,
+            revision,
+            operations,
+            summary=summary[:_SUMMARY_CHARS],
+            description=description[:_SUMMARY_CHARS],
+            author=user.name,
+            parent=parent,
+        )
 
     new = await run_in_threadpool(work)
-    return json_response({"commitUrl": f"{_repo_url(request, repo)}/commit/{new}", "commitOid": new,
-                          "pullRequestUrl": None})
+    return json_response(
+        {"commitUrl": f"{_repo_url(request, repo)}/commit/{new}", "commitOid": new, "pullRequestUrl": None}
+    )
 
 
 async def create_branch(hub: Hub, request: Request, repo: RepoRef, revision: str) -> Response:
@@ -244,8 +265,11 @@ async def delete_tag(hub: Hub, request: Request, repo: RepoRef, revision: str) -
 
 async def xet_unsupported(hub: Hub, request: Request, repo: RepoRef, **_: object) -> Response:
     """Xet token routes: 501, so the client (with ``HF_HUB_DISABLE_XET=1``) uses plain LFS."""
-    raise ProtocolError(501, "medhub serve does not support Xet: set HF_HUB_DISABLE_XET=1 before importing "
-                             "huggingface_hub, so uploads use LFS over HTTP")
+    raise ProtocolError(
+        501,
+        "medhub serve does not support Xet: set HF_HUB_DISABLE_XET=1 before importing "
+        "huggingface_hub, so uploads use LFS over HTTP",
+    )
 
 
 async def lfs_batch(hub: Hub, request: Request, repo: RepoRef) -> Response:
@@ -264,8 +288,11 @@ async def lfs_batch(hub: Hub, request: Request, repo: RepoRef) -> Response:
         if not isinstance(oid, str) or not SHA256_HEX.match(oid) or not isinstance(size, int) or size < 0:
             raise bad_request("each LFS object needs a sha256 'oid' and a non-negative integer 'size'")
         if size > hub.max_upload_bytes:
-            raise ProtocolError(413, f"{oid}: {size} bytes is over this server's upload limit "
-                                     f"({hub.max_upload_bytes} bytes; see --max-upload-mb)")
+            raise ProtocolError(
+                413,
+                f"{oid}: {size} bytes is over this server's upload limit "
+                f"({hub.max_upload_bytes} bytes; see --max-upload-mb)",
+            )
         item: dict = {"oid": oid, "size": size, "authenticated": True}
         if not hub.store.has_blob(oid, size):
             sig = hub.auth.sign(f"{repo.type}/{repo.id}/{oid}/{size}", expires)
@@ -275,15 +302,19 @@ async def lfs_batch(hub: Hub, request: Request, repo: RepoRef) -> Response:
                 "verify": {"href": f"{api}/lfs-verify"},
             }
         out.append(item)
-    return json_response({"transfer": "basic", "objects": out, "hash_algo": "sha256"},
-                         media_type="application/vnd.git-lfs+json")
+    return json_response(
+        {"transfer": "basic", "objects": out, "hash_algo": "sha256"},
+        media_type="application/vnd.git-lfs+json",
+    )
 
 
 async def lfs_upload(hub: Hub, request: Request, repo: RepoRef, oid: str) -> Response:
     """``PUT .../lfs-upload/{oid}?size&expires&sig``: stream to a temporary file, publish only if sha256 matches."""
     query = request.query_params
     size_text = query.get("size", "")
-    hub.auth.check_signature(f"{repo.type}/{repo.id}/{oid}/{size_text}", query.get("expires", ""), query.get("sig", ""))
+    hub.auth.check_signature(
+        f"{repo.type}/{repo.id}/{oid}/{size_text}", query.get("expires", ""), query.get("sig", "")
+    )
     size = int(size_text)
     declared = request.headers.get("content-length")
     if declared is not None and declared != str(size):
