@@ -13,8 +13,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import sys  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The shared test Hub (`hub_server`, `hub`): importing it sets HF_ENDPOINT to a free 127.0.0.1 port.
 import pytest  # noqa: E402
+
+# The shared test Hub (`hub_server`, `hub`): importing it sets HF_ENDPOINT to a free 127.0.0.1 port.
 from hub_fixture import hub, hub_server  # noqa: E402, F401
 
 ROOT = Path(__file__).resolve().parents[1]
