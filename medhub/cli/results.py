@@ -7,6 +7,7 @@ import argparse
 from medhub.cli._output import print_json, print_table
 from medhub.cli.browse import format_result
 from medhub.registry import load_registry
+from medhub.schema import ReportedResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_results)
 
 
+def result_id(result: ReportedResult) -> str:
+    """A stable id for a reported result: model/task/metric plus its setting, e.g. ``.../img_size=28``."""
+    setting = ",".join(f"{k}={v}" for k, v in sorted(result.setting.items()))
+    return "/".join(filter(None, (result.model, result.task, result.metric, setting)))
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     """Print reported results, one row per (model, setting) and one column per task."""
     if args.db:  # reproduced results of a benchmark grid
@@ -33,7 +40,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.metric:
         results = [r for r in results if r.metric == args.metric.lower()]
     if args.json:
-        print_json([{"id": f"{r.model}/{r.task}/{r.metric}", **r.model_dump(mode="json")} for r in results])
+        print_json([{"id": result_id(r), **r.model_dump(mode="json")} for r in results])
         return 0
     if args.task or args.model:
         rows = [(r.model, r.task, format_result(r)) for r in results]
