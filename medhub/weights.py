@@ -111,7 +111,7 @@ def entry_weights(
             found = _FETCHERS[source.kind](entry, source, revision, cache_dir, offline, progress)
         except _SKIPPABLE as exc:
             logger.info("source %s of %s unavailable: %s", name, entry.id, exc)
-            tried.append(f"{name}: {exc}")
+            tried.append(f"{name}: {'not cached' if isinstance(exc, OfflineError) else exc}")
             continue
         found.tried = tried
         logger.info("weights of %s from %s%s", entry.id, name, " (cache)" if found.cached else "")
@@ -156,8 +156,14 @@ def _from_url(entry, source, revision, cache_dir, offline, progress) -> Resolved
             state_dict, describe(source), converted, _cached_report(meta, converted), cached=True
         )
     target = cache.download_path(root, key, source.url)
+    if not source.sha256 and not offline:
+        logger.warning("the registry records no sha256 for %s: the download cannot be verified", source.url)
     path = download_url(source.url, target, sha256=source.sha256, progress=progress, local_files_only=offline)
-    state_dict, report = _convert(path, source, entry)
+    try:
+        state_dict, report = _convert(path, source, entry)
+    except BaseException:  # an unconvertible or unsafe file is not kept around either
+        shutil.rmtree(target.parent, ignore_errors=True)
+        raise
     meta = {
         "id": entry.id,
         "url": source.url,

@@ -19,10 +19,12 @@ from http_files import FileServer
 from PIL import Image
 
 import medhub
+from medhub.cli import main as cli
 from medhub.errors import (
     ChecksumError,
     OfflineError,
     UnknownModelError,
+    UnsafeCheckpointError,
     UsageError,
     WeightsUnavailableError,
 )
@@ -152,7 +154,9 @@ def test_offline_and_not_cached_says_what_is_missing(tmp_path, monkeypatch):
         medhub.load(MOCO_ID)
     message = str(caught.value)
     assert "\n" not in message
-    assert "http://127.0.0.1:9/moco.pth.tar is not cached" in message and f"medhub fetch {MOCO_ID}" in message
+    assert (
+        "url http://127.0.0.1:9/moco.pth.tar: not cached" in message and f"medhub fetch {MOCO_ID}" in message
+    )
 
 
 def test_wrong_sha256_is_caught_and_nothing_is_cached(moco, tmp_path, monkeypatch):
@@ -249,3 +253,44 @@ def test_transforms_follow_the_entry(tmp_path, monkeypatch, shared_data):
     torch.testing.assert_close(x[0], (raw - 0.5) / 0.25, atol=0.02, rtol=0)
     names = [type(t).__name__ for t in train_tf.transforms]
     assert "RandomResizedCrop" in names and "CenterCrop" not in names
+
+
+class _Payload:
+    """Unpickling this would create a file: proof of code execution."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_malicious_pickle_from_a_url_is_refused_and_not_kept(tmp_path, monkeypatch):
+    served, marker = tmp_path / "served", tmp_path / "pwned"
+    served.mkdir()
+    torch.save(
+        {"state_dict": {"conv1.weight": torch.zeros(1)}, "hook": _Payload(marker)}, served / "evil.pth"
+    )
+    with FileServer(served) as server:
+        overlay(tmp_path, monkeypatch, {MOCO_ID: entry(server.url("evil.pth"))})
+        with pytest.raises(UnsafeCheckpointError):
+            medhub.load(MOCO_ID)
+    assert not marker.exists()
+    cache = Path(os.environ["MEDHUB_HOME"])
+    assert not [p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+
+
+def test_fetch_command_caches_for_offline_use(moco, tmp_path, monkeypatch, capsys):
+    folder, digest, backbone = moco
+    with FileServer(folder) as server:
+        overlay(tmp_path, monkeypatch, {MOCO_ID: entry(server.url("moco_v2_200ep_pretrain.pth.tar"), digest)})
+        assert cli(["fetch", MOCO_ID, "--json", "--no-progress"]) == 0
+    row = yaml.safe_load(capsys.readouterr().out)[0]
+    assert row["id"] == MOCO_ID and row["source"].startswith("url ") and row["path"].endswith(".safetensors")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = medhub.load(MOCO_ID).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), backbone(x), rtol=1e-5, atol=1e-5)
+    assert cli(["fetch", "resnet18_mocov2_testdat"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
