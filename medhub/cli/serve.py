@@ -20,12 +20,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", required=True, help="folder holding the repositories (created if missing)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (0 picks a free one; default 8080)")
-    p.add_argument("--token-file", help="file with one token per line ('TOKEN [NAME] [read|write]'); "
-                   "without it the server is read-only")
+    p.add_argument(
+        "--token-file",
+        help="file with one token per line ('TOKEN [NAME] [read|write]'); without it the server is read-only",
+    )
     p.add_argument("--public-read", action="store_true", help="allow reads without a token")
     p.add_argument("--max-upload-mb", type=int, default=20_480, help="largest upload in MiB (default 20480)")
-    p.add_argument("--regular-only", action="store_true",
-                   help="store every file as a regular git file (no LFS; works even with Xet enabled)")
+    p.add_argument(
+        "--regular-only",
+        action="store_true",
+        help="store every file as a regular git file (no LFS; works even with Xet enabled)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request (tokens are never logged)")
     p.set_defaults(func=cmd_serve)
 
@@ -38,8 +43,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535 or args.max_upload_mb < 1:
         raise UsageError("--port must be 0..65535 and --max-upload-mb at least 1")
-    app = build_app(args.root, token_file=args.token_file, public_read=args.public_read,
-                    max_upload_mb=args.max_upload_mb, regular_only=args.regular_only)
+    app = build_app(
+        args.root,
+        token_file=args.token_file,
+        public_read=args.public_read,
+        max_upload_mb=args.max_upload_mb,
+        regular_only=args.regular_only,
+    )
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -47,12 +57,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock.bind((args.host, args.port))
     except OSError as exc:
         sock.close()
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port") from None
+        raise UsageError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port"
+        ) from None
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     level = logging.getLogger().getEffectiveLevel()
-    config = uvicorn.Config(app, log_config=None, log_level=level, access_log=args.access_log, lifespan="off",
-                            server_header=False, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level=level,
+        access_log=args.access_log,
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    if args.access_log:  # uvicorn.access logs method, path and status: never headers, so never a token
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:

@@ -81,6 +81,7 @@ class Operation:
     kind: str
     path: str
     entry: dict | None = None
+    data: bytes | None = field(default=None, repr=False)  # content to store once the commit is accepted
 
 
 class BlobWriter:
@@ -146,9 +147,10 @@ class Store:
     def has_blob(self, sha256: str, size: int | None = None) -> bool:
         """Whether a blob exists (and has ``size`` bytes, when given)."""
         try:
-            return size is None or self.blob_path(sha256).stat().st_size == size
+            found = self.blob_path(sha256).stat().st_size
         except FileNotFoundError:
             return False
+        return size is None or found == size
 
     def blob_writer(self, oid: str, size: int) -> BlobWriter:
         """A writer for an upload that must hash to ``oid`` and have ``size`` bytes."""
@@ -327,6 +329,9 @@ class Store:
             if parent is not None and parent != head:
                 raise ProtocolError(412, f"parentCommit {parent} is not the head of {branch!r} ({head})")
             files = apply_operations(dict(self.commit(repo, head).files), operations)
+            for op in operations:
+                if op.data is not None:
+                    self.put_bytes(op.data)
             new = self._write_commit(repo, (head,), files, summary, description, author)
             refs = self.refs(repo)
             refs["branches"][head_branch] = new

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import time
 
@@ -137,7 +138,7 @@ async def preupload(hub: Hub, request: Request, repo: RepoRef, revision: str) ->
 
 
 def _parse_commit(hub: Hub, body: bytes) -> tuple[dict, list[Operation]]:
-    """The header and operations of an ndjson commit body; regular file contents are stored on the way."""
+    """The header and operations of an ndjson commit body (regular file contents are stored only on commit)."""
     header: dict | None = None
     operations: list[Operation] = []
     for number, line in enumerate(body.split(b"\n"), 1):
@@ -176,7 +177,8 @@ def _regular_file(hub: Hub, value: dict) -> Operation:
         data = base64.b64decode(value["content"], validate=True)
     except (binascii.Error, ValueError):
         raise bad_request(f"{path!r}: content is not valid base64") from None
-    return Operation("add", path, file_entry(hub.store.put_bytes(data), len(data), lfs=False, data=data))
+    sha = hashlib.sha256(data).hexdigest()
+    return Operation("add", path, file_entry(sha, len(data), lfs=False, data=data), data=data)
 
 
 def _lfs_file(hub: Hub, value: dict) -> Operation:
