@@ -248,13 +248,15 @@ def fill_batchnorm_counters(state: dict, target: Target, report: ConversionRepor
 def rename_keys(state: dict, pairs: tuple[tuple[str, str], ...], report: ConversionReport) -> dict:
     """Apply ``(regex, replacement)`` renames inside a hook, recording them like :meth:`Rules._rename`."""
     compiled = [(re.compile(p), r) for p, r in pairs]
+    earlier = {new: old for old, new in report.renamed.items()}  # names given by previous steps
     out = {}
     for key, value in state.items():
         new = key
         for pattern, replacement in compiled:
             new = pattern.sub(replacement, new)
         if new != key:
-            original = next((o for o, n in report.renamed.items() if n == key), report.prefix + key)
-            report.renamed[original] = new
+            report.renamed[earlier.get(key, report.prefix + key)] = new
+        if new in out:
+            raise ConversionError(f"two source keys map to '{new}'")
         out[new] = value
     return out
