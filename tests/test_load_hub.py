@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 
 import pytest
 import torch
@@ -31,7 +30,7 @@ PREP = {
 
 
 def publish(
-    tmp_path, *, seed: int, repo: str | None = None, num_classes: int = 4
+    hub, tmp_path, *, seed: int, repo: str | None = None, num_classes: int = 4
 ) -> tuple[str, str, torch.nn.Module]:
     """Upload a timm model folder with the real client; returns (repo, commit, model)."""
     import timm
@@ -44,7 +43,7 @@ def publish(
         pretrained_cfg={**model.pretrained_cfg, "input_size": (3, 64, 64)},
     )  # fmt: skip
     api = HfApi(endpoint=os.environ["HF_ENDPOINT"])
-    repo = repo or f"lab/{ARCH.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
+    repo = repo or hub.new_repo_id("load")
     api.create_repo(repo, exist_ok=True)
     return repo, api.upload_folder(folder_path=str(folder), repo_id=repo).oid, model
 
@@ -74,8 +73,10 @@ def same(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def test_registry_id_on_the_hub_loads_pinned_then_offline(hub, tmp_path, monkeypatch):
-    repo, commit, original = publish(tmp_path, seed=0)
-    _, later, _ = publish(tmp_path, seed=1, repo=repo)  # main moves on; the registry pins the first commit
+    repo, commit, original = publish(hub, tmp_path, seed=0)
+    _, later, _ = publish(
+        hub, tmp_path, seed=1, repo=repo
+    )  # main moves on; the registry pins the first commit
     assert later != commit
     source = {
         "kind": "medhub_hf",
@@ -97,12 +98,12 @@ def test_registry_id_on_the_hub_loads_pinned_then_offline(hub, tmp_path, monkeyp
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     same(medhub.load("test_resnet_testdata"), original)
-    with pytest.raises(OfflineError, match=f"{repo}/model.safetensors@{later} is not in the local Hub cache"):
+    with pytest.raises(OfflineError, match=f"medhub_hf {repo}@{later[:7]}/model.safetensors: not cached"):
         medhub.load("test_resnet_testdata", revision=later)
 
 
 def test_timm_hf_source_and_hf_hub_ids(hub, tmp_path, monkeypatch):
-    repo, commit, original = publish(tmp_path, seed=2)
+    repo, commit, original = publish(hub, tmp_path, seed=2)
     overlay(
         tmp_path,
         monkeypatch,
@@ -148,7 +149,7 @@ def test_missing_hub_repo_falls_back_to_the_url(hub, tmp_path, monkeypatch):
 
 
 def test_tampered_hub_file_is_caught_and_removed(hub, tmp_path, monkeypatch):
-    repo, commit, _ = publish(tmp_path, seed=4)
+    repo, commit, _ = publish(hub, tmp_path, seed=4)
     wrong = hashlib.sha256(b"what the registry expected").hexdigest()
     source = {"kind": "medhub_hf", "repo": repo, "revision": commit, "format": "timm", "sha256": wrong}
     overlay(tmp_path, monkeypatch, {"test_resnet_tampered": entry(source)})
