@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medhub._io import sha256_file
-from medhub.cards.card import CardContext, render_card
+from medhub.cards.card import render_card
+from medhub.cards.catalog import card_context
 from medhub.errors import ConversionError, UsageError
 from medhub.registry import Registry, load_registry, user_overlay_dir, write_overlay_entry
 from medhub.schema import ID_PATTERN, Checkpoint, Head, Licence, LineageStage, Preprocessing, WeightSource
@@ -276,5 +277,6 @@ def _write_folder(folder: Path, model: torch.nn.Module, entry: Checkpoint) -> tu
         model_args=dict(entry.arch_kwargs) or None,
         extra=provenance,
     )
-    (folder / "README.md").write_text(render_card(entry, CardContext()), encoding="utf-8")
+    card = render_card(entry, card_context(entry, load_registry()))
+    (folder / "README.md").write_text(card, encoding="utf-8")
     return tuple(sorted(p.name for p in folder.iterdir()))

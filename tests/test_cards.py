@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from medhub.cards import build_cards, card_text, cards_dir, check_cards, split_front_matter
+from medhub.cards import build_cards, card_text, cards_dir, check_cards, render_card, split_front_matter
 from medhub.cards.catalog import builtin_registry, card_context, find_parent
 from medhub.cli import main
 from medhub.registry import merge, write_overlay_entry
@@ -102,9 +102,16 @@ def test_card_how_to_load_with_plain_timm_and_recipe(small_registry):
 
 def test_parent_is_found_only_for_the_same_architecture(small_registry):
     child = small_registry.get_model("resnet50_imagenet1k_chestxray14")
-    assert find_parent(child, small_registry).id == "resnet50_imagenet1k"
+    parent, exact = find_parent(child, small_registry)
+    assert parent.id == "resnet50_imagenet1k" and exact
     other = child.model_copy(update={"arch": "resnet101"})
-    assert find_parent(other, small_registry) is None
+    assert find_parent(other, small_registry) == (None, False)
+    # same data and objectives but another recorded run: related, not the base model
+    stages = (child.lineage[0].model_copy(update={"source": "another lab"}), child.lineage[1])
+    cousin = child.model_copy(update={"lineage": stages})
+    assert find_parent(cousin, small_registry) == (parent, False)
+    meta, body = split_front_matter(render_card(cousin, card_context(cousin, small_registry)))
+    assert "base_model" not in meta and "does not record that exactly those weights" in body
     assert card_context(small_registry.get_model("resnet50_imagenet1k"), small_registry).parent is None
 
 

@@ -6,6 +6,7 @@ the network or the weights, so ``medhub cards build --check`` can tell a stale c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,15 +35,17 @@ DATASET_NAMES = {
     "radimagenet": "RadImageNet",
 }
 
-# Benchmark keys used in ``Checkpoint.benchmarks`` -> the paper to cite.
+# Benchmark keys used in ``Checkpoint.benchmarks`` -> (the paper to cite, its DOI).
 BENCHMARK_PAPERS = {
     "dart2021": (
         "Hosseinzadeh Taher, Haghighi, Feng, Gotway, Liang. A Systematic Benchmarking Analysis of Transfer "
-        "Learning for Medical Image Analysis. DART@MICCAI 2021, LNCS 12968:3-13. doi:10.1007/978-3-030-87722-4_1"
+        "Learning for Medical Image Analysis. DART@MICCAI 2021, LNCS 12968:3-13.",
+        "10.1007/978-3-030-87722-4_1",
     ),
     "media2025": (
         "Hosseinzadeh Taher, Haghighi, Gotway, Liang. Large-scale benchmarking and boosting transfer learning "
-        "for medical image analysis. Medical Image Analysis 102:103487 (2025). doi:10.1016/j.media.2025.103487"
+        "for medical image analysis. Medical Image Analysis 102:103487 (2025).",
+        "10.1016/j.media.2025.103487",
     ),
 }
 
@@ -69,6 +72,13 @@ HUB_LICENCES = {
     "other",
 }
 
+TASK_NAMES = {
+    "multi-label": "Multi-label image classification",
+    "binary": "Binary image classification",
+    "multi-class": "Multi-class image classification",
+    "ordinal": "Ordinal image classification",
+    "segmentation": "Image segmentation",
+}
 METRIC_TYPES = {"auc": "roc_auc", "acc": "accuracy", "dice": "dice"}
 METRIC_NAMES = {"auc": "AUC", "acc": "Accuracy", "dice": "Dice"}
 
@@ -80,6 +90,7 @@ class CardContext:
     results: Sequence[ReportedResult] = ()
     tasks: dict[str, Task] = field(default_factory=dict)
     parent: Checkpoint | None = None
+    parent_exact: bool = False  # True when every earlier stage is recorded identically (same run)
 
 
 def dataset_name(token: str) -> str:
@@ -103,7 +114,7 @@ def licence_fields(entry: Checkpoint) -> dict:
     key = weights.strip().lower()
     if key in HUB_LICENCES:
         return {"license": key}
-    slug = "".join(c if c.isalnum() else "-" for c in key).strip("-") or "other"
+    slug = re.sub(r"[^a-z0-9]+", "-", key).strip("-") or "other"
     fields = {"license": "other", "license_name": slug}
     if entry.licence.url:
         fields["license_link"] = entry.licence.url
@@ -130,7 +141,10 @@ def _model_index(entry: Checkpoint, ctx: CardContext) -> list[dict]:
         task_type = "image-segmentation" if task and task.type == "segmentation" else "image-classification"
         rows.append(
             {
-                "task": {"type": task_type, "name": task.type if task else task_type},
+                "task": {
+                    "type": task_type,
+                    "name": TASK_NAMES.get(task.type if task else "", "Image classification"),
+                },
                 "dataset": {"name": task.name if task else result.task, "type": result.task, "split": "test"},
                 "metrics": [metric],
                 "source": {"name": result.source},
@@ -146,7 +160,7 @@ def front_matter(entry: Checkpoint, ctx: CardContext) -> dict:
     tags += [f"objective:{o}" for o in dict.fromkeys(s.objective for s in entry.lineage)]
     meta["tags"] = list(dict.fromkeys(tags))
     meta["datasets"] = list(dict.fromkeys(entry.data_chain))
-    if ctx.parent is not None and (parent_repo := hub_repo(ctx.parent)):
+    if ctx.parent is not None and ctx.parent_exact and (parent_repo := hub_repo(ctx.parent)):
         meta["base_model"] = parent_repo[0]
         meta["base_model_relation"] = "finetune"
     meta["library_name"] = "timm"
@@ -170,8 +184,14 @@ def _lineage_section(entry: Checkpoint, ctx: CardContext) -> list[str]:
             stage.notes or "",
         ]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    if ctx.parent is not None:
+    if ctx.parent is not None and ctx.parent_exact:
         lines += ["", f"Continues from the registry checkpoint `{ctx.parent.id}` (all stages but the last)."]
+    elif ctx.parent is not None:
+        lines += [
+            "",
+            f"Its earlier stages have the same data and objectives as the registry checkpoint `{ctx.parent.id}`; "
+            "the registry does not record that exactly those weights started the last stage.",
+        ]
     return [*lines, ""]
 
 
@@ -288,7 +308,10 @@ def _citation_section(entry: Checkpoint) -> list[str]:
         text = paper.citation or paper.title
         text += f" doi:{paper.doi}" if paper.doi and paper.doi not in text else ""
         cited.append(text + (f" {paper.url}" if paper.url else ""))
-    cited += [BENCHMARK_PAPERS.get(key, key) for key in entry.benchmarks]
+    for key in entry.benchmarks:
+        text, doi = BENCHMARK_PAPERS.get(key, (key, None))
+        if not doi or not any(doi in c for c in cited):
+            cited.append(f"{text} doi:{doi}" if doi else text)
     if not cited:
         return [*lines, "No paper is recorded for this checkpoint.", ""]
     return [*lines, *(f"- {c}" for c in cited), ""]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from medhub._io import atomic_write_text
 from medhub.cards.card import CardContext, render_card
 from medhub.registry import PACKAGE_DIR, Registry, builtin_registry_path, load_registry, merge
-from medhub.schema import Checkpoint
+from medhub.schema import Checkpoint, LineageStage
 
 log = logging.getLogger(__name__)
 
@@ -26,29 +27,47 @@ def cards_dir() -> Path:
 
 def builtin_registry() -> Registry:
     """The shipped registry alone: cards are built from it, never from a user's overlays."""
-    return merge([builtin_registry_path()])
+    path = builtin_registry_path()
+    return _merged(str(path), path.stat().st_mtime_ns)
 
 
-def find_parent(entry: Checkpoint, registry: Registry) -> Checkpoint | None:
-    """The registry checkpoint whose lineage is this one's minus the last stage (same architecture)."""
+@functools.lru_cache(maxsize=2)
+def _merged(path: str, mtime_ns: int) -> Registry:
+    return merge([Path(path)])
+
+
+def find_parent(entry: Checkpoint, registry: Registry) -> tuple[Checkpoint | None, bool]:
+    """The registry checkpoint whose lineage is this one's minus the last stage (same architecture).
+
+    Returns ``(parent, exact)``: ``exact`` when the earlier stages are recorded identically (dataset,
+    objective, epochs and who ran them), i.e. the registry says these are the same weights.
+    """
     if len(entry.lineage) < 2:
-        return None
-    prefix = [(s.dataset, s.objective) for s in entry.lineage[:-1]]
-    for other in sorted(registry.checkpoints.values(), key=lambda c: c.id):
-        if (
-            other.id != entry.id
-            and other.arch == entry.arch
-            and [(s.dataset, s.objective) for s in other.lineage] == prefix
-        ):
-            return other
-    return None
+        return None, False
+    prefix = entry.lineage[:-1]
+    candidates = [
+        other
+        for other in sorted(registry.checkpoints.values(), key=lambda c: c.id)
+        if other.id != entry.id
+        and other.arch == entry.arch
+        and [(s.dataset, s.objective) for s in other.lineage] == [(s.dataset, s.objective) for s in prefix]
+    ]
+    for other in candidates:
+        if all(_same_run(a, b) for a, b in zip(other.lineage, prefix, strict=True)):
+            return other, True
+    return (candidates[0], False) if candidates else (None, False)
+
+
+def _same_run(a: LineageStage, b: LineageStage) -> bool:
+    return (a.dataset, a.objective, a.epochs, a.source) == (b.dataset, b.objective, b.epochs, b.source)
 
 
 def card_context(entry: Checkpoint, registry: Registry) -> CardContext:
     """Results, tasks and parent of ``entry`` as recorded in ``registry``."""
     results = [r for r in registry.results if r.model == entry.id]
     tasks = {r.task: registry.tasks[r.task] for r in results if r.task in registry.tasks}
-    return CardContext(results=results, tasks=tasks, parent=find_parent(entry, registry))
+    parent, exact = find_parent(entry, registry)
+    return CardContext(results=results, tasks=tasks, parent=parent, parent_exact=exact)
 
 
 def card_text(model_id: str, registry: Registry | None = None) -> str:
