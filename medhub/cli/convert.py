@@ -59,10 +59,13 @@ def run(args: argparse.Namespace) -> int:
         extra={"source_file": str(args.path), "source_format": conversion.fmt,
                "conversion": conversion.summary(), "classifier": report.classifier})
     if args.json:
-        print(json.dumps({"output": str(out), "conversion": conversion.to_dict(), "load": report.to_dict()},
-                         indent=2, default=str))
+        from medhub.cli._output import print_json
+
+        print_json({"output": str(out), "conversion": conversion.to_dict(), "load": report.to_dict()})
     else:
         print(conversion.summary())
         print(report.summary())
-        print(f"wrote {out}/model.safetensors and config.json (timm: create_model('local-dir:{out}', pretrained=True))")
+        print(f"wrote {out}/model.safetensors and config.json; load with "
+              f"timm.create_model('local-dir:{out}', pretrained=True)")
+        print("Research software, not a medical device.")
     return 0
