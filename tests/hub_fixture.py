@@ -139,11 +139,14 @@ def start_server(
     command = [sys.executable, "-m", "medhub", "serve", "--root", str(root), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--token-file", str(token_file), *extra_args]
     handle = open(log, "ab")  # noqa: SIM115 - the child keeps writing to it
+    offset = handle.tell()  # a restart appends: only read what this process writes
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ})
     handle.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = log.read_text(encoding="utf-8", errors="replace")
+        with open(log, "rb") as reader:
+            reader.seek(offset)
+            text = reader.read().decode("utf-8", "replace")
         for line in text.splitlines():
             if line.startswith("Serving on http://"):
                 real_port = int(line.rsplit(":", 1)[1])

@@ -81,5 +81,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if not self.should_exit:
                 print(f"Serving on http://{host}:{port}", flush=True)
 
+        async def shutdown(self, sockets=None) -> None:
+            await super().shutdown(sockets=sockets)
+            self._captured_signals.clear()  # a requested stop is a clean exit (0), not death by signal
+
     _Server(config).run(sockets=[sock])
     return 0

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medhub._io import atomic_write_bytes
+from medhub.errors import UsageError
 from medhub.serve.protocol import (
     GITATTRIBUTES,
     SHA1_HEX,
@@ -125,15 +126,32 @@ class BlobWriter:
 
 
 class Store:
-    """A directory of Hub repositories. Safe for concurrent threads and processes sharing one root."""
+    """A directory of Hub repositories, safe for concurrent threads.
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    Args:
+        root: the store's folder (created if missing).
+        exclusive: hold ``root/server.lock`` for the store's lifetime and clear the leftovers of a crash
+            (``tmp/``, ``trash/``); a second exclusive store on the same root is refused. Use
+            ``exclusive=False`` to inspect a store that a server is using.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, exclusive: bool = True) -> None:
         self.root = Path(root).resolve()
-        for sub in ("blobs", "repos", "locks"):
+        for sub in ("blobs", "repos", "locks", "tmp", "trash"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for sub in ("tmp", "trash"):  # leftovers of a crash: never visible, removed now
-            shutil.rmtree(self.root / sub, ignore_errors=True)
-            (self.root / sub).mkdir()
+        self._server_lock = None
+        if exclusive:
+            self._server_lock = open(self.root / "server.lock", "a")  # noqa: SIM115 - held until exit
+            try:
+                fcntl.flock(self._server_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._server_lock.close()
+                raise UsageError(
+                    f"another medhub serve is using {self.root}; stop it or pick another --root"
+                ) from None
+            for sub in ("tmp", "trash"):  # leftovers of a crash: never visible, removed now
+                shutil.rmtree(self.root / sub, ignore_errors=True)
+                (self.root / sub).mkdir()
         self._commits: dict[tuple[RepoRef, str], Commit] = {}
         self._cache_lock = threading.Lock()
 
