@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -160,7 +162,7 @@ def test_kill_9_during_an_lfs_upload_leaves_a_consistent_store(tmp_path):
         path = hf_hub_download(
             "lab/crash", "kept.txt", endpoint=server.endpoint, token=server.token, cache_dir=tmp_path / "c"
         )
-        assert open(path, "rb").read() == b"kept"
+        assert Path(path).read_bytes() == b"kept"
         again.upload_file(path_or_fileobj=data, path_in_repo="big.bin", repo_id="lab/crash")
         assert store.has_blob(oid, len(data)) and Store(server.root, exclusive=False).fsck() == []
     finally:
@@ -168,10 +170,8 @@ def test_kill_9_during_an_lfs_upload_leaves_a_consistent_store(tmp_path):
 
 
 def _quietly(fn, *args, **kwargs):
-    try:
+    with contextlib.suppress(requests.RequestException):
         fn(*args, **kwargs)
-    except requests.RequestException:
-        pass
 
 
 def _first_line(process: subprocess.Popen, timeout: float = 60) -> str:
