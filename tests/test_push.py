@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,41 +17,6 @@ from medhub.cards.card import split_front_matter
 from medhub.cli import main
 from medhub.registry import clear_cache, load_registry, user_overlay_dir, write_overlay_entry
 from medhub.schema import Checkpoint, Head, Licence, LineageStage, Preprocessing, WeightSource
-
-TOKEN = "push-test-token-5f1e"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real `medhub serve` on a free loopback port; yields its URL."""
-    root = tmp_path_factory.mktemp("hub")
-    (root / "tokens").write_text(f"{TOKEN} pusher write\n")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(root / "serve.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "medhub", "serve", "--root", str(root / "repos"), "--port", str(port),
-         "--token-file", str(root / "tokens")],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while "Serving on" not in (root / "serve.log").read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"medhub serve did not start: {(root / 'serve.log').read_text()[-500:]}")
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
-
-
-@pytest.fixture
-def hub_env(server, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", server)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    return server
 
 
 def tiny_checkpoint(
@@ -70,7 +33,7 @@ def tiny_checkpoint(
 def repo_files(repo: str) -> list[str] | None:
     from huggingface_hub import HfApi
 
-    api = HfApi(endpoint=os.environ["HF_ENDPOINT"], token=os.environ["HF_TOKEN"])
+    api = HfApi(endpoint=os.environ["HF_ENDPOINT"], token=os.environ["HF_TOKEN"])  # the `hub` fixture's
     return sorted(api.list_repo_files(repo)) if api.repo_exists(repo) else None
 
 
@@ -93,36 +56,34 @@ print("EQUAL")
 
 
 @pytest.mark.slow
-def test_push_then_load_three_ways(hub_env, tmp_path, capsys):
+def test_push_then_load_three_ways(hub, tmp_path, capsys):
+    repo = hub.new_repo_id("tiny-push")
     ck = tmp_path / "tiny.safetensors"
     model = tiny_checkpoint(ck)
-    argv = ["push", str(ck), "--arch", "test_resnet", "--repo", "lab/tiny-push", "--id", "test_resnet_lab_cxr",
+    argv = ["push", str(ck), "--arch", "test_resnet", "--repo", repo, "--id", "test_resnet_lab_cxr",
             "--labels", "normal,pneumonia,other", "--data", "labcxr", "--license", "cc-by-4.0"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     commit = out.split("commit ", 1)[1].split()[0]
     assert len(commit) == 40
-    assert repo_files("lab/tiny-push") == [".gitattributes", "README.md", "config.json", "model.safetensors"]
+    assert repo_files(repo) == [".gitattributes", "README.md", "config.json", "model.safetensors"]
 
     entry = load_registry().get_model("test_resnet_lab_cxr")
     source = entry.sources[0]
-    assert (source.kind, source.repo, source.revision) == ("medhub_hf", "lab/tiny-push", commit)
+    assert (source.kind, source.repo, source.revision) == ("medhub_hf", repo, commit)
     assert entry.head.label_names == ("normal", "pneumonia", "other") and entry.head.first_conv == "conv1.0"
     assert entry.preprocessing.input_size == (3, 160, 160) and entry.licence.weights == "cc-by-4.0"
     assert [s.dataset for s in entry.lineage] == ["labcxr"]
 
     from huggingface_hub import hf_hub_download
 
-    readme = Path(hf_hub_download("lab/tiny-push", "README.md", revision=commit, endpoint=hub_env))
+    readme = Path(hf_hub_download(repo, "README.md", revision=commit, endpoint=hub.endpoint))
     meta, body = split_front_matter(readme.read_text())
     assert (
         meta["license"] == "cc-by-4.0" and meta["library_name"] == "timm" and meta["datasets"] == ["labcxr"]
     )
-    assert (
-        'timm.create_model("hf-hub:lab/tiny-push", pretrained=True)' in body
-        and "not a medical device" in body
-    )
-    config = json.loads(Path(hf_hub_download("lab/tiny-push", "config.json", endpoint=hub_env)).read_text())
+    assert f'timm.create_model("hf-hub:{repo}", pretrained=True)' in body and "not a medical device" in body
+    config = json.loads(Path(hf_hub_download(repo, "config.json", endpoint=hub.endpoint)).read_text())
     assert config["architecture"] == "test_resnet" and config["num_classes"] == 3
     assert config["label_names"] == ["normal", "pneumonia", "other"]
     assert (
@@ -130,67 +91,62 @@ def test_push_then_load_three_ways(hub_env, tmp_path, capsys):
     )
 
     assert main(["card", "test_resnet_lab_cxr"]) == 0
-    assert f"hf-hub:lab/tiny-push@{commit}" in capsys.readouterr().out
+    assert f"hf-hub:{repo}@{commit}" in capsys.readouterr().out
 
     x = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
         torch.save((x, model(x)), tmp_path / "io.pt")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(
-        [sys.executable, "-c", INTEROP, str(tmp_path / "io.pt"), "lab/tiny-push", "test_resnet_lab_cxr"],
+        [sys.executable, "-c", INTEROP, str(tmp_path / "io.pt"), repo, "test_resnet_lab_cxr"],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0 and "EQUAL" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
 
 
-def test_misfit_push_uploads_nothing(hub_env, tmp_path, capsys):
+def test_misfit_push_uploads_nothing(hub, tmp_path, capsys):
+    repo = hub.new_repo_id("misfit-arch")
     ck = tmp_path / "tiny.safetensors"
     tiny_checkpoint(ck)
-    assert main(["push", str(ck), "--arch", "resnet18", "--repo", "lab/misfit-arch"]) == 2
+    assert main(["push", str(ck), "--arch", "resnet18", "--repo", repo]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "resnet18" in err and "Traceback" not in err
-    assert repo_files("lab/misfit-arch") is None
+    assert repo_files(repo) is None
     assert not (user_overlay_dir() / "user.yaml").exists()
 
 
-def test_misfit_push_to_an_existing_repo_adds_no_commit(hub_env, tmp_path, capsys):
+def test_misfit_push_to_an_existing_repo_adds_no_commit(hub, tmp_path, capsys):
+    repo = hub.new_repo_id("existing")
     good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
     tiny_checkpoint(good)
     tiny_checkpoint(bad, arch="test_vit", num_classes=3)
-    assert (
-        main(["push", str(good), "--arch", "test_resnet", "--repo", "lab/existing", "--id", "tiny_existing"])
-        == 0
-    )
+    assert main(["push", str(good), "--arch", "test_resnet", "--repo", repo, "--id", "tiny_existing"]) == 0
     from medhub.hub.upload import repo_head
 
-    head = repo_head("lab/existing")
+    head = repo_head(repo)
     capsys.readouterr()
-    assert (
-        main(["push", str(bad), "--arch", "test_resnet", "--repo", "lab/existing", "--id", "tiny_existing"])
-        == 2
-    )
+    assert main(["push", str(bad), "--arch", "test_resnet", "--repo", repo, "--id", "tiny_existing"]) == 2
     assert "do not fit 'test_resnet'" in capsys.readouterr().err
-    assert repo_head("lab/existing") == head
+    assert repo_head(repo) == head
     assert load_registry().get_model("tiny_existing").sources[0].revision == head
 
 
-def test_taken_id_and_bad_repo_are_refused_before_upload(hub_env, tmp_path, capsys):
+def test_taken_id_and_bad_repo_are_refused_before_upload(hub, tmp_path, capsys):
+    repo = hub.new_repo_id("taken")
     ck = tmp_path / "tiny.safetensors"
     tiny_checkpoint(ck)
     assert (
-        main(["push", str(ck), "--arch", "test_resnet", "--repo", "lab/taken", "--id", "resnet50_imagenet1k"])
-        == 2
+        main(["push", str(ck), "--arch", "test_resnet", "--repo", repo, "--id", "resnet50_imagenet1k"]) == 2
     )
     assert "already defined" in capsys.readouterr().err
-    assert repo_files("lab/taken") is None
+    assert repo_files(repo) is None
     assert main(["push", str(ck), "--arch", "test_resnet", "--repo", "no-slash"]) == 2
     assert "ORG/NAME" in capsys.readouterr().err
     assert main(["push", str(ck), "--repo", "lab/noarch"]) == 2
     assert "--arch" in capsys.readouterr().err
 
 
-def test_wrong_token_is_one_line_without_the_token(server, monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv("HF_ENDPOINT", server)
+def test_wrong_token_is_one_line_without_the_token(hub, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("HF_TOKEN", "not-the-right-token-123")
     ck = tmp_path / "tiny.safetensors"
     tiny_checkpoint(ck)
@@ -199,7 +155,9 @@ def test_wrong_token_is_one_line_without_the_token(server, monkeypatch, tmp_path
     assert err.count("\n") == 1 and "HF_TOKEN" in err and "not-the-right-token-123" not in err
 
 
-def test_push_with_base_inherits_lineage_and_folder_round_trip(hub_env, tmp_path, capsys):
+def test_push_with_base_inherits_lineage_and_folder_round_trip(hub, tmp_path, capsys):
+    repo = hub.new_repo_id("from-base")
+    copy_repo = hub.new_repo_id("copy")
     base = Checkpoint(
         id="test_resnet_imagenet1k_chestxray14",
         arch="test_resnet",
@@ -217,7 +175,7 @@ def test_push_with_base_inherits_lineage_and_folder_round_trip(hub_env, tmp_path
     write_overlay_entry(base, "bases.yaml")
     ck = tmp_path / "tiny.safetensors"
     tiny_checkpoint(ck, num_classes=2)
-    argv = ["push", str(ck), "--repo", "lab/from-base", "--id", "tiny_from_base", "--base", base.id,
+    argv = ["push", str(ck), "--repo", repo, "--id", "tiny_from_base", "--base", base.id,
             "--data", "pneumoniamnist"]  # fmt: skip
     assert main(argv) == 0
     capsys.readouterr()
@@ -228,8 +186,8 @@ def test_push_with_base_inherits_lineage_and_folder_round_trip(hub_env, tmp_path
     # the pushed repo is a folder medhub wrote: pushing it again keeps its lineage
     from huggingface_hub import snapshot_download
 
-    folder = Path(snapshot_download("lab/from-base", endpoint=hub_env))
-    assert main(["push", str(folder), "--repo", "lab/copy", "--id", "tiny_copy", "--json"]) == 0
+    folder = Path(snapshot_download(repo, endpoint=hub.endpoint))
+    assert main(["push", str(folder), "--repo", copy_repo, "--id", "tiny_copy", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["id"] == "tiny_copy" and len(result["commit"]) == 40
     clear_cache()
