@@ -1,0 +1,102 @@
+"""Grid executor overhead: the Ray executor's cost per cell against the local one, and 1 -> 2 worker scaling.
+
+Each repetition runs a real grid of tiny cells (``random:test_resnet`` on the embedded BreastMNIST, 1 epoch,
+a quarter of the labels) into a fresh SQLite store, through :func:`medhub.grid.run.run_grid`:
+
+* ``overhead`` = wall time of the whole grid minus the time the cells spent inside ``reproduce`` (measured
+  in the worker), with one worker, so nothing overlaps: executor start (process pool spawn + torch import,
+  or ``ray.init``), dispatch, result transfer, database writes and shutdown. Reported in total and per cell.
+* ``scaling`` = wall time of a bigger grid with the local executor at 1 and at 2 workers.
+
+Usage: ``python benchmarks/grid_overhead.py [--quick]``; the last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from medhub.grid.cells import expand_grid  # noqa: E402
+from medhub.grid.executors import make_executor  # noqa: E402
+from medhub.grid.run import plan_grid, run_grid  # noqa: E402
+from medhub.grid.store import ResultStore  # noqa: E402
+
+MODEL, TASK = "random:test_resnet", "breastmnist"
+
+
+def one_grid(kind: str, workers: int, cells: int, tmp: Path) -> dict:
+    """Run ``cells`` tiny cells with ``kind``/``workers``; wall seconds and seconds spent in cells."""
+    store = ResultStore(f"sqlite:///{tmp / f'{kind}-{workers}-{time.monotonic_ns()}.db'}")
+    grid = expand_grid([MODEL], [TASK], [0.25], runs=cells, settings={"epochs": 1})
+    todo = plan_grid(store, grid, resume=False)
+    in_cells: list[float] = []
+
+    def collect(event) -> None:
+        if event.kind != "start":
+            if event.kind == "failed":
+                raise RuntimeError(f"cell failed: {event.result.get('error')}")
+            in_cells.append(event.result["seconds"])
+
+    start = time.perf_counter()
+    executor = make_executor(kind, workers=workers, cpus_per_run=1)
+    run_grid(
+        store,
+        todo,
+        executor,
+        out=str(tmp / "runs" / f"{kind}{workers}-{time.monotonic_ns()}"),
+        on_event=collect,
+    )
+    wall = time.perf_counter() - start
+    store.close()
+    return {"wall_s": wall, "cells_s": sum(in_cells), "overhead_s": wall - sum(in_cells)}
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 cells per grid, 5 repetitions")
+    parser.add_argument("--repeats", type=int, help="repetitions (default 5 quick, 7 full)")
+    args = parser.parse_args()
+    cells = 4 if args.quick else 8
+    repeats = args.repeats or (5 if args.quick else 7)
+    result: dict = {"benchmark": "grid_overhead", "quick": args.quick, "cells": cells, "repeats": repeats,
+                    "cell": f"{MODEL} {TASK} epochs=1 label_fraction=0.25",
+                    "machine": f"{platform.machine()} {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for kind in ("local", "ray"):
+            runs = [one_grid(kind, 1, cells, tmp) for _ in range(repeats)]
+            result[kind] = {
+                "wall_s": median_of(runs, "wall_s"),
+                "overhead_s": median_of(runs, "overhead_s"),
+                "overhead_per_cell_s": median_of(runs, "overhead_s") / cells,
+                "cell_s": median_of(runs, "cells_s") / cells,
+            }
+            print(f"{kind}: {json.dumps(result[kind])}", flush=True)
+        result["ray_minus_local_overhead_per_cell_s"] = (
+            result["ray"]["overhead_per_cell_s"] - result["local"]["overhead_per_cell_s"]
+        )
+        scaling = {}
+        for workers in (1, 2):
+            runs = [one_grid("local", workers, 2 * cells, tmp) for _ in range(repeats)]
+            scaling[f"workers_{workers}_wall_s"] = median_of(runs, "wall_s")
+            print(f"local x{workers}: {scaling[f'workers_{workers}_wall_s']:.2f}s", flush=True)
+        scaling["speedup_1_to_2"] = scaling["workers_1_wall_s"] / scaling["workers_2_wall_s"]
+        result["scaling_local"] = scaling
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
