@@ -61,7 +61,9 @@ class _Frozen:
         return hash(repr(sorted(self.value.items())))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Frozen) and repr(sorted(self.value.items())) == repr(sorted(other.value.items()))
+        return isinstance(other, _Frozen) and repr(sorted(self.value.items())) == repr(
+            sorted(other.value.items())
+        )
 
 
 @functools.lru_cache(maxsize=64)
@@ -74,8 +76,13 @@ def _cached_spec(arch: str, kwargs: _Frozen) -> ArchSpec:
     cfg = dict(model.pretrained_cfg)
     classifier = cfg.get("classifier") or ()
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-    return ArchSpec(arch=arch, shapes={k: tuple(v.shape) for k, v in model.state_dict().items()},
-                    classifier=classifier, first_conv=_first(cfg.get("first_conv")), pretrained_cfg=cfg)
+    return ArchSpec(
+        arch=arch,
+        shapes={k: tuple(v.shape) for k, v in model.state_dict().items()},
+        classifier=classifier,
+        first_conv=_first(cfg.get("first_conv")),
+        pretrained_cfg=cfg,
+    )
 
 
 def _first(name: str | list | tuple | None) -> str | None:
@@ -87,7 +94,9 @@ def _require_arch(arch: str) -> None:
 
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch.split('_')[0]}*")[:5]
-        raise UsageError(f"timm has no architecture '{arch}'; similar: {', '.join(close) or 'none'}", arch=arch)
+        raise UsageError(
+            f"timm has no architecture '{arch}'; similar: {', '.join(close) or 'none'}", arch=arch
+        )
 
 
 @dataclass
@@ -110,8 +119,10 @@ class LoadReport:
 
     def summary(self) -> str:
         """A few human-readable lines."""
-        lines = [f"{self.arch}: {self.loaded} tensors loaded; {len(self.renamed)} renamed, "
-                 f"{len(self.dropped)} dropped; classifier {self.classifier}"]
+        lines = [
+            f"{self.arch}: {self.loaded} tensors loaded; {len(self.renamed)} renamed, "
+            f"{len(self.dropped)} dropped; classifier {self.classifier}"
+        ]
         lines += [f"adapted: {a}" for a in self.adapted]
         if self.missing:
             lines.append(f"initialised fresh: {', '.join(self.missing)}")
@@ -163,16 +174,27 @@ def create_model(
         report.adapted = list(conversion.adapted)
         report.conversion = conversion.to_dict()
     source_classes = _source_classes(state, heads)
-    target_classes = num_classes if num_classes is not None else (source_classes or 0)
+    if num_classes is not None:
+        target_classes = num_classes
+    elif state_dict is None:  # an untrained model: timm's default head
+        target_classes = (
+            spec.shapes[f"{spec.classifier[0]}.weight"][0]
+            if spec.classifier and (f"{spec.classifier[0]}.weight" in spec.shapes)
+            else 0
+        )
+    else:  # keep the source's classifier, or none when it had none
+        target_classes = source_classes or 0
     source_chans = state[f"{conv}.weight"].shape[1] if conv and f"{conv}.weight" in state else 3
     target_chans = in_chans or source_chans
-    model = timm.create_model(arch, pretrained=False, num_classes=target_classes, in_chans=target_chans,
-                              **timm_kwargs)
+    model = timm.create_model(
+        arch, pretrained=False, num_classes=target_classes, in_chans=target_chans, **timm_kwargs
+    )
     if state_dict is not None:
         _load_strictly(model, state, heads, conv, source_classes, report)
     report.loaded = len(state)
-    model.pretrained_cfg = model.default_cfg = _fill_cfg(model, pretrained_cfg, target_classes, target_chans,
-                                                         keep_labels=report.classifier.startswith("kept"))
+    model.pretrained_cfg = model.default_cfg = _fill_cfg(
+        model, pretrained_cfg, target_classes, target_chans, keep_labels=report.classifier.startswith("kept")
+    )
     model.eval()
     logger.info("loaded %s\n%s", arch, report.summary())
     return model, report
@@ -190,14 +212,23 @@ def _head_keys(keys: Any, heads: tuple[str, ...]) -> set[str]:
     return {k for k in keys if k.startswith(tuple(f"{h}." for h in heads))}
 
 
-def _load_strictly(model: torch.nn.Module, state: dict, heads: tuple[str, ...], conv: str | None,
-                   source_classes: int | None, report: LoadReport) -> None:
+def _load_strictly(
+    model: torch.nn.Module,
+    state: dict,
+    heads: tuple[str, ...],
+    conv: str | None,
+    source_classes: int | None,
+    report: LoadReport,
+) -> None:
     from timm.models import adapt_input_conv
 
     own = model.state_dict()
     source_heads, target_heads = _head_keys(state, heads), _head_keys(own, heads)
-    head_fits = bool(source_heads) and source_heads == target_heads and all(
-        state[k].shape == own[k].shape for k in source_heads)
+    head_fits = (
+        bool(source_heads)
+        and source_heads == target_heads
+        and all(state[k].shape == own[k].shape for k in source_heads)
+    )
     if head_fits:
         report.classifier = f"kept ({source_classes} classes)"
     else:
@@ -220,14 +251,23 @@ def _load_strictly(model: torch.nn.Module, state: dict, heads: tuple[str, ...], 
     blocking = sorted(missing - set(fresh))
     if unexpected or blocking or wrong:
         report.unexpected, report.missing = unexpected, blocking
-        parts = [f"{len(unexpected)} unexpected keys: {_short(unexpected)}" if unexpected else "",
-                 f"{len(blocking)} missing keys: {_short(blocking)}" if blocking else "",
-                 (f"{len(wrong)} keys of another shape: " + _short(
-                     [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong])) if wrong else ""]
+        parts = [
+            f"{len(unexpected)} unexpected keys: {_short(unexpected)}" if unexpected else "",
+            f"{len(blocking)} missing keys: {_short(blocking)}" if blocking else "",
+            (
+                f"{len(wrong)} keys of another shape: "
+                + _short([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong])
+            )
+            if wrong
+            else "",
+        ]
         raise ConversionError(
             f"weights do not fit '{report.arch}' ({'; '.join(p for p in parts if p)}); check the architecture "
-            "(and its depth/width/heads/window) or the checkpoint format", arch=report.arch,
-            unexpected=unexpected, missing=blocking)
+            "(and its depth/width/heads/window) or the checkpoint format",
+            arch=report.arch,
+            unexpected=unexpected,
+            missing=blocking,
+        )
     for key in fresh:
         state[key] = own[key]
     report.missing = fresh
@@ -239,8 +279,9 @@ def _short(keys: list[str], limit: int = 12) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _fill_cfg(model: torch.nn.Module, overrides: dict | None, classes: int, chans: int,
-              keep_labels: bool) -> dict[str, Any]:
+def _fill_cfg(
+    model: torch.nn.Module, overrides: dict | None, classes: int, chans: int, keep_labels: bool
+) -> dict[str, Any]:
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     for key in ("url", "hf_hub_id", "file", "tag"):
         cfg.pop(key, None)
@@ -255,8 +296,11 @@ def _fill_cfg(model: torch.nn.Module, overrides: dict | None, classes: int, chan
     for stat in ("mean", "std"):
         values = tuple(cfg.get(stat) or ())
         if values and len(values) != chans:
-            cfg[stat] = (sum(values) / len(values),) * chans if chans == 1 or len(set(values)) == 1 else tuple(
-                values[i % len(values)] for i in range(chans))
+            cfg[stat] = (
+                (sum(values) / len(values),) * chans
+                if chans == 1 or len(set(values)) == 1
+                else tuple(values[i % len(values)] for i in range(chans))
+            )
     return cfg
 
 
@@ -268,8 +312,11 @@ def load_npz_state(path: Path, arch: str, **arch_kwargs: Any) -> dict[str, torch
     _require_arch(arch)
     model = timm.create_model(arch, pretrained=False, **arch_kwargs)
     if not isinstance(model, VisionTransformer):
-        raise ConversionError(f"timm reads .npz weights only into VisionTransformer models, not '{arch}'",
-                              arch=arch, path=str(path))
+        raise ConversionError(
+            f"timm reads .npz weights only into VisionTransformer models, not '{arch}'",
+            arch=arch,
+            path=str(path),
+        )
     try:
         _load_weights(model, str(path))
     except (KeyError, ValueError, RuntimeError) as exc:

@@ -19,8 +19,22 @@ from medhub.errors import ConversionError
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-_CFG_KEYS = ("input_size", "test_input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode",
-             "mean", "std", "first_conv", "classifier", "pool_size", "license", "num_classes", "label_names")
+_CFG_KEYS = (
+    "input_size",
+    "test_input_size",
+    "fixed_input_size",
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "mean",
+    "std",
+    "first_conv",
+    "classifier",
+    "pool_size",
+    "license",
+    "num_classes",
+    "label_names",
+)
 
 
 def write_model_folder(
@@ -76,12 +90,17 @@ def read_model_folder(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     weights, config = folder / WEIGHTS_NAME, folder / CONFIG_NAME
     for needed in (weights, config):
         if not needed.is_file():
-            raise ConversionError(f"{folder} has no {needed.name}; a model folder needs {WEIGHTS_NAME} and "
-                                  f"{CONFIG_NAME} (write one with `medhub convert`)", path=str(folder))
+            raise ConversionError(
+                f"{folder} has no {needed.name}; a model folder needs {WEIGHTS_NAME} and "
+                f"{CONFIG_NAME} (write one with `medhub convert`)",
+                path=str(folder),
+            )
     try:
         cfg = json.loads(config.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ConversionError(f"{config} is not valid JSON ({exc.msg}, line {exc.lineno})", path=str(config)) from None
+        raise ConversionError(
+            f"{config} is not valid JSON ({exc.msg}, line {exc.lineno})", path=str(config)
+        ) from None
     return load_file(str(weights)), cfg
 
 

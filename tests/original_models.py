@@ -41,11 +41,13 @@ def tv_resnet(num_classes: int = 1000, **kw) -> torchvision.models.ResNet:
 
 def pooled(resnet_without_fc: nn.Module):
     """Features of a torchvision ResNet up to global average pooling."""
+
     def run(x):
         m = resnet_without_fc
         x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
         x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
         return torch.flatten(m.avgpool(x), 1)
+
     return run
 
 
@@ -66,7 +68,12 @@ class MoCo(nn.Module):
 def moco_checkpoint():
     model = randomize(MoCo(tv_resnet), 1)
     randomize(model.encoder_k, 2)  # the key encoder differs from the query encoder
-    ckpt = {"epoch": 200, "arch": "resnet18", "state_dict": dp(model).state_dict(), "optimizer": {"state": {}}}
+    ckpt = {
+        "epoch": 200,
+        "arch": "resnet18",
+        "state_dict": dp(model).state_dict(),
+        "optimizer": {"state": {}},
+    }
     q = model.encoder_q
     return ckpt, pooled(q)
 
@@ -80,7 +87,9 @@ class SwAVResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=2, bias=False)
         for name in ("bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"):
             setattr(self, name, getattr(base, name))
-        self.projection_head = nn.Sequential(nn.Linear(512, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, output_dim))
+        self.projection_head = nn.Sequential(
+            nn.Linear(512, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, output_dim)
+        )
         self.prototypes = nn.Linear(output_dim, nmb_prototypes, bias=False)
 
     def forward_backbone(self, x):
@@ -100,8 +109,9 @@ class BarlowTwins(nn.Module):
         super().__init__()
         self.backbone = tv_resnet(zero_init_residual=True)
         self.backbone.fc = nn.Identity()
-        self.projector = nn.Sequential(nn.Linear(512, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU(),
-                                       nn.Linear(32, 32, bias=False))
+        self.projector = nn.Sequential(
+            nn.Linear(512, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 32, bias=False)
+        )
         self.bn = nn.BatchNorm1d(32, affine=False)
 
 
@@ -112,7 +122,9 @@ def barlowtwins_checkpoint():
 
 def barlowtwins_release():
     model = randomize(BarlowTwins(), 5)
-    return model.backbone.state_dict(), pooled(model.backbone)  # torch.save(model.module.backbone.state_dict())
+    return model.backbone.state_dict(), pooled(
+        model.backbone
+    )  # torch.save(model.module.backbone.state_dict())
 
 
 # --- SimSiam: encoder whose fc is the projector, predictor ---------------------------------------------
@@ -122,16 +134,28 @@ class SimSiam(nn.Module):
         self.encoder = tv_resnet(num_classes=dim, zero_init_residual=True)
         prev = self.encoder.fc.weight.shape[1]
         self.encoder.fc = nn.Sequential(
-            nn.Linear(prev, prev, bias=False), nn.BatchNorm1d(prev), nn.ReLU(inplace=True),
-            nn.Linear(prev, prev, bias=False), nn.BatchNorm1d(prev), nn.ReLU(inplace=True),
-            self.encoder.fc, nn.BatchNorm1d(dim, affine=False))
-        self.predictor = nn.Sequential(nn.Linear(dim, pred_dim, bias=False), nn.BatchNorm1d(pred_dim),
-                                       nn.ReLU(inplace=True), nn.Linear(pred_dim, dim))
+            nn.Linear(prev, prev, bias=False),
+            nn.BatchNorm1d(prev),
+            nn.ReLU(inplace=True),
+            nn.Linear(prev, prev, bias=False),
+            nn.BatchNorm1d(prev),
+            nn.ReLU(inplace=True),
+            self.encoder.fc,
+            nn.BatchNorm1d(dim, affine=False),
+        )
+        self.predictor = nn.Sequential(
+            nn.Linear(dim, pred_dim, bias=False),
+            nn.BatchNorm1d(pred_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(pred_dim, dim),
+        )
 
 
 def simsiam_checkpoint():
     model = randomize(SimSiam(), 6)
-    return {"epoch": 100, "arch": "resnet18", "state_dict": dp(model).state_dict(), "optimizer": {}}, pooled(model.encoder)
+    return {"epoch": 100, "arch": "resnet18", "state_dict": dp(model).state_dict(), "optimizer": {}}, pooled(
+        model.encoder
+    )
 
 
 # --- PyContrast (InsDis, PIRL, InfoMin): {'opt','model','model_ema','contrast',...} ---------------------
@@ -147,9 +171,14 @@ class PyContrastNet(nn.Module):
 
 def pycontrast_checkpoint(jigsaw: bool = True):
     model, ema = randomize(PyContrastNet(jigsaw), 7), randomize(PyContrastNet(jigsaw), 8)
-    ckpt = {"opt": argparse.Namespace(method="PIRL" if jigsaw else "InfoMin", arch="resnet18"),
-            "model": dp(model).state_dict(), "model_ema": dp(ema).state_dict(),
-            "contrast": {"memory": torch.randn(64, 16)}, "optimizer": {}, "epoch": 800}
+    ckpt = {
+        "opt": argparse.Namespace(method="PIRL" if jigsaw else "InfoMin", arch="resnet18"),
+        "model": dp(model).state_dict(),
+        "model_ema": dp(ema).state_dict(),
+        "contrast": {"memory": torch.randn(64, 16)},
+        "optimizer": {},
+        "epoch": 800,
+    }
     return ckpt, pooled(model.encoder)
 
 
@@ -227,7 +256,9 @@ class ViT(nn.Module):
 class DINOHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int = 64, bottleneck: int = 16) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, 32), nn.GELU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, bottleneck))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, 32), nn.GELU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, bottleneck)
+        )
         self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
 
 
@@ -245,8 +276,14 @@ def dino_checkpoint(arch: str):
     teacher = randomize(MultiCropWrapper(make(), DINOHead(dim)), 10)
     # main_dino.py: the student is always DDP; the teacher only when it has BatchNorm (ResNet)
     teacher_state = dp(teacher).state_dict() if arch == "resnet" else teacher.state_dict()
-    ckpt = {"student": dp(student).state_dict(), "teacher": teacher_state, "optimizer": {}, "epoch": 100,
-            "args": argparse.Namespace(arch=arch, out_dim=64), "dino_loss": {"center": torch.zeros(1, 64)}}
+    ckpt = {
+        "student": dp(student).state_dict(),
+        "teacher": teacher_state,
+        "optimizer": {},
+        "epoch": 100,
+        "args": argparse.Namespace(arch=arch, out_dim=64),
+        "dino_loss": {"center": torch.zeros(1, 64)},
+    }
     ref = teacher.backbone if arch == "vit" else pooled(teacher.backbone)
     return ckpt, ref
 
@@ -266,8 +303,13 @@ class MaskedAutoencoderViT(ViT):
 
 def mae_checkpoint():
     model = randomize(MaskedAutoencoderViT(), 11)
-    ckpt = {"model": model.state_dict(), "optimizer": {}, "epoch": 799, "scaler": {},
-            "args": argparse.Namespace(model="mae_vit_small", mask_ratio=0.75)}
+    ckpt = {
+        "model": model.state_dict(),
+        "optimizer": {},
+        "epoch": 799,
+        "scaler": {},
+        "args": argparse.Namespace(model="mae_vit_small", mask_ratio=0.75),
+    }
     return ckpt, model.tokens  # every token, as timm's forward_features returns
 
 
@@ -296,7 +338,13 @@ class MoCoV3(nn.Module):
 def mocov3_checkpoint():
     model = randomize(MoCoV3(), 12)
     randomize(model.momentum_encoder, 13)
-    ckpt = {"epoch": 300, "arch": "vit_small", "state_dict": dp(model).state_dict(), "optimizer": {}, "scaler": {}}
+    ckpt = {
+        "epoch": 300,
+        "arch": "vit_small",
+        "state_dict": dp(model).state_dict(),
+        "optimizer": {},
+        "scaler": {},
+    }
     return ckpt, lambda x: model.base_encoder.tokens(x)[:, 0]
 
 
@@ -337,15 +385,19 @@ class ConvNeXt(nn.Module):
         super().__init__()
         self.downsample_layers = nn.ModuleList(
             [nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4), LayerNormCF(dims[0]))]
-            + [nn.Sequential(LayerNormCF(dims[i]), nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2))
-               for i in range(3)])
-        self.stages = nn.ModuleList([nn.Sequential(*[ConvNeXtBlock(dims[i]) for _ in range(depths[i])])
-                                     for i in range(4)])
+            + [
+                nn.Sequential(LayerNormCF(dims[i]), nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2))
+                for i in range(3)
+            ]
+        )
+        self.stages = nn.ModuleList(
+            [nn.Sequential(*[ConvNeXtBlock(dims[i]) for _ in range(depths[i])]) for i in range(4)]
+        )
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head = nn.Linear(dims[-1], num_classes)
 
     def forward_features(self, x):
-        for down, stage in zip(self.downsample_layers, self.stages):
+        for down, stage in zip(self.downsample_layers, self.stages, strict=True):
             x = stage(down(x))
         return self.norm(x.mean([-2, -1]))
 
@@ -376,7 +428,9 @@ class WindowAttention(nn.Module):
         super().__init__()
         self.num_heads, self.scale = num_heads, (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * ws - 1) ** 2, num_heads))
-        coords = torch.flatten(torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")), 1)
+        coords = torch.flatten(
+            torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")), 1
+        )
         rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
         rel[:, :, 0] += ws - 1
         rel[:, :, 1] += ws - 1
@@ -421,7 +475,7 @@ class SwinTransformerBlock(nn.Module):
         self.register_buffer("attn_mask", attn_mask)
 
     def forward(self, x):
-        (H, W), (B, L, C) = self.resolution, x.shape
+        (H, W), (B, _, C) = self.resolution, x.shape
         shortcut, x = x, self.norm1(x).view(B, H, W, C)
         if self.ss > 0:
             x = torch.roll(x, shifts=(-self.ss, -self.ss), dims=(1, 2))
@@ -440,7 +494,7 @@ class PatchMerging(nn.Module):
         self.reduction, self.norm = nn.Linear(4 * dim, 2 * dim, bias=False), nn.LayerNorm(4 * dim)
 
     def forward(self, x):
-        (H, W), (B, L, C) = self.resolution, x.shape
+        (H, W), (B, _, C) = self.resolution, x.shape
         x = x.view(B, H, W, C)
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
         return self.reduction(self.norm(x.view(B, -1, 4 * C)))
@@ -449,9 +503,14 @@ class PatchMerging(nn.Module):
 class BasicLayer(nn.Module):
     def __init__(self, dim, resolution, depth, num_heads, window_size, downsample: bool) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList([
-            SwinTransformerBlock(dim, resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2)
-            for i in range(depth)])
+        self.blocks = nn.ModuleList(
+            [
+                SwinTransformerBlock(
+                    dim, resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2
+                )
+                for i in range(depth)
+            ]
+        )
         self.downsample = PatchMerging(resolution, dim) if downsample else None
 
     def forward(self, x):
@@ -464,16 +523,34 @@ SWIN = {"embed_dim": 12, "depths": (2, 2, 2, 2), "num_heads": (1, 2, 2, 4)}
 
 
 class SwinTransformer(nn.Module):
-    def __init__(self, img_size=224, window_size=7, num_classes=0, embed_dim=12, depths=(2, 2, 2, 2),
-                 num_heads=(1, 2, 2, 4), patch_size=4) -> None:
+    def __init__(
+        self,
+        img_size=224,
+        window_size=7,
+        num_classes=0,
+        embed_dim=12,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 2, 4),
+        patch_size=4,
+    ) -> None:
         super().__init__()
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.patch_embed.norm = nn.LayerNorm(embed_dim)
         res = img_size // patch_size
-        self.layers = nn.ModuleList([
-            BasicLayer(embed_dim * 2**i, (res // 2**i, res // 2**i), depths[i], num_heads[i], window_size,
-                       downsample=i < len(depths) - 1) for i in range(len(depths))])
+        self.layers = nn.ModuleList(
+            [
+                BasicLayer(
+                    embed_dim * 2**i,
+                    (res // 2**i, res // 2**i),
+                    depths[i],
+                    num_heads[i],
+                    window_size,
+                    downsample=i < len(depths) - 1,
+                )
+                for i in range(len(depths))
+            ]
+        )
         self.num_features = embed_dim * 2 ** (len(depths) - 1)
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -504,8 +581,10 @@ class SimMIM(nn.Module):
     def __init__(self, encoder: nn.Module, encoder_stride: int = 32) -> None:
         super().__init__()
         self.encoder = encoder
-        self.decoder = nn.Sequential(nn.Conv2d(encoder.num_features, encoder_stride**2 * 3, kernel_size=1),
-                                     nn.PixelShuffle(encoder_stride))
+        self.decoder = nn.Sequential(
+            nn.Conv2d(encoder.num_features, encoder_stride**2 * 3, kernel_size=1),
+            nn.PixelShuffle(encoder_stride),
+        )
 
 
 def simmim_checkpoint():
@@ -523,8 +602,13 @@ def jlianglab_checkpoint(arch: str):
     else:
         model = randomize(SwinTransformer(num_classes=14, **SWIN), 18)
         ref = lambda x: torch.sigmoid(model(x))  # noqa: E731 - the lab applies Sigmoid in its loss/eval
-    ckpt = {"epoch": 42, "lossMIN": 0.1234, "state_dict": dp(model).state_dict(), "optimizer": {"state": {}},
-            "scheduler": {"last_epoch": 42}}
+    ckpt = {
+        "epoch": 42,
+        "lossMIN": 0.1234,
+        "state_dict": dp(model).state_dict(),
+        "optimizer": {"state": {}},
+        "scheduler": {"last_epoch": 42},
+    }
     return ckpt, ref
 
 
@@ -561,7 +645,11 @@ DENSENET = {"growth_rate": 8, "block_config": (1, 2, 2, 1)}
 def densenet_legacy_checkpoint():
     import re
 
-    model = randomize(torchvision.models.DenseNet(num_init_features=16, bn_size=4, num_classes=6, **DENSENET), 21)
-    legacy = {re.sub(r"(denselayer\d+\.)(norm|relu|conv)([12])\.", r"\1\2.\3.", k): v
-              for k, v in model.state_dict().items()}
+    model = randomize(
+        torchvision.models.DenseNet(num_init_features=16, bn_size=4, num_classes=6, **DENSENET), 21
+    )
+    legacy = {
+        re.sub(r"(denselayer\d+\.)(norm|relu|conv)([12])\.", r"\1\2.\3.", k): v
+        for k, v in model.state_dict().items()
+    }
     return legacy, model  # logits (6 classes kept)

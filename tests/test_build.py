@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
+import original_models as om
 import pytest
 import torch
 
-import original_models as om
 from medhub.build import architecture_spec, architecture_state_keys, create_model
 from medhub.convert import convert_file, convert_state
 from medhub.convert.official import geometric_resize_table

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
+import original_models as om
 import pytest
 import torch
 
-import original_models as om
 from medhub.build import create_model
 from medhub.convert import convert_file
 
@@ -54,7 +54,14 @@ CASES = {
     "mae": (om.mae_checkpoint, "mae", VIT, 32, fmap, None),
     "mocov3_vit": (om.mocov3_checkpoint, "mocov3_vit", VIT, 32, pooled, None),
     "convnext_official": (om.convnext_checkpoint, "convnext_official", CONVNEXT, 64, logits, None),
-    "convnext_official_features": (lambda: _features(om.convnext_checkpoint()), "convnext_official", CONVNEXT, 64, pooled_head, None),
+    "convnext_official_features": (
+        lambda: _features(om.convnext_checkpoint()),
+        "convnext_official",
+        CONVNEXT,
+        64,
+        pooled_head,
+        None,
+    ),
     "swin_official": (om.swin_checkpoint, "swin_official", SWIN, 224, logits, None),
     "simmim_swin_native": (om.simmim_checkpoint, "simmim_swin", SWIN192, 192, pooled, None),
     "jlianglab_resnet": (lambda: om.jlianglab_checkpoint("resnet"), "jlianglab", RESNET, 64, sigmoid, None),

@@ -50,8 +50,9 @@ def test_raw_pickle_with_reduce_is_refused(tmp_path):
 
 def test_argparse_namespace_is_admitted_but_nothing_else(tmp_path):
     path = tmp_path / "mae.pth"
-    torch.save({"model": {"cls_token": torch.ones(1, 1, 4)}, "args": argparse.Namespace(lr=1e-3), "epoch": 3},
-               path)
+    torch.save(
+        {"model": {"cls_token": torch.ones(1, 1, 4)}, "args": argparse.Namespace(lr=1e-3), "epoch": 3}, path
+    )
     obj = read_checkpoint(path)
     assert obj["args"].lr == 1e-3
     path2 = tmp_path / "other.pth"

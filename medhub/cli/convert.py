@@ -11,19 +11,34 @@ from medhub.errors import UsageError
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``convert`` command."""
     parser = subparsers.add_parser(
-        "convert", help="convert an original checkpoint into a timm model folder (safetensors + config.json)",
+        "convert",
+        help="convert an original checkpoint into a timm model folder (safetensors + config.json)",
         description="Convert a checkpoint in one of the original projects' layouts into model.safetensors + "
-                    "config.json, loadable with timm.create_model('local-dir:OUT_DIR', pretrained=True). "
-                    "The load is strict: only the classifier may be missing.")
+        "config.json, loadable with timm.create_model('local-dir:OUT_DIR', pretrained=True). "
+        "The load is strict: only the classifier may be missing.",
+    )
     parser.add_argument("path", help="checkpoint file (.pth, .pth.tar, .bin, .safetensors, .npz)")
-    parser.add_argument("--arch", required=True, help="timm architecture, e.g. resnet50, swin_base_patch4_window7_224")
+    parser.add_argument(
+        "--arch", required=True, help="timm architecture, e.g. resnet50, swin_base_patch4_window7_224"
+    )
     parser.add_argument("--format", dest="fmt", default="auto", help="source format (default: auto-detect)")
     parser.add_argument("-o", "--output", required=True, help="output folder")
-    parser.add_argument("--num-classes", type=int, default=None,
-                        help="classifier size (default: the source's, or none if it had none)")
-    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra timm.create_model argument (JSON value), e.g. depths=[2,2,6,2]; repeatable")
-    parser.add_argument("--label-names", default=None, help="comma-separated class names for a kept classifier")
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classifier size (default: the source's, or none if it had none)",
+    )
+    parser.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm.create_model argument (JSON value), e.g. depths=[2,2,6,2]; repeatable",
+    )
+    parser.add_argument(
+        "--label-names", default=None, help="comma-separated class names for a kept classifier"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
 
@@ -50,14 +65,30 @@ def run(args: argparse.Namespace) -> int:
     model_args = _model_args(args.model_arg)
     labels = [s.strip() for s in args.label_names.split(",")] if args.label_names else None
     state, conversion = convert_file(args.path, fmt=args.fmt, arch=args.arch, **model_args)
-    model, report = create_model(args.arch, state, num_classes=args.num_classes, conversion=conversion,
-                                 pretrained_cfg={"label_names": labels} if labels else None, **model_args)
+    model, report = create_model(
+        args.arch,
+        state,
+        num_classes=args.num_classes,
+        conversion=conversion,
+        pretrained_cfg={"label_names": labels} if labels else None,
+        **model_args,
+    )
     cfg = model.pretrained_cfg
     out = write_model_folder(
-        args.output, model.state_dict(), arch=args.arch, num_classes=cfg["num_classes"],
-        label_names=labels, pretrained_cfg=cfg, model_args=model_args,
-        extra={"source_file": str(args.path), "source_format": conversion.fmt,
-               "conversion": conversion.summary(), "classifier": report.classifier})
+        args.output,
+        model.state_dict(),
+        arch=args.arch,
+        num_classes=cfg["num_classes"],
+        label_names=labels,
+        pretrained_cfg=cfg,
+        model_args=model_args,
+        extra={
+            "source_file": str(args.path),
+            "source_format": conversion.fmt,
+            "conversion": conversion.summary(),
+            "classifier": report.classifier,
+        },
+    )
     if args.json:
         from medhub.cli._output import print_json
 
@@ -65,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(conversion.summary())
         print(report.summary())
-        print(f"wrote {out}/model.safetensors and config.json; load with "
-              f"timm.create_model('local-dir:{out}', pretrained=True)")
+        print(
+            f"wrote {out}/model.safetensors and config.json; load with "
+            f"timm.create_model('local-dir:{out}', pretrained=True)"
+        )
         print("Research software, not a medical device.")
     return 0

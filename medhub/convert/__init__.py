@@ -42,8 +42,14 @@ from medhub.convert._read import read_checkpoint
 from medhub.errors import ConversionError
 
 __all__ = [
-    "FORMATS", "ConversionReport", "Rules", "convert_checkpoint", "convert_file", "convert_state",
-    "detect_format", "read_checkpoint",
+    "FORMATS",
+    "ConversionReport",
+    "Rules",
+    "convert_checkpoint",
+    "convert_file",
+    "convert_state",
+    "detect_format",
+    "read_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,12 +65,14 @@ FORMATS: dict[str, str] = {
 
 def _check_fmt(fmt: str) -> None:
     if fmt != "auto" and fmt not in FORMATS:
-        raise ConversionError(f"unknown format '{fmt}'; choose one of: auto, {', '.join(sorted(FORMATS))}",
-                              fmt=fmt)
+        raise ConversionError(
+            f"unknown format '{fmt}'; choose one of: auto, {', '.join(sorted(FORMATS))}", fmt=fmt
+        )
 
 
-def convert_state(obj: Any, fmt: str = "auto", *, target: Target | None = None,
-                  path: str | Path | None = None) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+def convert_state(
+    obj: Any, fmt: str = "auto", *, target: Target | None = None, path: str | Path | None = None
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Convert a loaded checkpoint object (see :func:`read_checkpoint`) to timm key names.
 
     Args:
@@ -83,17 +91,25 @@ def convert_state(obj: Any, fmt: str = "auto", *, target: Target | None = None,
     if fmt in foreign.REFUSED:
         foreign.refuse(fmt, None if path is None else str(path))
     if fmt not in RULES:
-        raise ConversionError(f"format '{fmt}' needs the file and an architecture; use convert_file(path, arch=...)",
-                              fmt=fmt)
+        raise ConversionError(
+            f"format '{fmt}' needs the file and an architecture; use convert_file(path, arch=...)", fmt=fmt
+        )
     report = ConversionReport(fmt=fmt, detected=detected, reason=reason)
     state = RULES[fmt].apply(obj, target, report)
-    logger.info("converted %s as '%s': %d kept, %d renamed, %d dropped", path or "checkpoint", fmt,
-                report.kept, len(report.renamed), len(report.dropped))
+    logger.info(
+        "converted %s as '%s': %d kept, %d renamed, %d dropped",
+        path or "checkpoint",
+        fmt,
+        report.kept,
+        len(report.renamed),
+        len(report.dropped),
+    )
     return state, report
 
 
-def convert_file(path: str | Path, *, fmt: str = "auto", arch: str | None = None,
-                 **arch_kwargs: Any) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+def convert_file(
+    path: str | Path, *, fmt: str = "auto", arch: str | None = None, **arch_kwargs: Any
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Read a checkpoint file and convert it; with ``arch``, check its keys against that timm model.
 
     Args:
@@ -119,15 +135,23 @@ def convert_file(path: str | Path, *, fmt: str = "auto", arch: str | None = None
         foreign.refuse(chosen, str(path))
     if chosen == "jax_npz":
         if arch is None:
-            raise ConversionError("a .npz checkpoint needs --arch (timm reads it into that model)", path=str(path))
+            raise ConversionError(
+                "a .npz checkpoint needs --arch (timm reads it into that model)", path=str(path)
+            )
         from medhub import build
 
         state = build.load_npz_state(Path(path), arch, **arch_kwargs)
-        report = ConversionReport(fmt="jax_npz", detected=fmt == "auto",
-                                  reason=path_fmt[1] if path_fmt else "given explicitly",
-                                  source_keys=len(state), kept=len(state))
+        report = ConversionReport(
+            fmt="jax_npz",
+            detected=fmt == "auto",
+            reason=path_fmt[1] if path_fmt else "given explicitly",
+            source_keys=len(state),
+            kept=len(state),
+        )
     else:
-        state, report = convert_state(read_checkpoint(path), fmt, target=spec.shapes if spec else None, path=path)
+        state, report = convert_state(
+            read_checkpoint(path), fmt, target=spec.shapes if spec else None, path=path
+        )
     if spec is not None:
         check_keys(state, spec.shapes, spec.classifier_keys, arch)
     return state, report
@@ -137,8 +161,9 @@ def check_keys(state: dict[str, torch.Tensor], shapes: Target, classifier_keys: 
     """Raise :class:`ConversionError` unless ``state`` fits ``shapes`` up to an absent or resized classifier."""
     unexpected = set(state) - set(shapes)
     missing = set(shapes) - set(state) - classifier_keys
-    wrong = sorted(k for k in set(state) & set(shapes) - classifier_keys
-                   if tuple(state[k].shape) != tuple(shapes[k]))
+    wrong = sorted(
+        k for k in set(state) & set(shapes) - classifier_keys if tuple(state[k].shape) != tuple(shapes[k])
+    )
     if unexpected or missing or wrong:
         parts = []
         if unexpected:
@@ -146,15 +171,22 @@ def check_keys(state: dict[str, torch.Tensor], shapes: Target, classifier_keys: 
         if missing:
             parts.append(f"{len(missing)} missing: {listed(missing)}")
         if wrong:
-            parts.append(f"{len(wrong)} with other shapes: " + listed(
-                f"{k} {tuple(state[k].shape)} vs {tuple(shapes[k])}" for k in wrong))
+            parts.append(
+                f"{len(wrong)} with other shapes: "
+                + listed(f"{k} {tuple(state[k].shape)} vs {tuple(shapes[k])}" for k in wrong)
+            )
         raise ConversionError(
             f"the converted weights do not fit '{arch}' ({'; '.join(parts)}); check --arch (and its depth, "
-            "width, heads or window) or --format", arch=arch, unexpected=sorted(unexpected), missing=sorted(missing))
+            "width, heads or window) or --format",
+            arch=arch,
+            unexpected=sorted(unexpected),
+            missing=sorted(missing),
+        )
 
 
-def convert_checkpoint(path: str | Path, *, fmt: str = "auto", arch: str,
-                       **arch_kwargs: Any) -> dict[str, torch.Tensor]:
+def convert_checkpoint(
+    path: str | Path, *, fmt: str = "auto", arch: str, **arch_kwargs: Any
+) -> dict[str, torch.Tensor]:
     """Convert an original checkpoint file into a state dict for ``timm.create_model(arch, **arch_kwargs)``.
 
     Only the classifier may be absent from the result (and is when the source had none).

@@ -26,8 +26,17 @@ Target = Mapping[str, tuple[int, ...]]
 # Wrapper names that must never survive a conversion at the start of a key (the Version2 loader bug:
 # `replace('module.', '')` ran before `replace('module.encoder_q.', '')`, leaving `encoder_q.` behind).
 WRAPPER_TOKENS = (
-    "module.", "_orig_mod.", "encoder_q.", "encoder_k.", "base_encoder.", "momentum_encoder.",
-    "encoder.", "backbone.", "swin_model.", "teacher.", "student.",
+    "module.",
+    "_orig_mod.",
+    "encoder_q.",
+    "encoder_k.",
+    "base_encoder.",
+    "momentum_encoder.",
+    "encoder.",
+    "backbone.",
+    "swin_model.",
+    "teacher.",
+    "student.",
 )
 _MAX_LISTED = 12
 
@@ -140,7 +149,9 @@ class Rules:
         if not isinstance(obj, Mapping):
             raise ConversionError(
                 f"a '{self.name}' checkpoint must be a dict, got {type(obj).__name__}; "
-                "save `model.state_dict()` rather than the model object", fmt=self.name)
+                "save `model.state_dict()` rather than the model object",
+                fmt=self.name,
+            )
         current: Mapping = obj
         for _ in range(3):  # containers may nest: {'state_dict': {'model': ...}} is seen in the wild
             if is_state_dict(current):
@@ -149,7 +160,9 @@ class Rules:
             if entry is None:
                 raise ConversionError(
                     f"no weights found for format '{self.name}': expected one of the entries "
-                    f"{', '.join(self.containers)}; the file has {listed(map(str, current))}", fmt=self.name)
+                    f"{', '.join(self.containers)}; the file has {listed(map(str, current))}",
+                    fmt=self.name,
+                )
             report.metadata.update(describe_metadata(current, skip=entry))
             report.container = entry if report.container is None else f"{report.container}/{entry}"
             current = current[entry]
@@ -158,13 +171,15 @@ class Rules:
         if others:
             raise ConversionError(
                 f"entries that are not tensors inside the weights ({listed(others)}); "
-                f"this is not a '{self.name}' checkpoint", fmt=self.name)
+                f"this is not a '{self.name}' checkpoint",
+                fmt=self.name,
+            )
         return tensors
 
     def _drop(self, state: dict, report: ConversionReport) -> dict:
         if not self.drop:
             return state
-        pattern = re.compile(r"^(?:module\.)?(?:%s)" % "|".join(re.escape(d) for d in self.drop))
+        pattern = re.compile(r"^(?:module\.)?(?:{})".format("|".join(re.escape(d) for d in self.drop)))
         kept = {}
         for key, value in state.items():
             if pattern.match(key):
@@ -175,24 +190,29 @@ class Rules:
 
     def _strip(self, state: dict, report: ConversionReport) -> dict:
         if not state:
-            raise ConversionError(f"no weights left after dropping the non-backbone keys of '{self.name}'",
-                                  fmt=self.name)
+            raise ConversionError(
+                f"no weights left after dropping the non-backbone keys of '{self.name}'", fmt=self.name
+            )
         for prefix in sorted(self.prefixes, key=len, reverse=True):
             if all(key.startswith(prefix) for key in state):
                 report.prefix = prefix
-                stripped = {key[len(prefix):]: value for key, value in state.items()}
+                stripped = {key[len(prefix) :]: value for key, value in state.items()}
                 break
         else:
             expected = " or ".join(repr(p) for p in self.prefixes if p)
             odd = [k for k in state if not any(k.startswith(p) for p in self.prefixes if p)]
             raise ConversionError(
                 f"format '{self.name}' expects every backbone key to start with {expected}; these do not: "
-                f"{listed(odd)}. Check --format (auto-detection may help)", fmt=self.name)
+                f"{listed(odd)}. Check --format (auto-detection may help)",
+                fmt=self.name,
+            )
         leftover = [k for k in stripped if k.startswith(WRAPPER_TOKENS)]
         if leftover:
             raise ConversionError(
                 f"after stripping '{report.prefix}', keys still carry a wrapper name: {listed(leftover)}; "
-                f"the file is not laid out like a '{self.name}' checkpoint", fmt=self.name)
+                f"the file is not laid out like a '{self.name}' checkpoint",
+                fmt=self.name,
+            )
         return stripped
 
     def _rename(self, state: dict, report: ConversionReport) -> dict:
@@ -207,7 +227,9 @@ class Rules:
             if new != key:
                 report.renamed[report.prefix + key] = new
             if new in out:
-                raise ConversionError(f"two source keys map to '{new}' in format '{self.name}'", fmt=self.name)
+                raise ConversionError(
+                    f"two source keys map to '{new}' in format '{self.name}'", fmt=self.name
+                )
             out[new] = value
         return out
 
@@ -215,8 +237,11 @@ class Rules:
 def is_state_dict(obj: Mapping) -> bool:
     """True when a mapping is a flat dict of tensors (at least one, and no nested dicts)."""
     values = list(obj.values())
-    return bool(values) and any(isinstance(v, torch.Tensor) for v in values) and not any(
-        isinstance(v, Mapping) for v in values)
+    return (
+        bool(values)
+        and any(isinstance(v, torch.Tensor) for v in values)
+        and not any(isinstance(v, Mapping) for v in values)
+    )
 
 
 def describe_metadata(obj: Mapping, skip: str) -> dict[str, str]:
@@ -236,10 +261,10 @@ def fill_batchnorm_counters(state: dict, target: Target, report: ConversionRepor
     """Add ``num_batches_tracked`` where the target has it and the source BatchNorm lacked it (FrozenBN)."""
     added = 0
     for key in target:
-        if key.endswith(".num_batches_tracked") and key not in state:
-            if key[: -len("num_batches_tracked")] + "running_mean" in state:
-                state[key] = torch.tensor(0, dtype=torch.long)
-                added += 1
+        counter = key.endswith(".num_batches_tracked") and key not in state
+        if counter and key[: -len("num_batches_tracked")] + "running_mean" in state:
+            state[key] = torch.tensor(0, dtype=torch.long)
+            added += 1
     if added:
         report.adapted.append(f"added num_batches_tracked=0 to {added} BatchNorm layers (source had none)")
     return state

@@ -53,13 +53,18 @@ def detect_format(obj: Any, path: str | Path | None = None) -> tuple[str, str]:
     if path is not None and (found := detect_path_format(path)):
         return found
     if not isinstance(obj, Mapping):
-        raise ConversionError(f"the checkpoint holds a {type(obj).__name__}, not a dict of weights; "
-                              "save `model.state_dict()` instead")
+        raise ConversionError(
+            f"the checkpoint holds a {type(obj).__name__}, not a dict of weights; "
+            "save `model.state_dict()` instead"
+        )
     top = set(map(str, obj))
     if {"teacher", "student"} <= top:
         return "dino", "entries 'teacher' and 'student' (a DINO training checkpoint; the teacher is kept)"
     if {"lossMIN", "state_dict"} <= top:
-        return "jlianglab", "entries 'lossMIN' and 'state_dict' (a JLiang-lab BenchmarkTransferLearning checkpoint)"
+        return (
+            "jlianglab",
+            "entries 'lossMIN' and 'state_dict' (a JLiang-lab BenchmarkTransferLearning checkpoint)",
+        )
     keys = weight_keys(obj)
     if not keys:
         raise ConversionError(f"no weights found in the checkpoint (entries: {', '.join(sorted(top)[:10])})")
@@ -84,12 +89,17 @@ def _by_keys(keys: list[str], top: set[str]) -> tuple[str, str]:  # noqa: C901 -
     if _has(keys, "encoder.") and _has(keys, "predictor."):
         return "simsiam", "keys 'encoder.*' and 'predictor.*' (SimSiam)"
     if _has(keys, "encoder.") and ("model_ema" in top or _has(keys, "head.", "head_jig", "jigsaw")):
-        return "pycontrast", "keys 'encoder.*' with 'head*' under 'model' (PyContrast; 'model' is kept, not model_ema)"
+        return (
+            "pycontrast",
+            "keys 'encoder.*' with 'head*' under 'model' (PyContrast; 'model' is kept, not model_ema)",
+        )
     if _has(keys, "encoder.layers.") and _has(keys, "decoder.", "encoder.mask_token"):
         return "simmim_swin", "keys 'encoder.layers.*' with 'decoder.*'/'encoder.mask_token' (SimMIM Swin)"
     if _has(keys, "encoder.blocks."):
-        raise ConversionError("an 'encoder.blocks.*' checkpoint (SimMIM ViT/BEiT-style) is not supported yet; "
-                              "convert the Swin variant or use timm's beit loader")
+        raise ConversionError(
+            "an 'encoder.blocks.*' checkpoint (SimMIM ViT/BEiT-style) is not supported yet; "
+            "convert the Swin variant or use timm's beit loader"
+        )
     if _has(keys, "decoder_embed", "decoder_blocks", "mask_token") and _has(keys, "blocks."):
         return "mae", "ViT keys with 'decoder_*'/'mask_token' (an MAE encoder-decoder)"
     if _has(keys, "backbone.") and _has(keys, "projector."):
@@ -99,11 +109,17 @@ def _by_keys(keys: list[str], top: set[str]) -> tuple[str, str]:  # noqa: C901 -
     if _has(keys, "downsample_layers."):
         return "convnext_official", "keys 'downsample_layers.*' and 'stages.i.j.dwconv' (original ConvNeXt)"
     if any(re.match(r"layers\.\d+\.blocks\.\d+\.attn\.relative_position_index", k) for k in keys) or (
-            "layers.0.downsample.reduction.weight" in keys):
-        return "swin_official", "Swin keys with downsampling at the end of each stage (original Microsoft layout)"
+        "layers.0.downsample.reduction.weight" in keys
+    ):
+        return (
+            "swin_official",
+            "Swin keys with downsampling at the end of each stage (original Microsoft layout)",
+        )
     if any(re.search(r"denselayer\d+\.(norm|conv|relu)\.[12]\.", k) for k in keys):
         return "torchvision", "legacy DenseNet keys 'denselayerN.norm.1' (old torchvision)"
     if "conv1.weight" in keys and "layer1.0.conv1.weight" in keys:
-        return "torchvision", ("torchvision ResNet names with no wrapper (as Barlow Twins, DINO-ResNet and "
-                               "VICRegL publish theirs; identical to timm's)")
+        return "torchvision", (
+            "torchvision ResNet names with no wrapper (as Barlow Twins, DINO-ResNet and "
+            "VICRegL publish theirs; identical to timm's)"
+        )
     return "timm", "no wrapper or foreign layout recognised; keys taken as timm names"

@@ -44,7 +44,9 @@ def read_checkpoint(path: str | Path) -> Any:
     if path.is_dir():
         raise ConversionError(
             f"{path} is a folder; pass the checkpoint file inside it (a TensorFlow checkpoint folder "
-            "needs --format simclr_tf, which explains the conversion)", path=str(path))
+            "needs --format simclr_tf, which explains the conversion)",
+            path=str(path),
+        )
     if not path.is_file():
         raise ConversionError(f"checkpoint {path} does not exist; check the path", path=str(path))
     name = path.name.lower()
@@ -66,7 +68,8 @@ def _read_npz(path: Path) -> dict[str, torch.Tensor]:
     except ValueError as exc:  # object arrays need pickle
         raise UnsafeCheckpointError(
             f"{path.name} holds pickled Python objects inside the .npz; medhub reads plain arrays only",
-            path=str(path)) from exc
+            path=str(path),
+        ) from exc
 
 
 def _read_torch(path: Path) -> Any:
@@ -78,16 +81,25 @@ def _read_torch(path: Path) -> Any:
         hint = _hint_for(path, culprit)
         raise UnsafeCheckpointError(
             f"{path.name} needs the Python object '{culprit}' to load, and medhub never runs code from a "
-            f"checkpoint; {hint}", path=str(path), culprit=culprit) from None
+            f"checkpoint; {hint}",
+            path=str(path),
+            culprit=culprit,
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise ConversionError(
             f"{path.name} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:120]}); "
-            "check that the download completed", path=str(path)) from None
+            "check that the download completed",
+            path=str(path),
+        ) from None
 
 
 def _unsupported_global(message: str) -> str:
-    for pattern in (r"Unsupported global: GLOBAL ([\w.]+)", r"GLOBAL ([\w.]+) was not an allowed global",
-                    r"Unsupported operand \d+", r"Trying to (?:call|load) .*?([\w.]+)"):
+    for pattern in (
+        r"Unsupported global: GLOBAL ([\w.]+)",
+        r"GLOBAL ([\w.]+) was not an allowed global",
+        r"Unsupported operand \d+",
+        r"Trying to (?:call|load) .*?([\w.]+)",
+    ):
         match = re.search(pattern, message)
         if match:
             return match.group(1) if match.groups() else match.group(0)
@@ -99,7 +111,11 @@ def _hint_for(path: Path, culprit: str) -> str:
     if path.suffix == ".pkl" or "haiku" in culprit or "jax" in culprit:
         return "a BYOL Haiku pickle needs --format byol_haiku, which explains the conversion"
     if culprit.startswith("torch.nn.") or culprit.startswith("torchvision."):
-        return ("the file stores a whole model object; in an environment you trust, re-save it with "
-                "torch.save(model.state_dict(), 'weights.pth') and convert that")
-    return ("if you trust its source, re-save only its tensors in a separate environment, e.g. "
-            "torch.save(torch.load(f, weights_only=False)['model'], 'weights.pth'), and convert that")
+        return (
+            "the file stores a whole model object; in an environment you trust, re-save it with "
+            "torch.save(model.state_dict(), 'weights.pth') and convert that"
+        )
+    return (
+        "if you trust its source, re-save only its tensors in a separate environment, e.g. "
+        "torch.save(torch.load(f, weights_only=False)['model'], 'weights.pth'), and convert that"
+    )

@@ -22,7 +22,10 @@ SIMCLR_TF_HELP = (
 
 REFUSED = {
     "byol_haiku": ("BYOL (DeepMind Haiku pickle): refused, see the message for the steps", BYOL_HAIKU_HELP),
-    "simclr_tf": ("SimCLR v1/v2 (TensorFlow checkpoint): refused, see the message for the steps", SIMCLR_TF_HELP),
+    "simclr_tf": (
+        "SimCLR v1/v2 (TensorFlow checkpoint): refused, see the message for the steps",
+        SIMCLR_TF_HELP,
+    ),
 }
 
 

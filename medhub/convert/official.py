@@ -11,7 +11,6 @@ spaced source offsets, evaluated at the integer target offsets.
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import torch
@@ -32,41 +31,54 @@ CONVNEXT_RENAMES = (
 )
 
 
-def _convnext_hook(state: dict[str, torch.Tensor], target: Target | None,
-                   report: ConversionReport) -> dict[str, torch.Tensor]:
+def _convnext_hook(
+    state: dict[str, torch.Tensor], target: Target | None, report: ConversionReport
+) -> dict[str, torch.Tensor]:
     reshaped = 0
     for key, value in list(state.items()):
         if ".mlp.grn." in key and value.ndim > 1:  # ConvNeXt-V2 GRN (1,1,1,C) -> (C,)
             state[key] = value.reshape(value.shape[-1])
             reshaped += 1
-        elif target is not None and key in target and not key.startswith("head.") and value.ndim == 2:
-            if tuple(value.shape) != tuple(target[key]) and value.numel() == math.prod(target[key]):
-                state[key] = value.reshape(target[key])  # conv_mlp variants: Linear -> 1x1 conv
-                reshaped += 1
+        elif (
+            target is not None
+            and key in target
+            and not key.startswith("head.")
+            and value.ndim == 2
+            and tuple(value.shape) != tuple(target[key])
+            and value.numel() == math.prod(target[key])
+        ):
+            state[key] = value.reshape(target[key])  # conv_mlp variants: Linear -> 1x1 conv
+            reshaped += 1
     if reshaped:
         report.adapted.append(f"reshaped {reshaped} tensors to timm's layout (GRN / 1x1-conv MLP)")
     return state
 
 
-def swin_layout_hook(state: dict[str, torch.Tensor], target: Target | None,
-                     report: ConversionReport) -> dict[str, torch.Tensor]:
+def swin_layout_hook(
+    state: dict[str, torch.Tensor], target: Target | None, report: ConversionReport
+) -> dict[str, torch.Tensor]:
     """Original Swin layout -> timm: drop buffers, move PatchMerging, rename head, resize bias tables."""
     buffers = [k for k in state if k.endswith(("relative_position_index", "attn_mask"))]
     for key in buffers:
         del state[key]
     report.dropped.extend(report.prefix + k for k in buffers)
     if "layers.0.downsample.reduction.weight" in state:
-        state = rename_keys(state, (
-            (r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample."),
-            (r"^head\.", "head.fc."),
-        ), report)
+        state = rename_keys(
+            state,
+            (
+                (r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample."),
+                (r"^head\.", "head.fc."),
+            ),
+            report,
+        )
     if target is not None:
         resize_relative_position_tables(state, target, report)
     return state
 
 
-def resize_relative_position_tables(state: dict[str, torch.Tensor], target: Target,
-                                    report: ConversionReport) -> None:
+def resize_relative_position_tables(
+    state: dict[str, torch.Tensor], target: Target, report: ConversionReport
+) -> None:
     """Resize every ``relative_position_bias_table`` whose length differs from the target's, in place."""
     resized = set()
     for key, value in list(state.items()):
@@ -78,13 +90,16 @@ def resize_relative_position_tables(state: dict[str, torch.Tensor], target: Targ
         if value.shape[1] != heads:
             raise ConversionError(
                 f"{key}: the source has {value.shape[1]} attention heads, the target {heads}; "
-                "choose the architecture (num_heads) the checkpoint was trained with", key=key)
+                "choose the architecture (num_heads) the checkpoint was trained with",
+                key=key,
+            )
         state[key] = geometric_resize_table(value, int(math.isqrt(rows)))
         resized.add((int(math.isqrt(value.shape[0])), int(math.isqrt(rows))))
     for src, dst in sorted(resized):
         report.adapted.append(
             f"relative_position_bias_table {src}x{src} -> {dst}x{dst} (window {(src + 1) // 2} -> "
-            f"{(dst + 1) // 2}) by SimMIM's geometric-progression bicubic interpolation")
+            f"{(dst + 1) // 2}) by SimMIM's geometric-progression bicubic interpolation"
+        )
 
 
 def geometric_resize_table(table: torch.Tensor, dst_size: int) -> torch.Tensor:
@@ -131,8 +146,8 @@ def _spline_matrix(knots: np.ndarray, points: np.ndarray) -> np.ndarray:
     # second derivatives M solve  lhs @ M = rhs @ y
     lhs, rhs = np.zeros((n, n)), np.zeros((n, n))
     for i in range(1, n - 1):
-        lhs[i, i - 1:i + 2] = h[i - 1], 2 * (h[i - 1] + h[i]), h[i]
-        rhs[i, i - 1:i + 2] = 6 / h[i - 1], -6 / h[i - 1] - 6 / h[i], 6 / h[i]
+        lhs[i, i - 1 : i + 2] = h[i - 1], 2 * (h[i - 1] + h[i]), h[i]
+        rhs[i, i - 1 : i + 2] = 6 / h[i - 1], -6 / h[i - 1] - 6 / h[i], 6 / h[i]
     # not-a-knot: the third derivative is continuous at the second and the second-to-last knot
     lhs[0, :3] = h[1], -(h[0] + h[1]), h[0]
     lhs[-1, -3:] = h[-1], -(h[-2] + h[-1]), h[-2]

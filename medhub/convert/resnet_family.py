@@ -22,8 +22,9 @@ SIGMOID_HEADS = (
 )
 
 
-def _jlianglab_hook(state: dict[str, torch.Tensor], target: Target | None,
-                    report: ConversionReport) -> dict[str, torch.Tensor]:
+def _jlianglab_hook(
+    state: dict[str, torch.Tensor], target: Target | None, report: ConversionReport
+) -> dict[str, torch.Tensor]:
     state = rename_keys(state, SIGMOID_HEADS + (DENSENET_LEGACY,), report)
     if any(re.match(r"^layers\.\d+\.blocks\.\d+\.attn\.", k) for k in state):
         report.notes.append("Swin in the original Microsoft layout (the lab's swin_transformer.py)")
@@ -53,8 +54,12 @@ RADIMAGENET = Rules(
     prefixes=("module.backbone.", "backbone."),
     drop=("fc.", "classifier.", "head."),
     renames=(
-        (r"^0\.", "conv1."), (r"^1\.", "bn1."), (r"^4\.", "layer1."),
-        (r"^5\.", "layer2."), (r"^6\.", "layer3."), (r"^7\.", "layer4."),
+        (r"^0\.", "conv1."),
+        (r"^1\.", "bn1."),
+        (r"^4\.", "layer1."),
+        (r"^5\.", "layer2."),
+        (r"^6\.", "layer3."),
+        (r"^7\.", "layer4."),
     ),
 )
 
