@@ -98,8 +98,29 @@ def test_site_build_cli_uses_the_registry(tmp_path, capsys):
     assert "site written" in capsys.readouterr().out
     ids = {m["id"] for m in embedded_data(out / "index.html")["models"]}
     assert ids == set(load_registry().checkpoints)
-    assert main(["site", "build", str(out), "--results-db", "sqlite:///x.db"]) == 2
-    assert "--results-db" in capsys.readouterr().err
+    assert main(["site", "build", str(out), "--results-db", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no benchmark results" in err
+
+
+def test_site_shows_reproduced_results_from_a_results_db(tmp_path, capsys):
+    from medhub.grid.cells import Cell
+    from medhub.grid.store import ResultStore
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    store = ResultStore(url)
+    cells = [Cell("resnet50_imagenet1k", "pneumoniamnist", 1.0, seed) for seed in (0, 1)]
+    store.add_cells(cells)
+    for cell, value in zip(cells, (0.91, 0.93), strict=True):
+        store.mark_done(cell.key, {"metric": "auc", "runs": [{"metric": value}]})
+    store.close()
+    out = tmp_path / "site"
+    assert main(["site", "build", str(out), "--results-db", url]) == 0
+    board = (out / "tasks" / "pneumoniamnist.html").read_text(encoding="utf-8")
+    assert "reproduced</span>" in board and "0.9200 ± 0.0141" in board
+    assert "reproduced by medhub benchmark (seeds 0, 1)" in board
+    record = next(m for m in embedded_data(out / "index.html")["models"] if m["id"] == "resnet50_imagenet1k")
+    assert "pneumoniamnist" in record["tasks"]
 
 
 # ---- a real browser ----------------------------------------------------------------------------------

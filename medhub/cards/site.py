@@ -36,16 +36,43 @@ REPRODUCED_PREFIX = "reproduced"
 
 
 def load_reproduced(db_url: str) -> list[ReportedResult]:
-    """Reproduced results from a ``medhub benchmark`` results database, for the leaderboards.
+    """Reproduced results of a ``medhub benchmark`` results database, one per (model, task, setting).
 
-    Hook for the benchmark engine: return one :class:`ReportedResult` per (model, task, setting) with
-    ``source`` starting with ``"reproduced"`` (e.g. ``"reproduced by medhub benchmark, db ..."``); the
-    site marks those rows and draws them beside the published numbers. Not wired yet.
+    Each comes back as a :class:`ReportedResult` whose ``source`` starts with ``"reproduced"``; the site
+    marks those rows and draws them beside the published numbers. Values off the 0-1 scale are skipped.
     """
-    raise UsageError(
-        f"--results-db {db_url!r}: this medhub has no results database reader yet; build the site without "
-        "--results-db (published numbers only)"
-    )
+    from medhub.grid.analysis import summarize
+    from medhub.grid.store import ResultStore
+
+    store = ResultStore(db_url, create=False)
+    try:
+        matrix = summarize(store.rows(status="done"))["matrix"]
+    finally:
+        store.close()
+    results = []
+    for cell in matrix:
+        if not (0.0 <= cell["mean"] <= 1.0):
+            log.warning(
+                "skipping %s/%s: mean %s is not on the 0-1 scale", cell["model"], cell["task"], cell["mean"]
+            )
+            continue
+        setting = {
+            "label_fraction": cell["label_fraction"],
+            **({"setting": cell["setting"]} if cell["setting"] else {}),
+        }
+        results.append(
+            ReportedResult(
+                model=cell["model"],
+                task=cell["task"],
+                metric=cell["metric"],
+                mean=cell["mean"],
+                std=cell["std"] if cell["n"] > 1 else None,
+                runs=cell["n"],
+                setting=setting,
+                source=f"{REPRODUCED_PREFIX} by medhub benchmark (seeds {', '.join(map(str, cell['seeds']))})",
+            )
+        )
+    return results
 
 
 def _e(text: object) -> str:
@@ -206,8 +233,11 @@ def _chart(task: Task, rows: list[ReportedResult], path: Path) -> None:
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     low = min(m - e for m, e in zip(means, errors, strict=True))
     ax.set_xlim(max(0.0, low - 0.05), min(1.0, max(m + e for m, e in zip(means, errors, strict=True)) + 0.02))
-    ax.set_xlabel(f"{METRIC_NAMES.get(task.metric, task.metric)} (mean ± std; grey = random init)")
-    ax.set_title(f"{task.name}: reported results")
+    ax.set_xlabel(
+        f"{METRIC_NAMES.get(task.metric, task.metric)} (mean ± std; grey = random init, light blue = reproduced)"
+    )
+    kinds = "reported and reproduced" if any(_is_reproduced(r) for r in rows) else "reported"
+    ax.set_title(f"{task.name}: {kinds} results")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None})
