@@ -198,7 +198,7 @@ def _card_page(entry: Checkpoint, registry: Registry) -> str:
     meta, body = split_front_matter(render_card(entry, card_context(entry, registry)))
     tags = "".join(f'<span class="tag">{_e(t)}</span>' for t in meta.get("tags", []))
     facts = [
-        ("licence", meta.get("license")),
+        ("licence", meta.get("license_name") or meta.get("license")),
         ("datasets", ", ".join(meta.get("datasets", []))),
         ("library", meta.get("library_name")),
         ("base model", meta.get("base_model")),
