@@ -195,3 +195,16 @@ def test_push_with_base_inherits_lineage_and_folder_round_trip(hub, tmp_path, ca
     assert [s.dataset for s in copy.lineage] == ["imagenet1k", "chestxray14", "pneumoniamnist"]
     overlay = yaml.safe_load((user_overlay_dir() / "user.yaml").read_text())
     assert set(overlay["checkpoints"]) == {"tiny_from_base", "tiny_copy"}
+
+
+def test_private_push_creates_a_private_repo(hub, tmp_path, capsys):
+    from huggingface_hub import HfApi
+
+    repo = hub.new_repo_id("private")
+    ck = tmp_path / "tiny.safetensors"
+    tiny_checkpoint(ck)
+    assert (
+        main(["push", str(ck), "--arch", "test_resnet", "--repo", repo, "--id", "tiny_private", "--private"])
+        == 0
+    )
+    assert HfApi(endpoint=hub.endpoint, token=hub.token).model_info(repo).private is True
