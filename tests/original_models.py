@@ -653,3 +653,42 @@ def densenet_legacy_checkpoint():
         for k, v in model.state_dict().items()
     }
     return legacy, model  # logits (6 classes kept)
+
+
+def jlianglab_convnext_checkpoint():
+    """The lab builds ConvNeXt with timm.create_model(arch, num_classes=...) inside DataParallel."""
+    import timm
+
+    model = randomize(timm.create_model("convnext_tiny", num_classes=14, **CONVNEXT), 22)
+    ckpt = {
+        "epoch": 7,
+        "lossMIN": 0.2,
+        "state_dict": dp(model).state_dict(),
+        "optimizer": {},
+        "scheduler": {},
+    }
+    return ckpt, model
+
+
+def timm_train_checkpoint():
+    """timm's train.py checkpoint: {'epoch','arch','state_dict','optimizer','version','args','state_dict_ema'}."""
+    import timm
+
+    model = randomize(timm.create_model("resnet18", num_classes=4), 23)
+    ema = randomize(timm.create_model("resnet18", num_classes=4), 24)
+    ckpt = {
+        "epoch": 10,
+        "arch": "resnet18",
+        "state_dict": model.state_dict(),
+        "optimizer": {},
+        "version": 2,
+        "args": argparse.Namespace(model="resnet18"),
+        "state_dict_ema": ema.state_dict(),
+    }
+    return ckpt, model
+
+
+def moco_v1_checkpoint():
+    """MoCo v1 (and PCL): a linear fc head, no MLP; saved the same way."""
+    model = randomize(MoCo(tv_resnet, mlp=False), 25)
+    return {"epoch": 200, "arch": "resnet18", "state_dict": dp(model).state_dict()}, pooled(model.encoder_q)

@@ -43,6 +43,8 @@ def sigmoid(model, x):
 # id: (builder, format name, (arch, kwargs), input size, how to read the timm model, num_classes)
 CASES = {
     "moco_v2": (om.moco_checkpoint, "moco", RESNET, 64, pooled, None),
+    "moco_v1_pcl": (om.moco_v1_checkpoint, "moco", RESNET, 64, pooled, None),
+    "timm_train": (om.timm_train_checkpoint, "timm", RESNET, 64, logits, None),
     "swav": (om.swav_checkpoint, "swav", RESNET, 64, pooled, None),
     "barlowtwins_training": (om.barlowtwins_checkpoint, "barlowtwins", RESNET, 64, pooled, None),
     "barlowtwins_release": (om.barlowtwins_release, "barlowtwins", RESNET, 64, pooled, None),
@@ -66,6 +68,7 @@ CASES = {
     "simmim_swin_native": (om.simmim_checkpoint, "simmim_swin", SWIN192, 192, pooled, None),
     "jlianglab_resnet": (lambda: om.jlianglab_checkpoint("resnet"), "jlianglab", RESNET, 64, sigmoid, None),
     "jlianglab_swin": (lambda: om.jlianglab_checkpoint("swin"), "jlianglab", SWIN, 224, sigmoid, None),
+    "jlianglab_convnext": (om.jlianglab_convnext_checkpoint, "jlianglab", CONVNEXT, 64, logits, None),
     "radimagenet": (om.radimagenet_checkpoint, "radimagenet", RESNET, 64, fmap, None),
     "detectron_backbone": (om.detector_checkpoint, "detectron_backbone", RESNET, 64, fmap, None),
     "torchvision_densenet_legacy": (om.densenet_legacy_checkpoint, "torchvision", DENSENET, 64, logits, None),

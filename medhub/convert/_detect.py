@@ -65,6 +65,11 @@ def detect_format(obj: Any, path: str | Path | None = None) -> tuple[str, str]:
             "jlianglab",
             "entries 'lossMIN' and 'state_dict' (a JLiang-lab BenchmarkTransferLearning checkpoint)",
         )
+    if "state_dict_ema" in top or {"version", "arch", "state_dict"} <= top:
+        return (
+            "timm",
+            "entries 'state_dict'/'state_dict_ema'/'version' (a timm train.py checkpoint; not the EMA)",
+        )
     keys = weight_keys(obj)
     if not keys:
         raise ConversionError(f"no weights found in the checkpoint (entries: {', '.join(sorted(top)[:10])})")
