@@ -16,6 +16,7 @@ from medhub.serve.protocol import ProtocolError, RepoRef, check_path, lfs_pointe
 from medhub.serve.storage import Commit
 
 _PATHS_LIMIT = 1000
+_INLINE_BYTES = 256 * 1024  # GETs up to this size are read in one go
 
 
 def _readable(hub: Hub, request: Request, repo: RepoRef) -> dict:
@@ -205,9 +206,14 @@ async def commits(hub: Hub, request: Request, repo: RepoRef, revision: str) -> R
 
 
 async def resolve(hub: Hub, request: Request, repo: RepoRef, revision: str, path: str) -> Response:
-    """``HEAD``/``GET /{prefix}{repo}/resolve/{rev}/{path}``: file bytes with the headers the client needs."""
+    """``HEAD``/``GET /{prefix}{repo}/resolve/{rev}/{path}``: file bytes with the headers the client needs.
 
-    def work() -> tuple[dict, os.stat_result, str]:
+    Small whole-file GETs are read in the same worker thread as the lookup (one thread hop); ranges,
+    HEAD and large files go through Starlette's ``FileResponse`` (streamed, ``Range`` support).
+    """
+    small = request.method == "GET" and "range" not in request.headers
+
+    def work() -> tuple[dict, os.stat_result, str, bytes | None]:
         _, commit = _checkout(hub, request, repo, revision)
         entry = commit.files.get(path)
         if entry is None:
@@ -215,17 +221,18 @@ async def resolve(hub: Hub, request: Request, repo: RepoRef, revision: str, path
         blob = hub.store.blob_path(entry["sha256"])
         try:
             stat = os.stat(blob)
+            content = blob.read_bytes() if small and stat.st_size <= _INLINE_BYTES else None
         except FileNotFoundError:
             raise ProtocolError(
                 500, f"content of {path!r} is missing from the store; run a store check"
             ) from None
-        headers = {
-            "X-Repo-Commit": commit.id,
-            "ETag": f'"{entry["sha256"] if entry["lfs"] else entry["oid"]}"',
-        }
+        etag = entry["sha256"] if entry["lfs"] else entry["oid"]
+        headers = {"X-Repo-Commit": commit.id, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
         if entry["lfs"]:
             headers.update({"X-Linked-Etag": f'"{entry["sha256"]}"', "X-Linked-Size": str(entry["size"])})
-        return headers, stat, str(blob)
+        return headers, stat, str(blob), content
 
-    headers, stat, blob = await run_in_threadpool(work)
+    headers, stat, blob, content = await run_in_threadpool(work)
+    if content is not None:
+        return Response(content, headers=headers, media_type="application/octet-stream")
     return FileResponse(blob, headers=headers, stat_result=stat, media_type="application/octet-stream")
