@@ -1,0 +1,147 @@
+"""Decode and resize each image once into a uint8 memory-mapped array, reused by every later epoch and run.
+
+One ``.npy`` per (task, split, size, channels) under :func:`medhub.data.paths.cache_root`, with a JSON
+manifest holding the source fingerprint (every file's path, size and mtime, and the labels) and the
+sha256 of the array. A changed source folder changes the fingerprint, so the stale array is replaced.
+Arrays are built in a temporary file and renamed into place: a crash never leaves half an array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medhub._io import atomic_write_text, sha256_file
+from medhub.data.images import read_image, read_mask, resize, set_channels
+from medhub.data.paths import cache_root
+from medhub.data.sources import SplitData
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1  # bump when decoding or resizing changes
+
+
+@dataclass
+class CachedSplit:
+    """A split ready for training: ``images`` (N, C, S, S) uint8 memmap, labels, optional (N, S, S) masks."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None = None
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _decode(split: SplitData, index: int, size: int, channels: int) -> tuple[np.ndarray, np.ndarray | None]:
+    if split.images is not None:
+        image = set_channels(split.images[index], channels)
+    else:
+        image = read_image(split.paths[index], channels=channels)
+    image = resize(image, size)
+    image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
+    mask = None
+    if isinstance(split.masks, np.ndarray):
+        mask = resize(split.masks[index], size, nearest=True)
+    elif split.masks is not None:
+        mask = resize(read_mask(split.masks[index]), size, nearest=True)
+    return image, mask
+
+
+def _build(split: SplitData, size: int, channels: int, target: Path, mask_target: Path | None,
+           progress: bool, label: str) -> None:
+    """Decode every sample into temporary .npy files (threads), then rename them into place."""
+    from tqdm.auto import tqdm
+
+    count = len(split)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp_mask = mask_target.with_name(f".{mask_target.name}.{os.getpid()}.tmp") if mask_target else None
+    try:
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, channels, size, size))
+        masks = (np.lib.format.open_memmap(tmp_mask, mode="w+", dtype=np.uint8, shape=(count, size, size))
+                 if tmp_mask else None)
+        workers = min(8, os.cpu_count() or 1) if split.paths is not None else 1
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=count, desc=label, unit="img", disable=not progress,
+                                                       leave=False) as bar:
+            for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels), range(count))):
+                images[i] = image
+                if masks is not None:
+                    masks[i] = mask
+                bar.update()
+        for array, path in ((images, tmp), (masks, tmp_mask)):
+            if array is not None:
+                array.flush()
+                with open(path, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        del images, masks
+        os.replace(tmp, target)
+        if tmp_mask:
+            os.replace(tmp_mask, mask_target)
+    finally:
+        for path in (tmp, tmp_mask):
+            if path is not None and path.exists():
+                path.unlink()
+
+
+def cache_key(task_id: str, split: SplitData, size: int, channels: int) -> str:
+    """Hex digest naming the cached array: changes with the source fingerprint, size, channels, version."""
+    text = json.dumps([CACHE_VERSION, task_id, split.name, size, channels, split.fingerprint()])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _valid(manifest_path: Path, target: Path, mask_target: Path | None, key: str) -> bool:
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return False
+    files = [(target, "images")] + ([(mask_target, "masks")] if mask_target else [])
+    return manifest.get("key") == key and all(
+        p.is_file() and p.stat().st_size == manifest.get("bytes", {}).get(kind) for p, kind in files
+    )
+
+
+def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, progress: bool = True,
+                 root: Path | None = None, verify: bool = False) -> CachedSplit:
+    """The split decoded at ``size x size`` with ``channels``; built on first use, memory-mapped afterwards.
+
+    >>> # cached = cached_split("pneumoniamnist", task_data.split("train"), 28, 1)
+    """
+    folder = (root or cache_root()) / task_id
+    folder.mkdir(parents=True, exist_ok=True)
+    key = cache_key(task_id, split, size, channels)
+    stem = f"{split.name}-{size}px-{channels}ch"
+    target = folder / f"{stem}-{key}.npy"
+    mask_target = folder / f"{stem}-{key}-masks.npy" if split.masks is not None else None
+    manifest_path = folder / f"{stem}-{key}.json"
+    if not _valid(manifest_path, target, mask_target, key):
+        for stale in folder.glob(f"{stem}-*"):
+            stale.unlink(missing_ok=True)
+        started = time.perf_counter()
+        _build(split, size, channels, target, mask_target, progress, f"decode {task_id}/{split.name} {size}px")
+        files = {"images": target, **({"masks": mask_target} if mask_target else {})}
+        manifest = {
+            "key": key, "task": task_id, "split": split.name, "size": size, "channels": channels,
+            "count": len(split), "source_fingerprint": split.fingerprint(), "version": CACHE_VERSION,
+            "bytes": {k: p.stat().st_size for k, p in files.items()},
+            "sha256": {k: sha256_file(p) for k, p in files.items()},
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+        log.info("cached %s/%s at %d px in %.1fs", task_id, split.name, size, manifest["seconds"])
+    elif verify:
+        manifest = json.loads(manifest_path.read_text())
+        if sha256_file(target) != manifest["sha256"]["images"]:
+            target.unlink()
+            return cached_split(task_id, split, size, channels, progress=progress, root=root)
+    images = np.load(target, mmap_mode="r")
+    masks = np.load(mask_target, mmap_mode="r") if mask_target else None
+    return CachedSplit(split.name, images, split.labels, masks, target)

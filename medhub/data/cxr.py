@@ -1,0 +1,210 @@
+"""Chest X-ray classification sets in their official layouts: ChestX-ray14, CheXpert, VinDr-CXR, Shenzhen."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from medhub.data.folders import _label_key
+from medhub.data.images import SUPPORTED_SUFFIXES
+from medhub.data.sources import SplitData, TaskData, find_files, patient_split
+from medhub.errors import DataError
+
+NIH_LAYOUT = ("<dir>/Data_Entry_2017.csv, images under <dir>/images*/ (any depth), and either the official "
+              "train_val_list.txt + test_list.txt or the benchmark's train_official.txt/val_official.txt/"
+              "test_official.txt")
+CHEXPERT_LAYOUT = "<dir>/train.csv and <dir>/valid.csv (CheXpert-v1.0 or -small) with the image folders they list"
+VINDR_LAYOUT = ("<dir>/annotations/image_labels_{train,test}.csv (or at <dir>) and images in <dir>/{train,test}/"
+                "<image_id>.(dicom|dcm|png)")
+SHENZHEN_LAYOUT = ("<dir>/CXR_png/CHNCXR_<nnnn>_<0|1>.png, optionally with the benchmark's ShenzenCXR_"
+                   "{train,valid,test}_data.txt")
+LABEL_ALIASES = {"pe": "pleural_effusion", "effusion": "pleural_effusion", "pleural_effusion": "effusion",
+                 "tb": "tuberculosis"}
+UNCERTAIN_POLICIES = ("lsr-ones", "u-ones", "u-zeros")
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _columns_for(labels: tuple[str, ...], columns: list[str], where: Path) -> list[str]:
+    """Match task labels to CSV columns by normalized name (with a few clinical aliases)."""
+    keys = {_label_key(c): c for c in columns}
+    chosen, absent = [], []
+    for label in labels:
+        key = _label_key(label)
+        col = keys.get(key) or keys.get(LABEL_ALIASES.get(key, ""))
+        (chosen if col else absent).append(col or label)
+    if absent:
+        raise DataError(f"{where}: no column for label(s) {', '.join(absent)}", path=where, missing=absent)
+    return chosen
+
+
+def _image_index(root: Path) -> dict[str, Path]:
+    return {p.name: p for p in find_files(root, SUPPORTED_SUFFIXES)}
+
+
+def _missing(root: Path, names: list[str], layout: str) -> None:
+    absent = [n for n in names if not (root / n).exists()]
+    if absent:
+        raise DataError(f"{root}: missing {', '.join(absent)}; expected {layout}", path=root, missing=absent)
+
+
+def _split_from_lists(names: dict[str, list[str]], index: dict[str, Path], labels_of, root: Path) -> dict:
+    splits = {}
+    for split, members in names.items():
+        absent = [n for n in members if n not in index]
+        if absent:
+            raise DataError(f"{root}: {len(absent)} image(s) of the {split} list are missing, e.g. "
+                            f"{', '.join(absent[:3])}", path=root, missing=absent)
+        splits[split] = SplitData(split, labels=np.stack([labels_of(n) for n in members]),
+                                  paths=[index[n] for n in members], ids=members)
+    return splits
+
+
+def _read_list(path: Path) -> list[str]:
+    return [line.split()[0].split("/")[-1] for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_nih_cxr14(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
+    """NIH ChestX-ray14: labels from ``Data_Entry_2017.csv`` 'Finding Labels', split by the official lists."""
+    entry = next((root / n for n in ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv") if (root / n).is_file()),
+                 None)
+    bench = [root / f"{s}_official.txt" for s in ("train", "val", "test")]
+    official = [root / "train_val_list.txt", root / "test_list.txt"]
+    absent = [] if entry else ["Data_Entry_2017.csv"]
+    if not all(p.is_file() for p in bench):
+        absent += [p.name for p in official if not p.is_file()]
+    if absent:
+        raise DataError(f"{root}: missing {', '.join(absent)}; expected {NIH_LAYOUT}", path=root, missing=absent)
+    columns, rows = _read_csv(entry)
+    if "Image Index" not in columns or "Finding Labels" not in columns:
+        raise DataError(f"{entry}: needs 'Image Index' and 'Finding Labels' columns", path=entry)
+    keys = [_label_key(label) for label in task.labels]
+    findings = {r["Image Index"]: {_label_key(f) for f in r["Finding Labels"].split("|")} for r in rows}
+    index = _image_index(root)
+    if not index:
+        raise DataError(f"{root}: no image files found; expected {NIH_LAYOUT}", path=root, missing=["images/"])
+
+    def labels_of(name: str) -> np.ndarray:
+        found = findings.get(name, set())
+        return np.array([float(k in found or LABEL_ALIASES.get(k) in found) for k in keys], dtype=np.float32)
+
+    notes = []
+    if all(p.is_file() for p in bench):
+        names = {s: _read_list(p) for s, p in zip(("train", "val", "test"), bench, strict=False)}
+        notes.append("split: the benchmark's train/val/test_official.txt")
+    else:
+        train_val, test = _read_list(official[0]), _read_list(official[1])
+        parts = patient_split(train_val, fractions=(0.87, 0.13, 0.0), key_len=8)
+        names = {"train": [train_val[i] for i in parts["train"]], "val": [train_val[i] for i in parts["val"]],
+                 "test": test}
+        notes.append("split: official test_list.txt; val = 13% of train_val_list.txt by patient (hash order)")
+    splits = _split_from_lists(names, index, labels_of, root)
+    return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)
+
+
+def _uncertain(values: np.ndarray, policy: str, seed: int = 0) -> np.ndarray:
+    """Map CheXpert's -1 (uncertain): U-Ones -> 1, U-Zeros -> 0, LSR-Ones -> uniform(0.55, 0.85)."""
+    policy = policy.lower()
+    if policy not in UNCERTAIN_POLICIES:
+        raise DataError(f"unknown uncertain-label policy '{policy}'; use one of {', '.join(UNCERTAIN_POLICIES)}")
+    mask = values == -1
+    if policy == "u-ones":
+        values[mask] = 1.0
+    elif policy == "u-zeros":
+        values[mask] = 0.0
+    else:
+        values[mask] = np.random.default_rng(seed).uniform(0.55, 0.85, size=int(mask.sum()))
+    return values
+
+
+def _resolve(root: Path, rel: str) -> Path:
+    parts = Path(rel).parts
+    for candidate in (root / rel, root.parent / rel, root.joinpath(*parts[1:]) if len(parts) > 1 else root / rel):
+        if candidate.is_file():
+            return candidate
+    return root / rel
+
+
+def read_chexpert(task, root: Path, img_size: int = 0, explicit: bool = True,
+                  uncertain: str = "lsr-ones") -> TaskData:
+    """CheXpert: ``train.csv`` -> train/val (by patient), ``valid.csv`` -> test; blanks are 0."""
+    _missing(root, ["train.csv", "valid.csv"], CHEXPERT_LAYOUT)
+    splits, notes = {}, [f"labels: uncertain (-1) handled with {uncertain}; blank = 0"]
+    for csv_name, split in (("train.csv", "train"), ("valid.csv", "test")):
+        columns, rows = _read_csv(root / csv_name)
+        cols = _columns_for(tuple(task.labels), columns, root / csv_name)
+        raw = np.array([[float(r[c]) if r[c].strip() else 0.0 for c in cols] for r in rows], dtype=np.float32)
+        paths = [_resolve(root, r["Path"]) for r in rows]
+        absent = [str(p) for p in paths if not p.is_file()]
+        if absent:
+            raise DataError(f"{root / csv_name}: {len(absent)} listed image(s) missing, e.g. {absent[0]}",
+                            path=root, missing=absent)
+        labels = _uncertain(raw, uncertain) if split == "train" else np.clip(raw, 0, 1)
+        splits[split] = SplitData(split, labels=labels, paths=paths, ids=[r["Path"] for r in rows])
+    train = splits["train"]
+    parts = patient_split([p.split("/")[-3] if p.count("/") >= 3 else p for p in train.ids],
+                          fractions=(0.9, 0.1, 0.0))
+    splits["val"] = train.subset(parts["val"])
+    splits["val"].name = "val"
+    splits["train"] = train.subset(parts["train"])
+    notes.append("split: valid.csv is the test set; val = 10% of train.csv by patient")
+    return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)
+
+
+def read_vindr_cxr(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
+    """VinDr-CXR image-level labels; train rows of the three readers are merged by majority vote."""
+    folder = root / "annotations" if (root / "annotations").is_dir() else root
+    _missing(folder, ["image_labels_train.csv", "image_labels_test.csv"], VINDR_LAYOUT)
+    index = {p.stem: p for p in find_files(root, SUPPORTED_SUFFIXES)}
+    splits = {}
+    for split in ("train", "test"):
+        columns, rows = _read_csv(folder / f"image_labels_{split}.csv")
+        cols = _columns_for(tuple(task.labels), columns, folder / f"image_labels_{split}.csv")
+        votes: dict[str, list[list[float]]] = {}
+        for r in rows:
+            votes.setdefault(r["image_id"], []).append([float(r[c] or 0) for c in cols])
+        ids = sorted(votes)
+        absent = [i for i in ids if i not in index]
+        if absent:
+            raise DataError(f"{root}: {len(absent)} {split} image(s) missing, e.g. {absent[0]}; expected "
+                            f"{VINDR_LAYOUT}", path=root, missing=absent)
+        labels = np.array([(np.mean(votes[i], axis=0) >= 0.5) for i in ids], dtype=np.float32)
+        splits[split] = SplitData(split, labels=labels, paths=[index[i] for i in ids], ids=ids)
+    train = splits["train"]
+    parts = patient_split(train.ids, fractions=(0.9, 0.1, 0.0))
+    splits["val"], splits["train"] = train.subset(parts["val"]), train.subset(parts["train"])
+    splits["val"].name = "val"
+    notes = ["labels: train readers merged by majority vote", "split: official test; val = 10% of train by hash"]
+    return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)
+
+
+def read_shenzhen(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
+    """Shenzhen TB: the label is the last digit of the file name; benchmark split files when present."""
+    images = [p for p in find_files(root, SUPPORTED_SUFFIXES) if p.name.upper().startswith("CHNCXR_")
+              and "mask" not in str(p.parent).lower()]
+    if not images:
+        raise DataError(f"{root}: no CHNCXR_*.png images; expected {SHENZHEN_LAYOUT}", path=root,
+                        missing=["CXR_png/"])
+    index = {p.name: p for p in images}
+
+    def labels_of(name: str) -> np.ndarray:
+        return np.array(int(Path(name).stem.split("_")[-1]), dtype=np.int64)
+
+    lists = {s: next(iter(root.rglob(f"ShenzenCXR_{f}_data.txt")), None)
+             for s, f in (("train", "train"), ("val", "valid"), ("test", "test"))}
+    if all(lists.values()):
+        names = {s: _read_list(p) for s, p in lists.items()}
+        notes = ["split: the benchmark's ShenzenCXR_{train,valid,test}_data.txt"]
+    else:
+        ordered = sorted(index)
+        parts = patient_split(ordered)
+        names = {s: [ordered[i] for i in idx] for s, idx in parts.items()}
+        notes = ["split: 70/10/20 by file-name hash (the benchmark's split files were not found)"]
+    splits = _split_from_lists(names, index, labels_of, root)
+    return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)

@@ -1,0 +1,149 @@
+"""Batches from cached uint8 arrays: augmentation on the arrays, normalization on the model's device.
+
+A loader yields ``(images, targets)`` with images still uint8 ``(B, C, H, W)``; :func:`to_model_input`
+turns them into normalized floats on the device, so workers ship 4x fewer bytes. Randomness comes
+from a generator seeded by ``(seed, epoch)``: the same epoch gives the same batches, which is what
+lets ``--resume`` end where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from medhub.data.cache import CachedSplit
+
+log = logging.getLogger(__name__)
+
+NORMALIZATION = {
+    "half": ((0.5,), (0.5,)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "chestx-ray": ((0.5056,), (0.252,)),
+}
+
+
+def train_transform(names: tuple[str, ...] | list[str], size: int, segmentation: bool = False) -> v2.Compose | None:
+    """The protocol's augmentations by name (random_resized_crop, horizontal_flip, rotation_7, ...)."""
+    steps: list = []
+    for name in names:
+        low = name.lower()
+        if "resized" in low and "crop" in low:
+            steps.append(v2.RandomApply([v2.RandomResizedCrop(size, scale=(0.49, 1.0), antialias=True)], p=0.25)
+                         if segmentation else v2.RandomResizedCrop(size, antialias=True))
+        elif "flip" in low:
+            steps.append(v2.RandomVerticalFlip() if "vertical" in low else v2.RandomHorizontalFlip())
+        elif "rot" in low:
+            degrees = float(next(iter(re.findall(r"\d+(?:\.\d+)?", low)), 10))
+            steps.append(v2.RandomRotation(degrees))
+        elif "bright" in low or "contrast" in low or "gamma" in low:
+            steps.append(v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.3))
+        elif "elastic" in low or "distort" in low:
+            steps.append(v2.RandomApply([v2.ElasticTransform(alpha=30.0)], p=0.3))
+        else:
+            log.warning("augmentation '%s' is not known to medhub; skipped", name)
+    return v2.Compose(steps) if steps else None
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """Indexable by a list of sample indices: one item is one batch, gathered from the memmap at once."""
+
+    def __init__(self, split: CachedSplit, transform: v2.Compose | None = None, crop: int | None = None):
+        self.split = split
+        self.transform = transform
+        self.crop = crop  # center crop for evaluation (resize 256 -> crop 224)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, item: tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_seed, indices = item
+        order = np.sort(np.asarray(indices))
+        where = np.searchsorted(order, indices)
+        images = torch.from_numpy(np.ascontiguousarray(self.split.images[order]))[where]
+        masks = None
+        if self.split.masks is not None:
+            masks = torch.from_numpy(np.ascontiguousarray(self.split.masks[order]))[where]
+        if self.transform is not None:
+            torch.manual_seed(batch_seed)  # augmentation depends on (seed, epoch, batch) only
+            images, masks = self._augment(images, masks)
+        if self.crop:
+            images = v2.functional.center_crop(images, [self.crop, self.crop])
+            masks = v2.functional.center_crop(masks, [self.crop, self.crop]) if masks is not None else None
+        if masks is not None:
+            return images, masks
+        return images, torch.as_tensor(self.split.labels[np.asarray(indices)])
+
+    def _augment(self, images: torch.Tensor, masks: torch.Tensor | None):
+        out_images, out_masks = [], []
+        for i in range(len(images)):
+            if masks is None:
+                out_images.append(self.transform(images[i]))
+            else:
+                image, mask = self.transform(tv_tensors.Image(images[i]), tv_tensors.Mask(masks[i]))
+                out_images.append(image.as_subclass(torch.Tensor))
+                out_masks.append(mask.as_subclass(torch.Tensor))
+        return torch.stack(out_images), (torch.stack(out_masks) if masks is not None else None)
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """``(batch_seed, indices)`` per batch, shuffled by a generator seeded from ``(seed, epoch)``."""
+
+    def __init__(self, count: int, batch_size: int, shuffle: bool, seed: int = 0):
+        self.count, self.batch_size, self.shuffle, self.seed, self.epoch = count, batch_size, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration yields."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (self.count + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.count, generator=generator).tolist()
+        else:
+            order = list(range(self.count))
+        for number, start in enumerate(range(0, self.count, self.batch_size)):
+            batch_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + number) % (2**63)
+            yield batch_seed, order[start:start + self.batch_size]
+
+
+def make_loader(split: CachedSplit, *, batch_size: int, shuffle: bool, seed: int = 0,
+                transform: v2.Compose | None = None, crop: int | None = None, num_workers: int = 0,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader whose items are whole batches (no per-sample collate); call ``.batch_sampler.set_epoch``."""
+    sampler = EpochBatches(len(split), batch_size, shuffle, seed)
+    return torch.utils.data.DataLoader(
+        BatchDataset(split, transform, crop), sampler=sampler, batch_size=None, num_workers=num_workers,
+        pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        worker_init_fn=None, generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
+    """Make ``loader`` yield the batch order of ``epoch``."""
+    loader.sampler.set_epoch(epoch)
+
+
+def to_model_input(images: torch.Tensor, device: torch.device, channels: int, normalization: str | tuple,
+                   channels_last: bool = False) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float normalized on ``device``, with gray replicated to 3 channels if needed."""
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    if x.shape[1] == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] == 3 and channels == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    mean, std = NORMALIZATION.get(normalization, NORMALIZATION["imagenet"]) if isinstance(normalization, str) \
+        else normalization
+    if len(mean) != channels:
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    x = (x - mean_t) / std_t
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

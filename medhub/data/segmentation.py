@@ -1,0 +1,114 @@
+"""Segmentation sets (images + binary masks): Montgomery, SIIM-ACR (PNG release), DRIVE, JSRT/SCR."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from medhub.data.images import SUPPORTED_SUFFIXES
+from medhub.data.sources import SPLITS, SplitData, TaskData, find_files, patient_split
+from medhub.errors import DataError
+
+MONTGOMERY_LAYOUT = "<dir>/CXR_png/MCUCXR_*.png and <dir>/ManualMask/{leftMask,rightMask}/MCUCXR_*.png"
+SIIM_LAYOUT = ("<dir>/png_images/*.png and <dir>/png_masks/*.png with the same names (the PNG release), "
+               "optionally stage_1_train_images.csv / stage_1_test_images.csv for the split")
+DRIVE_LAYOUT = "<dir>/{training,test}/images/*.tif and <dir>/{training,test}/1st_manual/*_manual1.gif"
+JSRT_LAYOUT = ("<dir>/images/JPC*.{IMG,png} and SCR masks in <dir>/masks/<structure>/JPC*.gif "
+               "(structure: heart, left clavicle, right clavicle, left lung, right lung)")
+
+
+def _by_key(files: list[Path], key=lambda p: p.stem) -> dict[str, Path]:
+    return {key(p): p for p in files}
+
+
+def _pairs(root: Path, image_dir: Path, mask_dirs: list[Path], layout: str, mask_key=lambda p: p.stem):
+    """Images of ``image_dir`` each paired with the same-named file of every mask folder."""
+    absent_dirs = [str(d.relative_to(root)) for d in [image_dir, *mask_dirs] if not d.is_dir()]
+    if absent_dirs:
+        raise DataError(f"{root}: missing {', '.join(absent_dirs)}; expected {layout}", path=root,
+                        missing=absent_dirs)
+    images = find_files(image_dir, SUPPORTED_SUFFIXES)
+    if not images:
+        raise DataError(f"{image_dir}: no image files; expected {layout}", path=image_dir)
+    masks = [_by_key(find_files(d, SUPPORTED_SUFFIXES), mask_key) for d in mask_dirs]
+    unmatched = [p.name for p in images if any(p.stem not in m for m in masks)]
+    if unmatched:
+        raise DataError(f"{root}: {len(unmatched)} image(s) without a mask, e.g. {', '.join(unmatched[:3])}; "
+                        f"expected {layout}", path=root, missing=unmatched)
+    return images, [tuple(m[p.stem] for m in masks) for p in images]
+
+
+def _split(task, root: Path, images: list[Path], masks: list[tuple[Path, ...]], parts: dict, notes: list[str],
+           channels: int = 1) -> TaskData:
+    splits = {}
+    for name in SPLITS:
+        idx = parts[name]
+        if len(idx) == 0:
+            continue
+        splits[name] = SplitData(name, labels=np.zeros(len(idx), dtype=np.int64),
+                                 paths=[images[i] for i in idx], masks=[masks[i] for i in idx],
+                                 ids=[images[i].name for i in idx])
+    return TaskData(task.id, splits, tuple(task.labels), channels=channels, root=root, notes=notes,
+                    segmentation=True)
+
+
+def read_montgomery(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
+    """Montgomery County lungs: the mask is the union of the left and right lung masks."""
+    images, masks = _pairs(root, root / "CXR_png", [root / "ManualMask" / "leftMask",
+                                                    root / "ManualMask" / "rightMask"], MONTGOMERY_LAYOUT)
+    parts = patient_split([p.name for p in images])
+    return _split(task, root, images, masks, parts, ["split: 70/10/20 by file-name hash (no official split)"])
+
+
+def read_siim_acr(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
+    """SIIM-ACR pneumothorax, PNG release; split from its stage_1 CSVs when present."""
+    images, masks = _pairs(root, root / "png_images", [root / "png_masks"], SIIM_LAYOUT)
+    names = [p.name for p in images]
+    lists = [root / "stage_1_train_images.csv", root / "stage_1_test_images.csv"]
+    if all(p.is_file() for p in lists):
+        def listed(path: Path) -> set[str]:
+            with open(path, newline="", encoding="utf-8") as handle:
+                return {row.get("new_filename") or row.get("ImageId", "") for row in csv.DictReader(handle)}
+
+        train_names, test_names = listed(lists[0]), listed(lists[1])
+        train_idx = [i for i, n in enumerate(names) if n in train_names]
+        inner = patient_split([names[i] for i in train_idx], fractions=(0.9, 0.1, 0.0))
+        parts = {"train": np.array([train_idx[i] for i in inner["train"]], dtype=np.int64),
+                 "val": np.array([train_idx[i] for i in inner["val"]], dtype=np.int64),
+                 "test": np.array([i for i, n in enumerate(names) if n in test_names], dtype=np.int64)}
+        notes = ["split: stage_1 test CSV is the test set; val = 10% of train by hash"]
+    else:
+        parts, notes = patient_split(names), ["split: 70/10/20 by file-name hash"]
+    return _split(task, root, images, masks, parts, notes)
+
+
+def read_drive(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
+    """DRIVE retinal vessels (RGB): official 20 training / 20 test images; val = 4 training images."""
+    def key(p: Path) -> str:
+        return p.stem.split("_")[0]
+
+    train_imgs, train_masks = _pairs(root, root / "training" / "images", [root / "training" / "1st_manual"],
+                                     DRIVE_LAYOUT, mask_key=key)
+    test_imgs, test_masks = _pairs(root, root / "test" / "images", [root / "test" / "1st_manual"],
+                                   DRIVE_LAYOUT, mask_key=key)
+    images, masks = train_imgs + test_imgs, train_masks + test_masks
+    inner = patient_split([p.name for p in train_imgs], fractions=(0.8, 0.2, 0.0))
+    parts = {"train": inner["train"], "val": inner["val"],
+             "test": np.arange(len(train_imgs), len(images), dtype=np.int64)}
+    notes = ["split: official test set; val = 20% of the training images by hash"]
+    return _split(task, root, images, masks, parts, notes, channels=3)
+
+
+def read_jsrt_scr(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
+    """JSRT images with SCR masks; the task's labels name the structure(s) whose union is the mask."""
+    structures = [s for s in task.labels] or ["heart"]
+    mask_root = root / "masks"
+    dirs = [mask_root / s for s in structures]
+    if not all(d.is_dir() for d in dirs) and mask_root.is_dir():
+        by_key = {p.name.lower().replace("_", " "): p for p in mask_root.iterdir() if p.is_dir()}
+        dirs = [by_key.get(s.lower().replace("_", " "), mask_root / s) for s in structures]
+    images, masks = _pairs(root, root / "images", dirs, JSRT_LAYOUT)
+    parts = patient_split([p.name for p in images])
+    return _split(task, root, images, masks, parts, ["split: 70/10/20 by file-name hash"])

@@ -1,0 +1,118 @@
+"""``medhub reproduce``: fine-tune a checkpoint on a task with the benchmark's protocol, compare with the paper.
+
+The flow, one stage module per step::
+
+    task entry ─► plan (protocol + overrides) ─► data (reader ─► decode-once cache) ─► per run:
+        network ─► fit (resumable) ─► best epoch ─► test ─► run result
+    ─► report.json / report.md / plots, compared with the registry's reported number
+
+Only ``out`` is written. Research software, not a medical device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from medhub._io import atomic_write_bytes, atomic_write_text
+from medhub.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def results_root() -> Path:
+    """``$MEDHUB_RESULTS``, else ``./medhub-results``."""
+    return Path(os.environ.get("MEDHUB_RESULTS") or "medhub-results")
+
+
+def default_out(model: str, task: str, resume: bool) -> Path:
+    """``<results root>/<model>/<task>/<timestamp>``; with ``resume``, the latest unfinished one."""
+    base = results_root() / re.sub(r"[^A-Za-z0-9_.\-]+", "-", model) / task
+    if resume and base.is_dir():
+        unfinished = sorted(p for p in base.iterdir() if p.is_dir() and not (p / "report.json").exists())
+        if unfinished:
+            return unfinished[-1]
+    return base / time.strftime("%Y%m%d-%H%M%S")
+
+
+def pick_device(device: str):
+    """``auto`` -> cuda when available, else cpu; an unavailable cuda is a UsageError."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but torch sees no GPU; use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise UsageError(f"unknown device '{device}'; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = None, runs: int = 1,
+              epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+              img_size: int | None = None, label_fraction: float = 1.0, linear_probe: bool = False,
+              device: str = "auto", seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False,
+              arch: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune ``model`` on ``task`` ``runs`` times (seeds ``seed..seed+runs-1``) and report the test metric.
+
+    Args:
+        model: ``random:<timm arch>``, a registry id, a checkpoint folder, or a file (with ``arch``).
+        task: a task id of the registry (``medhub tasks``).
+        data_dir: the task's data folder; default ``$MEDHUB_DATA/<task>`` (embedded MedMNIST copies as
+            the fallback for pneumoniamnist and breastmnist).
+        runs, epochs, batch_size, lr, img_size, label_fraction, linear_probe: protocol overrides.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: seed of the first run.
+        out: output folder (default ``$MEDHUB_RESULTS/<model>/<task>/<timestamp>``).
+        resume: continue the runs saved in ``out`` (the latest unfinished folder when ``out`` is None).
+        arch: timm architecture of a bare checkpoint file.
+        progress: show progress bars.
+
+    Returns:
+        The report (also written to ``out/report.json``).
+
+    >>> report = reproduce("random:resnet18", "pneumoniamnist", epochs=1)  # doctest: +SKIP
+    >>> sorted(report)[:4]  # doctest: +SKIP
+    ['difference', 'environment', 'mean', 'metric']
+    """
+    from medhub.data import load_task_data
+    from medhub.registry import load_registry
+    from medhub.train.protocol import make_plan
+    from medhub.train.report import environment, reported_for
+    from medhub.train.runner import prepare_data, run_once, write_outputs
+
+    if runs < 1:
+        raise UsageError(f"--runs must be at least 1, got {runs}")
+    entry = load_registry().get_task(task)
+    plan = make_plan(entry, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
+                     label_fraction=label_fraction, linear_probe=linear_probe)
+    torch_device = pick_device(device)
+    out_dir = Path(out) if out is not None else default_out(model, entry.id, resume)
+    if out_dir.exists() and not resume and any(out_dir.glob("run*/state.pt")):
+        raise UsageError(f"{out_dir} already holds runs; pass --resume to continue them or choose another --out")
+    data = load_task_data(entry, data_dir, img_size=plan.img_size)
+    splits = prepare_data(entry, data, plan, seed=seed, progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "plan.json", json.dumps({"model": model, "task": entry.id, **plan.as_dict()},
+                                                        indent=1))
+    results = [run_once(model, entry, data, splits, plan, seed=seed + i, run_dir=out_dir / f"run{i}",
+                        device=torch_device, resume=resume, arch=arch, progress=progress) for i in range(runs)]
+    metric = "dice" if entry.type == "segmentation" else entry.metric
+    protocol = {**plan.as_dict(), "data_notes": data.notes, "data_root": str(data.root), "model_arch": arch,
+                "device": str(torch_device)}
+    report = write_outputs(out_dir, model, entry, metric, results, protocol, environment(str(torch_device)),
+                           reported_for(model, entry.id, metric, plan.img_size, label_fraction))
+    log.info("report written to %s", out_dir / "report.json")
+    return report
+
+
+def save_weights(path: Path, state: dict) -> None:
+    """Write a state dict as safetensors, atomically."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))

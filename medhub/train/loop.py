@@ -1,0 +1,253 @@
+"""Fit and evaluate: one epoch at a time, state saved atomically after each, best epoch kept.
+
+``fit`` trains with the protocol's optimizer, schedule, early stopping and model selection, resuming
+from ``run_dir/state.pt`` when asked; ``evaluate`` returns loss, metric, per-class values and scores
+(ten-crop averaging for the benchmark's test protocol).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from medhub.data.loader import set_epoch, to_model_input
+from medhub.train import metrics
+from medhub.train.state import cpu_state_dict, epoch_seed, load_state, restore_rng, rng_states, save_state
+from medhub.train.unet import dice_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitConfig:
+    """Everything the loop needs from the protocol (after overrides)."""
+
+    task_type: str
+    label_names: tuple[str, ...]
+    loss: str = "bce"
+    optimizer: str = "adam"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    epochs: int = 100
+    scheduler: str | None = None
+    scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    patience: int | None = None
+    selection: str = "val_loss"
+    channels: int = 3
+    normalization: Any = "imagenet"
+    ten_crop: int | None = None
+    amp: bool = False
+    channels_last: bool = False
+    seed: int = 0
+
+    @property
+    def segmentation(self) -> bool:
+        return self.task_type == "segmentation"
+
+
+@dataclass
+class Evaluation:
+    """One pass over a split."""
+
+    loss: float
+    metric: float
+    per_class: dict[str, float]
+    scores: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    accuracy: float | None = None
+
+
+@dataclass
+class FitResult:
+    """What training produced: per-epoch history and the best epoch's weights."""
+
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_state: dict[str, torch.Tensor]
+    stopped_early: bool
+    resumed_from: int | None = None
+
+
+def compute_loss(logits: torch.Tensor, targets: torch.Tensor, config: FitConfig) -> torch.Tensor:
+    """The protocol's loss: cross-entropy on class indices, BCE on 0/1 (or soft) targets, Dice for masks."""
+    if config.segmentation:
+        target = targets.unsqueeze(1).float()
+        if config.loss == "bce":
+            return F.binary_cross_entropy_with_logits(logits, target)
+        return dice_loss(logits, target)
+    if config.loss == "cross_entropy":
+        return F.cross_entropy(logits, targets.long())
+    if targets.ndim == 1:
+        targets = (F.one_hot(targets.long(), logits.shape[1]) if logits.shape[1] > 1 else targets.unsqueeze(1))
+    return F.binary_cross_entropy_with_logits(logits, targets.float())
+
+
+def make_optimizer(params, config: FitConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (momentum 0.9) over the trainable parameters."""
+    trainable = [p for p in params if p.requires_grad]
+    name = config.optimizer.lower()
+    if name == "adamw":
+        return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(trainable, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    return torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: FitConfig):
+    """multistep (milestones as fractions of the epochs), reduce_on_plateau, cosine, or None."""
+    kind, kw = (config.scheduler or "").lower(), dict(config.scheduler_kwargs)
+    if kind == "multistep":
+        milestones = [int(m * config.epochs) if m < 1 else int(m) for m in kw.get("milestones", [0.5, 0.75])]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=float(kw.get("gamma", 0.1)))
+    if kind in ("reduce_on_plateau", "plateau"):
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=float(kw.get("factor", 0.5)), patience=int(kw.get("patience", 5)))
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
+    return None
+
+
+def _freeze_norms(model: torch.nn.Module) -> None:
+    """Frozen parts of a linear probe keep their BatchNorm statistics."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in module.parameters()):
+            module.eval()
+
+
+def _forward(model, images, device, config: FitConfig) -> torch.Tensor:
+    x = to_model_input(images, device, config.channels, config.normalization, config.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+        return model(x).float()
+
+
+def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: bool, desc: str) -> float:
+    """One pass over the training loader; returns the mean training loss."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    _freeze_norms(model)
+    total, count = 0.0, 0
+    with tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False) as bar:
+        for images, targets in bar:
+            logits = _forward(model, images, device, config)
+            loss = compute_loss(logits, targets.to(device, non_blocking=True), config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(images)
+            count += len(images)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, config: FitConfig, *, ten_crop: int | None = None) -> Evaluation:
+    """Loss, metric (AUC or Dice), per-class values, scores and targets over ``loader``."""
+    from torchvision.transforms.v2 import functional as TF
+
+    model.eval()
+    outputs, truths, total, count = [], [], 0.0, 0
+    for images, targets in loader:
+        targets_d = targets.to(device)
+        if ten_crop:
+            crops = TF.ten_crop(images, [ten_crop, ten_crop])
+            probs = torch.stack([_scores(_forward(model, c, device, config), config) for c in crops]).mean(0)
+            logits = _forward(model, TF.center_crop(images, [ten_crop, ten_crop]), device, config)
+        else:
+            logits = _forward(model, images, device, config)
+            probs = _scores(logits, config)
+        if not ten_crop or not config.segmentation:
+            total += float(compute_loss(logits, targets_d, config)) * len(images)
+        count += len(images)
+        outputs.append(probs.cpu().numpy())
+        truths.append(targets.numpy())
+    scores, truth = np.concatenate(outputs), np.concatenate(truths)
+    if config.segmentation:
+        value = metrics.dice(scores[:, 0] >= 0.5, truth)
+        return Evaluation(total / max(count, 1), value, {"dice": value})
+    per_class = metrics.per_class_auc(truth, scores, config.task_type, config.label_names)
+    return Evaluation(total / max(count, 1), metrics.mean_of(per_class), per_class, scores, truth,
+                      metrics.accuracy(truth, scores, config.task_type))
+
+
+def _scores(logits: torch.Tensor, config: FitConfig) -> torch.Tensor:
+    if config.segmentation or config.loss != "cross_entropy":
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1)
+
+
+def _better(value: float, best: float | None, selection: str) -> bool:
+    if math.isnan(value):
+        return best is None
+    if best is None or math.isnan(best):
+        return True
+    return value < best if selection.endswith("loss") else value > best
+
+
+def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run_dir: Path, device: torch.device,
+        *, progress: bool = True, resume: bool = False) -> FitResult:
+    """Train up to ``config.epochs``, keep the best epoch by ``config.selection``, save state every epoch.
+
+    With ``resume=True`` and a ``state.pt`` in ``run_dir``, training continues after the last saved epoch
+    and ends with the same weights and history an uninterrupted run would have.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    optimizer = make_optimizer(model.parameters(), config)
+    scheduler = make_scheduler(optimizer, config)
+    history: list[dict[str, float]] = []
+    best_value, best_epoch, best_state, bad_epochs, start, resumed = None, -1, cpu_state_dict(model), 0, 0, None
+    saved = load_state(run_dir) if resume else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler"):
+            scheduler.load_state_dict(saved["scheduler"])
+        history, best_epoch, best_state = saved["history"], saved["best_epoch"], saved["best_state"]
+        best_value, bad_epochs = saved["best_value"], saved["bad_epochs"]
+        start = resumed = saved["epoch"] + 1
+        restore_rng(saved["rng"])
+        if saved.get("finished"):
+            return FitResult(history, best_epoch, best_state, saved.get("stopped_early", False), resumed)
+        log.info("resuming %s after epoch %d", run_dir, start)
+    stopped = False
+    for epoch in range(start, config.epochs):
+        started = time.perf_counter()
+        torch.manual_seed(epoch_seed(config.seed, epoch))
+        set_epoch(train_loader, epoch)
+        desc = f"epoch {epoch + 1}/{config.epochs}"
+        train_loss = train_epoch(model, train_loader, optimizer, device, config, progress, desc)
+        val = evaluate(model, val_loader, device, config)
+        selected = val.loss if config.selection.endswith("loss") else val.metric
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val.loss)
+        elif scheduler is not None:
+            scheduler.step()
+        if _better(selected, best_value, config.selection):
+            best_value, best_epoch, best_state, bad_epochs = selected, epoch, cpu_state_dict(model), 0
+        else:
+            bad_epochs += 1
+        stopped = config.patience is not None and bad_epochs > config.patience
+        finished = stopped or epoch + 1 >= config.epochs
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val.loss, "val_metric": val.metric,
+                        "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started})
+        log.info("%s: train loss %.4f, val loss %.4f, val %s %.4f", desc, train_loss, val.loss,
+                 "dice" if config.segmentation else "auc", val.metric)
+        save_state(run_dir, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None, "epoch": epoch,
+            "history": history, "best_epoch": best_epoch, "best_value": best_value, "best_state": best_state,
+            "bad_epochs": bad_epochs, "rng": rng_states(), "finished": finished, "stopped_early": stopped,
+        })
+        if stopped:
+            log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best_epoch + 1)
+            break
+    return FitResult(history, best_epoch, best_state, stopped, resumed)

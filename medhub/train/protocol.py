@@ -1,0 +1,121 @@
+"""Turn a task entry's protocol plus the user's overrides into a concrete plan; every override recorded.
+
+Recipes:
+
+* ``medmnist_v2``: arrays at ``img_size``, no augmentation, no crops, selection by validation AUC.
+* ``benchmark_classification``: arrays cached at ``img_size / 0.875`` (256 for 224), the protocol's
+  augmentations with a random resized crop to ``img_size``, centre crop for validation and a ten-crop
+  average for test.
+* ``benchmark_segmentation``: arrays and masks at ``img_size``, joint augmentations, Dice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from medhub.errors import UsageError
+
+# The MedMNIST v2 recipe is 100 epochs; without --epochs, reproduce runs a short version of the same
+# schedule (milestones scale with the epochs) so the README's command finishes in minutes on a laptop.
+QUICK_MEDMNIST_EPOCHS = 10
+
+
+@dataclass
+class Plan:
+    """The protocol a run follows, after overrides."""
+
+    recipe: str
+    img_size: int
+    cache_size: int
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    weight_decay: float
+    scheduler: str | None
+    scheduler_kwargs: dict[str, Any]
+    patience: int | None
+    loss: str
+    selection: str
+    normalization: str
+    train_augment: tuple[str, ...]
+    center_crop: int | None
+    ten_crop: int | None
+    label_fraction: float
+    linear_probe: bool
+    num_outputs: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view for report.protocol."""
+        data = asdict(self)
+        data["train_augment"] = list(self.train_augment)
+        return data
+
+
+def _crop_ratio(protocol) -> float:
+    """Resize-then-crop ratio from the eval transform (``resize_256_center_crop_224`` -> 256/224)."""
+    import re
+
+    numbers = [int(n) for n in re.findall(r"\d+", protocol.eval_transform or "")]
+    return numbers[0] / numbers[1] if len(numbers) >= 2 and numbers[1] else 256 / 224
+
+
+def make_plan(task, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+              img_size: int | None = None, label_fraction: float = 1.0, linear_probe: bool = False) -> Plan:
+    """The plan for ``task`` with the given overrides (None keeps the protocol's value)."""
+    protocol = task.protocol
+    if not 0.0 < label_fraction <= 1.0:
+        raise UsageError(f"--label-fraction must be in (0, 1], got {label_fraction}")
+    for name, value in (("epochs", epochs), ("batch-size", batch_size), ("img-size", img_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {value}")
+    if lr is not None and lr <= 0:
+        raise UsageError(f"--lr must be positive, got {lr}")
+    overrides: dict[str, Any] = {}
+    notes: list[str] = []
+    for name, value, default in (("batch_size", batch_size, protocol.batch_size), ("lr", lr, protocol.lr),
+                                 ("img_size", img_size, protocol.img_size)):
+        if value is not None and value != default:
+            overrides[name] = {"value": value, "protocol": default}
+    if epochs is None and protocol.recipe == "medmnist_v2" and protocol.max_epochs > QUICK_MEDMNIST_EPOCHS:
+        epochs = QUICK_MEDMNIST_EPOCHS
+        overrides["epochs"] = {"value": epochs, "protocol": protocol.max_epochs,
+                               "why": f"default short run; pass --epochs {protocol.max_epochs} for the full recipe"}
+    elif epochs is not None and epochs != protocol.max_epochs:
+        overrides["epochs"] = {"value": epochs, "protocol": protocol.max_epochs}
+    if label_fraction != 1.0:
+        overrides["label_fraction"] = {"value": label_fraction, "protocol": 1.0}
+    if linear_probe:
+        overrides["linear_probe"] = {"value": True, "protocol": False}
+    size = img_size or protocol.img_size
+    segmentation = task.type == "segmentation"
+    crops = protocol.recipe.startswith("benchmark") and not segmentation
+    cache_size = round(size * _crop_ratio(protocol)) if crops else size
+    augment = tuple(protocol.train_augment)
+    if crops and not augment:
+        augment = ("random_resized_crop", "horizontal_flip", "rotation_7")
+        notes.append("augmentations: the benchmark's RandomResizedCrop, horizontal flip, rotation 7 (entry lists none)")
+    if crops and not any("resized" in a for a in augment):
+        augment = ("random_resized_crop", *augment)
+    ten_crop = size if crops and "ten" in (protocol.test_transform or "ten_crop").lower() else None
+    if segmentation:
+        outputs = 1
+    elif protocol.loss == "cross_entropy":
+        outputs = len(task.labels)
+    else:
+        outputs = task.num_classes
+    selection = protocol.selection
+    if segmentation and selection == "val_auc":
+        selection = "val_dice"
+    return Plan(
+        recipe=protocol.recipe, img_size=size, cache_size=cache_size, epochs=epochs or protocol.max_epochs,
+        batch_size=batch_size or protocol.batch_size, lr=lr or protocol.lr, optimizer=protocol.optimizer,
+        weight_decay=protocol.weight_decay, scheduler=protocol.scheduler,
+        scheduler_kwargs=dict(protocol.scheduler_kwargs), patience=protocol.early_stopping_patience,
+        loss=protocol.loss, selection=selection, normalization=protocol.normalization, train_augment=augment,
+        center_crop=size if crops else None, ten_crop=ten_crop, label_fraction=label_fraction,
+        linear_probe=linear_probe, num_outputs=outputs, overrides=overrides, notes=notes,
+    )

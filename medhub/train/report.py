@@ -1,0 +1,168 @@
+"""report.json, report.md and plots (ROC curves per class, learning curves) of a reproduce run."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medhub._io import atomic_open, atomic_write_text
+
+DISCLAIMER = "Research software, not a medical device: never use these results for clinical decisions."
+
+
+def summarize(values: list[float]) -> tuple[float, float]:
+    """Mean and population std (the benchmark's np.std) of the runs' metrics."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std())
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Library versions and the machine the numbers come from."""
+    import sklearn
+    import timm
+    import torch
+
+    import medhub
+
+    info = {"medhub": medhub.__version__, "torch": torch.__version__, "timm": timm.__version__,
+            "sklearn": sklearn.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "device": device, "threads": torch.get_num_threads()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def reported_for(model: str, task: str, metric: str, img_size: int, label_fraction: float) -> dict | None:
+    """The registry's published number for this (model, task, metric), preferring a matching setting."""
+    from medhub.errors import MedhubError
+    from medhub.registry import load_registry
+
+    try:
+        results = [r for r in load_registry().results_for(model=model, task=task) if r.metric == metric]
+    except MedhubError:
+        return None
+    if not results:
+        return None
+
+    def distance(result) -> tuple[int, int]:
+        size = result.setting.get("img_size")
+        fraction = float(result.setting.get("label_fraction", 1.0))
+        return (0 if size in (None, img_size) else 1) + (0 if fraction == label_fraction else 2), 0
+
+    best = min(results, key=distance)
+    return {"mean": best.mean, "std": best.std, "runs": best.runs, "source": best.source,
+            "setting": dict(best.setting), "notes": best.notes}
+
+
+def build_report(model: str, task, metric: str, runs: list[dict], protocol: dict, env: dict,
+                 reported: dict | None) -> dict:
+    """The report.json document."""
+    mean, std = summarize([r["metric"] for r in runs])
+    difference = None if reported is None else mean - reported["mean"]
+    return {
+        "model": model, "task": task.id, "metric": metric, "runs": runs, "mean": mean, "std": std,
+        "reported": reported, "difference": difference, "protocol": protocol, "environment": env,
+        "disclaimer": DISCLAIMER,
+    }
+
+
+def comparison_line(report: dict) -> str:
+    """One sentence comparing the result with the published one."""
+    metric, mean, std = report["metric"].upper(), report["mean"], report["std"]
+    runs = len(report["runs"])
+    line = f"{report['model']} on {report['task']}: {metric} {mean:.4f} ± {std:.4f} over {runs} run(s)"
+    reported = report["reported"]
+    if reported is None:
+        return line + "; no published number in the registry to compare with"
+    ref_std = f" ± {reported['std']:.4f}" if reported.get("std") is not None else ""
+    setting = ", ".join(f"{k}={v}" for k, v in (reported.get("setting") or {}).items())
+    return (f"{line}; reported {reported['mean']:.4f}{ref_std}{f' ({setting})' if setting else ''}, "
+            f"difference {report['difference']:+.4f} [{reported['source']}]")
+
+
+def write_markdown(report: dict, path: Path, plots: list[str]) -> None:
+    """report.md: the comparison, per-run table, per-class values, protocol and environment."""
+    lines = [f"# {report['model']} on {report['task']}", "", comparison_line(report), "", f"_{DISCLAIMER}_", "",
+             "| run | seed | " + report["metric"] + " | epochs | best epoch | seconds |", "|---|---|---|---|---|---|"]
+    for i, run in enumerate(report["runs"]):
+        lines.append(f"| {i} | {run['seed']} | {run['metric']:.4f} | {run['epochs']} | {run.get('best_epoch')} | "
+                     f"{run['seconds']:.1f} |")
+    classes = list(report["runs"][0]["per_class"]) if report["runs"] else []
+    if classes:
+        lines += ["", "## Per class (mean over runs)", "", "| class | value |", "|---|---|"]
+        for name in classes:
+            values = [r["per_class"][name] for r in report["runs"]]
+            value = float(np.nanmean(values)) if not all(math.isnan(v) for v in values) else float("nan")
+            lines.append(f"| {name} | {value:.4f} |")
+    overrides = report["protocol"].get("overrides") or {}
+    lines += ["", "## Protocol", "", "```json", json.dumps(report["protocol"], indent=1, default=str), "```"]
+    if overrides:
+        lines += ["", "Overrides of the task's protocol: " + ", ".join(f"{k}={v}" for k, v in overrides.items())]
+    lines += ["", "## Environment", "", "```json", json.dumps(report["environment"], indent=1), "```"]
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_json(report: dict, path: Path) -> None:
+    """report.json, atomically (NaN written as null)."""
+    def clean(value):
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    atomic_write_text(path, json.dumps(clean(report), indent=2, default=str) + "\n")
+
+
+def _save_figure(figure, path: Path) -> None:
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_learning_curves(histories: list[list[dict]], metric: str, path: Path) -> None:
+    """Train/val loss and val metric per epoch, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib import pyplot as plt
+
+    figure, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, history in enumerate(histories):
+        epochs = [h["epoch"] for h in history]
+        ax_loss.plot(epochs, [h["train_loss"] for h in history], label=f"run {i} train")
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], "--", label=f"run {i} val")
+        ax_metric.plot(epochs, [h["val_metric"] for h in history], label=f"run {i}")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_metric.set(xlabel="epoch", ylabel=f"val {metric}", title=f"Validation {metric.upper()}")
+    for axis in (ax_loss, ax_metric):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    _save_figure(figure, path)
+    plt.close(figure)
+
+
+def plot_roc(curves: dict[str, tuple[list[float], list[float]]], per_class: dict[str, float], title: str,
+             path: Path) -> None:
+    """ROC curve per class with its AUC in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    for name, (fpr, tpr) in curves.items():
+        axis.plot(fpr, tpr, label=f"{name} (AUC {per_class.get(name, float('nan')):.3f})")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    axis.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    axis.legend(fontsize=7, loc="lower right")
+    axis.grid(alpha=0.3)
+    _save_figure(figure, path)
+    plt.close(figure)

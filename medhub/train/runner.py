@@ -1,0 +1,124 @@
+"""The stages of one reproduce call: cached data, one seeded run, and the written outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medhub._io import atomic_write_text
+from medhub.data.cache import CachedSplit, cached_split
+from medhub.data.loader import make_loader, train_transform
+from medhub.train import metrics
+from medhub.train.loop import FitConfig, evaluate, fit
+from medhub.train.network import build_network, is_random
+from medhub.train.report import build_report, plot_learning_curves, plot_roc, write_json, write_markdown
+from medhub.train.state import make_deterministic, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data(task, data, plan, *, seed: int, progress: bool) -> dict[str, CachedSplit]:
+    """Decode (once) every split at the plan's cache size; keep ``label_fraction`` of train."""
+    splits = {name: cached_split(task.id, data.split(name), plan.cache_size, data.channels, progress=progress)
+              for name in ("train", "val", "test")}
+    if plan.label_fraction < 1.0:
+        train = splits["train"]
+        keep = max(1, round(len(train) * plan.label_fraction))
+        pick = np.sort(np.random.default_rng(seed).permutation(len(train))[:keep])
+        splits["train"] = CachedSplit("train", np.asarray(train.images[pick]), train.labels[pick],
+                                      None if train.masks is None else np.asarray(train.masks[pick]), train.path)
+        plan.notes.append(f"label fraction {plan.label_fraction}: {keep} of {len(train)} training samples "
+                          f"(random subset, seed {seed})")
+    return splits
+
+
+def _input_channels(network: torch.nn.Module) -> int:
+    first = next((m for m in network.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return first.in_channels if first is not None else 3
+
+
+def _normalization(network: torch.nn.Module, plan, model: str):
+    cfg = getattr(getattr(network, "encoder", network), "pretrained_cfg", None) or {}
+    if plan.normalization == "imagenet" and not is_random(model) and cfg.get("mean") and cfg.get("std"):
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    return plan.normalization
+
+
+def fit_config(task, plan, *, channels: int, normalization, device: torch.device, seed: int) -> FitConfig:
+    """The loop's configuration from the task and plan."""
+    return FitConfig(
+        task_type=task.type, label_names=tuple(task.labels), loss=plan.loss, optimizer=plan.optimizer, lr=plan.lr,
+        weight_decay=plan.weight_decay, epochs=plan.epochs, scheduler=plan.scheduler,
+        scheduler_kwargs=plan.scheduler_kwargs, patience=plan.patience, selection=plan.selection,
+        channels=channels, normalization=normalization, ten_crop=plan.ten_crop,
+        amp=device.type == "cuda", channels_last=device.type == "cuda", seed=seed,
+    )
+
+
+def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: int, run_dir: Path,
+             device: torch.device, resume: bool, arch: str | None, progress: bool) -> dict[str, Any]:
+    """One seeded fine-tuning run: fit (resumable), best epoch on test, best.safetensors + result.json."""
+    from medhub.reproduce import save_weights
+
+    result_path = run_dir / "result.json"
+    if resume and result_path.is_file():
+        log.info("%s already finished; kept", run_dir)
+        return json.loads(result_path.read_text())
+    seed_everything(seed)
+    make_deterministic(device)
+    network = build_network(model, num_outputs=plan.num_outputs, in_chans=data.channels if is_random(model) else None,
+                            arch=arch, segmentation=task.type == "segmentation", linear_probe=plan.linear_probe)
+    network = network.to(device)
+    if device.type == "cuda":
+        network = network.to(memory_format=torch.channels_last)
+    config = fit_config(task, plan, channels=_input_channels(network), normalization=_normalization(network, plan,
+                        model), device=device, seed=seed)
+    workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    common = dict(batch_size=plan.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    augment = train_transform(plan.train_augment, plan.img_size, segmentation=config.segmentation)
+    train_loader = make_loader(splits["train"], shuffle=True, seed=seed, transform=augment,
+                               crop=plan.center_crop if augment is None else None, **common)
+    val_loader = make_loader(splits["val"], shuffle=False, crop=plan.center_crop, **common)
+    test_loader = make_loader(splits["test"], shuffle=False, crop=None if plan.ten_crop else plan.center_crop,
+                              **common)
+    outcome = fit(network, train_loader, val_loader, config, run_dir, device, progress=progress, resume=resume)
+    network.load_state_dict(outcome.best_state)
+    started = time.perf_counter()
+    test = evaluate(network, test_loader, device, config, ten_crop=plan.ten_crop)
+    save_weights(run_dir / "best.safetensors", outcome.best_state)
+    roc = {} if config.segmentation else metrics.roc_points(test.targets, test.scores, task.type, tuple(task.labels))
+    atomic_write_text(run_dir / "roc.json", json.dumps(roc))
+    result = {
+        "seed": seed, "metric": test.metric, "per_class": test.per_class, "accuracy": test.accuracy,
+        "epochs": len(outcome.history), "best_epoch": outcome.best_epoch + 1, "stopped_early": outcome.stopped_early,
+        "seconds": sum(h["seconds"] for h in outcome.history) + time.perf_counter() - started,
+        "resumed_after_epoch": outcome.resumed_from, "history": outcome.history,
+        "checkpoint": str(run_dir / "best.safetensors"),
+    }
+    atomic_write_text(result_path, json.dumps(result, indent=1, default=lambda v: None))
+    return result
+
+
+def write_outputs(out_dir: Path, model: str, task, metric: str, results: list[dict], protocol: dict, env: dict,
+                  reported: dict | None) -> dict:
+    """report.json, report.md, learning curves and one ROC plot per run."""
+    report = build_report(model, task, metric, results, protocol, env, reported)
+    plots = ["learning_curves.png"]
+    plot_learning_curves([r["history"] for r in results], metric, out_dir / "learning_curves.png")
+    for i, result in enumerate(results):
+        roc_file = out_dir / f"run{i}" / "roc.json"
+        curves = json.loads(roc_file.read_text()) if roc_file.is_file() else {}
+        if curves:
+            plot_roc(curves, result["per_class"], f"{model} on {task.id}, run {i} (test)", out_dir / f"roc_run{i}.png")
+            plots.append(f"roc_run{i}.png")
+    report["plots"] = plots
+    write_json(report, out_dir / "report.json")
+    write_markdown(report, out_dir / "report.md", plots)
+    return report

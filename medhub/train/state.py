@@ -1,0 +1,90 @@
+"""Seeds, determinism, and the per-epoch training state that makes ``--resume`` exact.
+
+The state file holds the model, optimizer, scheduler, epoch, history, early-stopping counters, the best
+weights so far and every RNG state, written atomically after each epoch (a ``kill -9`` leaves the
+previous epoch's file). It is read back with ``torch.load(weights_only=True)``: no pickle code runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medhub._io import atomic_open
+from medhub.errors import DataError
+
+log = logging.getLogger(__name__)
+STATE_FILE = "state.pt"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def make_deterministic(device: torch.device) -> None:
+    """Same seed + same device -> same numbers: deterministic kernels (warn where none exists)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch: resuming at any epoch reproduces the RNG stream of an uninterrupted run."""
+    return (seed * 7919 + epoch * 104_729) % (2**31)
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG state as tensors (safe for ``weights_only`` loading)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(keys.astype(np.int64)),
+              "numpy_pos": torch.tensor([pos, has_gauss], dtype=torch.int64), "numpy_gauss": torch.tensor(gauss)}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng(states: dict[str, Any]) -> None:
+    """Put back the RNG states saved by :func:`rng_states`."""
+    torch.set_rng_state(states["torch"])
+    if "numpy" in states:
+        pos, has_gauss = (int(v) for v in states["numpy_pos"])
+        keys = states["numpy"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, pos, has_gauss, float(states["numpy_gauss"])))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_state(folder: Path, state: dict[str, Any]) -> Path:
+    """Write the training state atomically to ``folder/state.pt``."""
+    path = folder / STATE_FILE
+    with atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
+    return path
+
+
+def load_state(folder: Path) -> dict[str, Any] | None:
+    """The saved training state, or None when there is none; a corrupt file is an error that says what to do."""
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged file
+        raise DataError(f"{path}: cannot read the saved training state ({exc}); delete it to start the run over",
+                        path=path) from exc
+
+
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the model's weights (the best epoch's snapshot)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
