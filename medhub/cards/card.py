@@ -235,6 +235,10 @@ def _loading_section(entry: Checkpoint) -> list[str]:
         pin = f"@{revision}" if revision else ""
         lines += ["With plain timm (no medhub needed):", "", "```python", "import timm", ""]
         lines += [f'model = timm.create_model("hf-hub:{repo}{pin}", pretrained=True)', "```", ""]
+        lines += [
+            f'Without this registry entry, medhub reads the repo directly: `medhub.load("hf-hub:{repo}{pin}")`.',
+            "",
+        ]
     elif entry.sources:
         lines += [
             "Plain timm: not on the Hugging Face Hub in timm format yet; the original file needs medhub's "
