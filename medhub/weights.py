@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 SOURCE_ORDER = ("medhub_hf", "timm_hf", "url", "local", "manual")
 HUB_DEFAULT_FILE = "model.safetensors"
+HUB_FALLBACK_FILE = "pytorch_model.bin"
 _SKIPPABLE = (HubError, OfflineError, DownloadError, WeightsUnavailableError)
 
 
@@ -135,10 +136,8 @@ def entry_weights(
 def _from_hub(entry, source, revision, cache_dir, offline, progress) -> ResolvedWeights:
     """``medhub_hf`` / ``timm_hf``: one file from the Hub cache or ``HF_ENDPOINT``."""
     rev = revision or source.revision
-    path = hf_file(
-        source.repo, source.filename or HUB_DEFAULT_FILE, revision=rev,
-        cache_dir=cache.hf_cache_dir(cache_dir), local_files_only=offline,
-    )  # fmt: skip
+    names = [source.filename] if source.filename else [HUB_DEFAULT_FILE, HUB_FALLBACK_FILE]
+    path = _first_hub_file(source.repo, names, rev, cache.hf_cache_dir(cache_dir), offline)
     if source.sha256:
         _check_hub_file(path, source.sha256, describe(source, rev))
     state_dict, report = _convert(path, source, entry)
@@ -208,6 +207,19 @@ _FETCHERS = {
     "local": _from_local,
     "manual": _manual,
 }
+
+
+def _first_hub_file(repo: str, names: list[str], revision: str | None, cache_dir, offline: bool) -> Path:
+    """The first of ``names`` in the repo (like timm: model.safetensors, else the older pytorch_model.bin)."""
+    first_error: Exception | None = None
+    for name in names:
+        try:
+            return hf_file(repo, name, revision=revision, cache_dir=cache_dir, local_files_only=offline)
+        except (HubError, OfflineError) as exc:
+            first_error = first_error or exc
+            if isinstance(exc, HubError) and getattr(exc, "reason", None) != "file_not_found":
+                raise
+    raise first_error
 
 
 def _check_hub_file(path: Path, expected: str, name: str) -> None:

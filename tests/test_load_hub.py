@@ -161,3 +161,30 @@ def test_tampered_hub_file_is_caught_and_removed(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing usable was left behind
     with pytest.raises(OfflineError):
         medhub.load("test_resnet_tampered")
+
+
+def test_older_timm_repo_with_only_a_pickle_and_a_private_cache_dir(hub, tmp_path, monkeypatch):
+    """A timm_hf repo holding only pytorch_model.bin loads (read with weights_only); cache_dir keeps it apart."""
+    import timm
+    from huggingface_hub import HfApi
+
+    torch.manual_seed(5)
+    original = timm.create_model(ARCH, num_classes=4).eval()
+    torch.save(original.state_dict(), tmp_path / "pytorch_model.bin")
+    repo = hub.new_repo_id("legacy")
+    api = HfApi(endpoint=os.environ["HF_ENDPOINT"])
+    api.create_repo(repo)
+    api.upload_file(
+        path_or_fileobj=str(tmp_path / "pytorch_model.bin"), path_in_repo="pytorch_model.bin", repo_id=repo
+    )
+    overlay(tmp_path, monkeypatch, {"test_resnet_legacy": entry({"kind": "timm_hf", "repo": repo})})
+
+    private = tmp_path / "private-cache"
+    model = medhub.load("test_resnet_legacy", cache_dir=private)
+    same(model, original)
+    assert model.medhub_load_report.conversion.fmt == "timm"
+    assert list(private.rglob("pytorch_model.bin"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    same(medhub.load("test_resnet_legacy", cache_dir=private), original)
+    with pytest.raises(OfflineError, match=f"timm_hf {repo}: not cached"):
+        medhub.load("test_resnet_legacy")  # the default cache never saw it

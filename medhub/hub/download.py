@@ -282,17 +282,23 @@ def _hub_error(
             filename=filename,
             revision=revision,
         )
+    reason = "request_failed"
     if isinstance(exc, errors.RepositoryNotFoundError):
-        detail = f"repository {repo_id} not found on {endpoint} (if it is private, set HF_TOKEN)"
+        reason, detail = (
+            "repo_not_found",
+            f"repository {repo_id} not found on {endpoint} (if it is private, set HF_TOKEN)",
+        )
     elif isinstance(exc, errors.RevisionNotFoundError):
-        detail = f"revision {revision} not found in {repo_id} on {endpoint}"
+        reason, detail = "revision_not_found", f"revision {revision} not found in {repo_id} on {endpoint}"
     elif isinstance(exc, (errors.RemoteEntryNotFoundError, errors.EntryNotFoundError)) and not isinstance(
         exc, errors.LocalEntryNotFoundError
     ):
+        reason = "file_not_found"
         detail = f"{filename or 'file'} not found in {repo_id}@{revision or 'main'} on {endpoint}"
     elif isinstance(exc, errors.LocalEntryNotFoundError):
+        reason = "unreachable"
         detail = f"cannot reach {endpoint} for {what} and it is not cached; check the network and HF_ENDPOINT"
     else:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         detail = f"Hub request for {what} at {endpoint} failed: {first}"
-    return HubError(detail, repo_id=repo_id, filename=filename, revision=revision)
+    return HubError(detail, repo_id=repo_id, filename=filename, revision=revision, reason=reason)
