@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--regular-only",
         action="store_true",
-        help="store every file as a regular git file (no LFS; works even with Xet enabled)",
+        help="send every file inside the commit (no LFS, so clients with Xet enabled work; commits up to 1 GiB)",
     )
     p.add_argument("--access-log", action="store_true", help="log every request (tokens are never logged)")
     p.set_defaults(func=cmd_serve)

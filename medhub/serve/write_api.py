@@ -30,6 +30,7 @@ from medhub.serve.protocol import (
 from medhub.serve.storage import Operation, file_entry
 
 UPLOAD_URL_SECONDS = 24 * 3600
+COMMIT_BODY_CAP = 1 << 30  # the ndjson body is held in memory: large files belong in LFS
 _MAX_FILES_PER_REQUEST = 10_000
 _SUMMARY_CHARS = 10_000
 
@@ -198,7 +199,7 @@ async def commit(hub: Hub, request: Request, repo: RepoRef, revision: str) -> Re
     if request.query_params.get("create_pr") in ("1", "true", "True"):
         raise ProtocolError(501, "medhub serve has no pull requests: commit to a branch instead")
     await run_in_threadpool(hub.store.meta, repo)
-    body = await read_body(request, hub.max_upload_bytes * 4 // 3 + 1024 * 1024)
+    body = await read_body(request, min(hub.max_upload_bytes * 4 // 3 + (1 << 20), COMMIT_BODY_CAP))
 
     def work() -> str:
         header, operations = _parse_commit(hub, body)
