@@ -149,7 +149,7 @@ def transforms(name_or_model: Any, *, train: bool = False, in_chans: int | None 
         )
         if not cfg or "mean" not in cfg:
             raise UsageError(
-                "this object has no pretrained_cfg with mean/std; pass a registry id or a model from medhub.load"
+                "this object has no pretrained_cfg with mean/std; pass a registry id or a medhub.load model"
             )
         cfg = dict(cfg)
         if in_chans:
@@ -174,6 +174,7 @@ def _load_entry(entry: Checkpoint, *, arch, pretrained, revision, cache_dir, loc
             entry, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
         )
     classes = entry.head.num_classes if num_classes is None else num_classes
+    cfg = pretrained_cfg_for(entry, num_classes=classes, in_chans=in_chans)
     summary = LoadSummary(
         entry.id,
         source=weights.source if weights else None,
@@ -183,7 +184,7 @@ def _load_entry(entry: Checkpoint, *, arch, pretrained, revision, cache_dir, loc
     return _build(
         entry.arch, weights.state_dict if weights else None, summary,
         num_classes=classes, in_chans=in_chans, classifier=entry.head.classifier,
-        first_conv=entry.head.first_conv, pretrained_cfg=pretrained_cfg_for(entry, num_classes=classes, in_chans=in_chans),
+        first_conv=entry.head.first_conv, pretrained_cfg=cfg,
         timm_kwargs={**entry.arch_kwargs, **timm_kwargs},
     )  # fmt: skip
 

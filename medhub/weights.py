@@ -145,7 +145,7 @@ def _from_hub(entry, source, revision, cache_dir, offline, progress) -> Resolved
 
 
 def _from_url(entry, source, revision, cache_dir, offline, progress) -> ResolvedWeights:
-    """``url``: the converted cache, else download + verify + convert + cache (the download is then removed)."""
+    """``url``: the converted cache, else download + verify + convert + cache."""
     root = cache.cache_root(cache_dir)
     key = cache.source_key(entry.id, source, entry.arch, dict(entry.arch_kwargs))
     converted = cache.converted_path(root, entry.id, key)

@@ -164,7 +164,7 @@ def test_tampered_hub_file_is_caught_and_removed(hub, tmp_path, monkeypatch):
 
 
 def test_older_timm_repo_with_only_a_pickle_and_a_private_cache_dir(hub, tmp_path, monkeypatch):
-    """A timm_hf repo holding only pytorch_model.bin loads (read with weights_only); cache_dir keeps it apart."""
+    """A timm_hf repo holding only pytorch_model.bin loads; cache_dir keeps it apart."""
     import timm
     from huggingface_hub import HfApi
 

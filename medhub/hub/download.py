@@ -151,7 +151,7 @@ def _open(url: str, offset: int, timeout: float):
 
 
 def _stream(url: str, part: Path, *, progress: bool, timeout: float) -> str:
-    """Fill ``part`` with the bytes of ``url`` (resuming it if possible); return the sha256 of the whole file."""
+    """Fill ``part`` with the bytes of ``url`` (resuming it if it can); return the whole sha256."""
     from tqdm.auto import tqdm
 
     offset = part.stat().st_size if part.exists() else 0
