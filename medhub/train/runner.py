@@ -63,8 +63,12 @@ def fit_config(task, plan, *, channels: int, normalization, device: torch.device
 
 
 def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: int, run_dir: Path,
-             device: torch.device, resume: bool, arch: str | None, progress: bool) -> dict[str, Any]:
-    """One seeded fine-tuning run: fit (resumable), best epoch on test, best.safetensors + result.json."""
+             device: torch.device, resume: bool, arch: str | None, progress: bool,
+             in_chans: int | None = None) -> dict[str, Any]:
+    """One seeded fine-tuning run: fit (resumable), best epoch on test, best.safetensors + result.json.
+
+    ``in_chans`` sets the input channels of a ``random:`` network (default: the data's channels).
+    """
     from medhub.reproduce import save_weights
 
     result_path = run_dir / "result.json"
@@ -73,7 +77,7 @@ def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, se
         return json.loads(result_path.read_text())
     seed_everything(seed)
     make_deterministic(device)
-    network = build_network(model, num_outputs=plan.num_outputs, in_chans=data.channels if is_random(model) else None,
+    network = build_network(model, num_outputs=plan.num_outputs, in_chans=(in_chans or data.channels) if is_random(model) else None,
                             arch=arch, segmentation=task.type == "segmentation", linear_probe=plan.linear_probe)
     network = network.to(device)
     if device.type == "cuda":
@@ -119,6 +123,7 @@ def write_outputs(out_dir: Path, model: str, task, metric: str, results: list[di
             plot_roc(curves, result["per_class"], f"{model} on {task.id}, run {i} (test)", out_dir / f"roc_run{i}.png")
             plots.append(f"roc_run{i}.png")
     report["plots"] = plots
+    report["out"] = str(out_dir)
     write_json(report, out_dir / "report.json")
     write_markdown(report, out_dir / "report.md", plots)
     return report

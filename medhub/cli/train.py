@@ -1,0 +1,101 @@
+"""``medhub reproduce`` and ``medhub adapt`` (torch is imported inside the handlers only)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from medhub.cli._output import print_json
+
+DATA_HELP = ("the task's data folder, laid out as 'medhub tasks' documents (default: $MEDHUB_DATA/<task>, "
+             "else ~/.cache/medhub/data/<task>; PneumoniaMNIST and BreastMNIST fall back to copies shipped with medhub)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help=DATA_HELP)
+    p.add_argument("--epochs", type=int, help="maximum epochs (default: the protocol's; MedMNIST: a 10-epoch "
+                   "short run of its 100-epoch schedule)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the protocol's)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the protocol's)")
+    p.add_argument("--img-size", type=int, help="input size in pixels (default: the protocol's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first run (run i uses seed+i)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run(s) in --out")
+    p.add_argument("--arch", help="timm architecture, for a bare checkpoint file as MODEL")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``reproduce`` and ``adapt``."""
+    p = subparsers.add_parser(
+        "reproduce", help="fine-tune MODEL on TASK with the benchmark's protocol and compare with the paper",
+        description="Fine-tune MODEL on TASK with the task's protocol (every override recorded), evaluate the best "
+        "epoch on the test split, and compare with the registry's reported number. Writes report.json, report.md, "
+        "ROC and learning-curve plots and each run's best checkpoint to --out (default: $MEDHUB_RESULTS or "
+        "./medhub-results, then <model>/<task>/<timestamp>). Research software, not a medical device.",
+    )
+    p.add_argument("model", help="registry id, checkpoint folder/file (with --arch), or random:<timm arch>")
+    p.add_argument("task", help="task id (see 'medhub tasks')")
+    p.add_argument("--runs", type=int, default=1, help="independent runs (seeds seed..seed+runs-1)")
+    p.add_argument("--label-fraction", type=float, default=1.0, help="fraction of the training labels to use")
+    p.add_argument("--linear-probe", action="store_true", help="train the classifier only (frozen backbone)")
+    p.add_argument("--out", help="output folder")
+    _common(p)
+    p.set_defaults(func=cmd_reproduce)
+
+    p = subparsers.add_parser(
+        "adapt", help="continue training BASE on TASK's labels and register the backbone as a new checkpoint",
+        description="Supervised domain adaptation: fine-tune BASE on TASK, save the best epoch's backbone to "
+        "OUT_DIR (model.safetensors + config.json + README.md card) with lineage BASE + this stage, and register "
+        "it in your overlay so 'medhub.load(NEW_ID)' and 'medhub push OUT_DIR --repo ...' work next.",
+    )
+    p.add_argument("base", help="registry id, checkpoint folder/file (with --arch), or random:<timm arch>")
+    p.add_argument("task", help="task id whose labels train the backbone")
+    p.add_argument("--out", required=True, help="folder for the new checkpoint")
+    p.add_argument("--id", dest="new_id", help="registry id of the new checkpoint (default: <base>_<task>)")
+    _common(p)
+    p.set_defaults(func=cmd_adapt)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """``medhub reproduce``."""
+    from medhub.reproduce import reproduce
+    from medhub.train.report import DISCLAIMER, comparison_line
+
+    report = reproduce(
+        args.model, args.task, data_dir=args.data_dir, runs=args.runs, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, label_fraction=args.label_fraction,
+        linear_probe=args.linear_probe, device=args.device, seed=args.seed, out=args.out, resume=args.resume,
+        arch=args.arch, progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    if args.json:
+        print_json(report)
+        return 0
+    print(comparison_line(report))
+    overrides = report["protocol"].get("overrides") or {}
+    if "epochs" in overrides and overrides["epochs"].get("why"):
+        print(f"note: {overrides['epochs']['value']} epochs ({overrides['epochs']['why']})")
+    print(f"report: {report['out']}/report.md")
+    print(DISCLAIMER)
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    """``medhub adapt``."""
+    from medhub.adapt import adapt
+
+    result = adapt(
+        args.base, args.task, data_dir=args.data_dir, out=args.out, new_id=args.new_id, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, device=args.device, seed=args.seed,
+        resume=args.resume, arch=args.arch, progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    if args.json:
+        print_json(result)
+        return 0
+    chain = " > ".join(stage["dataset"] for stage in result["lineage"])
+    print(f"{result['id']}: {chain}; test {result['metric'].upper()} {result['test_metric']:.4f} after "
+          f"{result['epochs']} epoch(s)")
+    print(f"saved to {result['out']}; registered in {result['overlay']}")
+    print(f"next: medhub.load('{result['id']}')  or  medhub push {result['out']} --repo ORG/NAME")
+    return 0
