@@ -60,13 +60,14 @@ def setup(backend: str | None = None) -> torch.device:
 def wrap(model: nn.Module, device: torch.device, *, sync_batchnorm: bool = True) -> nn.Module:
     """Move ``model`` to ``device`` and wrap it in DDP when there are several processes.
 
-    ``sync_batchnorm`` computes BatchNorm statistics over the global batch, as a single-GPU run would.
+    ``sync_batchnorm`` computes BatchNorm statistics over the global batch, as a single-GPU run would
+    (GPUs only: torch's SyncBatchNorm has no CPU kernel, so CPU/Gloo runs keep per-process statistics).
     The wrapped module is in ``.module`` (save ``unwrap(model).state_dict()``).
     """
     model = model.to(device)
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return model
-    if sync_batchnorm:
+    if sync_batchnorm and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
