@@ -64,6 +64,20 @@ def interleaved(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int =
     return times
 
 
+def interleaved_records(sides: dict[str, Callable[[], dict[str, float]]], repeats: int,
+                        warmup: int = 1) -> dict[str, list[dict[str, float]]]:
+    """Like :func:`interleaved`, for sides that time several phases themselves and return them as a dict."""
+    names = list(sides)
+    for _ in range(warmup):
+        for name in names:
+            sides[name]()
+    records: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            records[name].append(sides[name]())
+    return records
+
+
 def summary(times: list[float], digits: int = 4) -> dict[str, Any]:
     """Median, min, max and every run, rounded."""
     return {"median_s": round(median(times), digits), "min_s": round(min(times), digits),
