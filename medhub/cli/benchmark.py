@@ -174,6 +174,8 @@ def _print_event(event) -> None:
         value = runs[0].get("metric", report.get("mean"))
         metric = f"{report.get('metric', 'metric')}={value:.4f}" if isinstance(value, (int, float)) else ""
         _say(f"[{event.finished}/{event.total}] done   {name} {metric} ({result.get('seconds', 0):.1f}s)")
+    elif event.kind == "retry":
+        _say(f"[{event.finished}/{event.total}] retry  {name}: {result.get('error')}")
     else:
         _say(f"[{event.finished}/{event.total}] FAILED {name}: {result.get('error')}")
 

@@ -44,7 +44,8 @@ class _Driver:
     max_retries: int = 1
 
     def run(self, cells: list[dict], options: dict, claim: Claim, on_result: OnResult) -> None:
-        """Run ``cells``; ``claim(cell)`` must return True for a cell to start; results go to ``on_result``."""
+        """Run ``cells``; ``claim(cell)`` must return True for a cell to start; results go to ``on_result``
+        (a result with ``retry`` set is a cell whose worker died and that will be submitted again)."""
         queue = deque(cells)
         deaths: dict[str, int] = {}
         inflight: dict = {}
@@ -59,12 +60,13 @@ class _Driver:
                     continue
                 for handle, result in self._wait(inflight):
                     cell = inflight.pop(handle)
-                    on_result(cell, result)
                     if result.get("worker_died"):
                         deaths[cell["key"]] = deaths.get(cell["key"], 0) + 1
-                        if deaths[cell["key"]] <= self.max_retries:
-                            log.warning("retrying %s after its worker died", cell["key"])
-                            queue.appendleft(cell)
+                        result["retry"] = deaths[cell["key"]] <= self.max_retries
+                    on_result(cell, result)
+                    if result.get("retry"):
+                        log.warning("retrying %s after its worker died", cell["key"])
+                        queue.appendleft(cell)
         finally:
             self._stop(interrupted=bool(queue or inflight))
 

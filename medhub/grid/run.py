@@ -30,7 +30,7 @@ class GridEvent:
     """Progress of a grid run, for a progress display.
 
     Attributes:
-        kind: ``"start"``, ``"done"`` or ``"failed"``.
+        kind: ``"start"``, ``"done"``, ``"failed"`` or ``"retry"`` (its worker died; it is run again).
         cell: the cell's data (:meth:`Cell.to_dict`).
         result: the runner's result (``None`` for ``"start"``).
         finished: cells finished in this run so far; ``total``: cells this run set out to do.
@@ -117,6 +117,10 @@ def run_grid(
 
     def on_result(cell: dict, result: dict) -> None:
         nonlocal finished
+        if result.get("retry"):  # its worker died; the executor submits it again
+            store.mark_failed(cell["key"], result.get("error", "worker died"))
+            emit(GridEvent("retry", cell, result, finished, summary.planned))
+            return
         finished += 1
         if result.get("ok"):
             store.mark_done(cell["key"], result["report"], seconds=result.get("seconds"))
@@ -139,7 +143,6 @@ def run_grid(
         if released:
             log.warning("%d running cell(s) marked failed; --resume runs them again", released)
         summary.seconds = time.perf_counter() - start
-    summary.failed = sum(1 for k in summary.errors if store.statuses([k]).get(k) == FAILED)
     return summary
 
 
