@@ -167,6 +167,7 @@ def _repo_route(
 
 def create_app(hub: Hub) -> Starlette:
     """The ASGI app serving ``hub``."""
+    from medhub.serve import read_api, write_api  # noqa: F401 - loaded now, not on the first request
 
     async def dispatch(request: Request) -> Response:
         raw = request.scope.get("raw_path") or request.scope["path"].encode()
