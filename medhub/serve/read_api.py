@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from urllib.parse import parse_qs
 
@@ -12,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from medhub.serve.app import Hub, json_response, read_body
-from medhub.serve.protocol import ProtocolError, RepoRef, check_path, lfs_pointer
+from medhub.serve.protocol import ProtocolError, RepoRef, check_path
 from medhub.serve.storage import Commit
+from medhub.serve.tree import dir_item, file_item, list_tree, pointer_size
 
 _PATHS_LIMIT = 1000
 _INLINE_BYTES = 256 * 1024  # GETs up to this size are read in one go
@@ -65,7 +65,7 @@ def _info(hub: Hub, request: Request, repo: RepoRef, revision: str) -> dict:
             sibling["lfs"] = {
                 "sha256": entry["sha256"],
                 "size": entry["size"],
-                "pointerSize": _pointer_size(entry),
+                "pointerSize": pointer_size(entry),
             }
         siblings.append(sibling)
     info = {
@@ -93,46 +93,9 @@ def _info(hub: Hub, request: Request, repo: RepoRef, revision: str) -> dict:
     return info
 
 
-def _pointer_size(entry: dict) -> int:
-    return len(lfs_pointer(entry["sha256"], entry["size"]))
-
-
 async def repo_info(hub: Hub, request: Request, repo: RepoRef, revision: str = "main") -> Response:
     """``GET /api/{type}s/{repo}[/revision/{rev}]``: model_info, dataset_info, repo_exists."""
     return json_response(await run_in_threadpool(_info, hub, request, repo, revision))
-
-
-def _file_item(path: str, entry: dict) -> dict:
-    item = {"type": "file", "oid": entry["oid"], "size": entry["size"], "path": path}
-    if entry["lfs"]:
-        item["lfs"] = {"oid": entry["sha256"], "size": entry["size"], "pointerSize": _pointer_size(entry)}
-    return item
-
-
-def _dir_item(path: str, files: dict) -> dict:
-    digest = hashlib.sha1(usedforsecurity=False)
-    prefix = path + "/"
-    for p in sorted(p for p in files if p.startswith(prefix)):
-        digest.update(f"{p}\0{files[p]['oid']}\n".encode())
-    return {"type": "directory", "oid": digest.hexdigest(), "size": 0, "path": path}
-
-
-def list_tree(files: dict, base: str, recursive: bool) -> list[dict]:
-    """Entries under ``base`` (all levels when ``recursive``); 404 ``EntryNotFound`` if it is not a folder."""
-    prefix = base + "/" if base else ""
-    found_files, folders = [], set()
-    for path in files:
-        if not path.startswith(prefix):
-            continue
-        parts = path[len(prefix) :].split("/")
-        if recursive or len(parts) == 1:
-            found_files.append(path)
-        depth = len(parts) - 1 if recursive else min(1, len(parts) - 1)
-        folders.update(prefix + "/".join(parts[:i]) for i in range(1, depth + 1))
-    if base and not found_files and not folders:
-        raise ProtocolError(404, f"folder {base!r} not found", "EntryNotFound")
-    items = [_dir_item(f, files) for f in folders] + [_file_item(p, files[p]) for p in found_files]
-    return sorted(items, key=lambda item: item["path"])
 
 
 async def tree(hub: Hub, request: Request, repo: RepoRef, revision: str, path: str) -> Response:
@@ -157,9 +120,9 @@ async def paths_info(hub: Hub, request: Request, repo: RepoRef, revision: str) -
         out = []
         for path in (check_path(p.strip("/")) for p in paths):
             if path in commit.files:
-                out.append(_file_item(path, commit.files[path]))
+                out.append(file_item(path, commit.files[path]))
             elif any(p.startswith(path + "/") for p in commit.files):
-                out.append(_dir_item(path, commit.files))
+                out.append(dir_item(path, commit.files))
         return out
 
     return json_response(await run_in_threadpool(work))

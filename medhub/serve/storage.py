@@ -42,6 +42,7 @@ from medhub.serve.protocol import (
     git_blob_oid,
     lfs_pointer,
 )
+from medhub.serve.tree import Operation, apply_operations
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
@@ -73,16 +74,6 @@ class Commit:
     author: str
     date: str
     files: Mapping[str, dict] = field(repr=False)
-
-
-@dataclass
-class Operation:
-    """One change in a commit: ``add`` (with ``entry``), ``delete`` or ``delete_folder``."""
-
-    kind: str
-    path: str
-    entry: dict | None = None
-    data: bytes | None = field(default=None, repr=False)  # content to store once the commit is accepted
 
 
 class BlobWriter:
@@ -408,22 +399,3 @@ class Store:
             except (OSError, ValueError, KeyError) as exc:
                 problems.append(f"{repo.id}: {type(exc).__name__}: {exc}")
         return problems
-
-
-def apply_operations(files: dict, operations: list[Operation]) -> dict:
-    """The tree after ``operations``; 404 ``EntryNotFound`` for a missing deletion, 400 for a file/folder clash."""
-    for op in operations:
-        if op.kind == "add":
-            files[op.path] = op.entry
-        elif op.kind == "delete":
-            if files.pop(op.path, None) is None:
-                raise ProtocolError(404, f"cannot delete {op.path!r}: no such file", "EntryNotFound")
-        else:
-            prefix = op.path.rstrip("/") + "/"
-            for path in [p for p in files if p.startswith(prefix)]:
-                del files[path]
-    folders = {p.rsplit("/", i)[0] for p in files for i in range(1, p.count("/") + 1)}
-    clash = folders.intersection(files)
-    if clash:
-        raise bad_request(f"{sorted(clash)[0]!r} would be both a file and a folder")
-    return files
