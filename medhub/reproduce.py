@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medhub._io import atomic_write_bytes, atomic_write_text
+from medhub._io import atomic_write_text
 from medhub.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -110,9 +110,3 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     log.info("report written to %s", out_dir / "report.json")
     return report
 
-
-def save_weights(path: Path, state: dict) -> None:
-    """Write a state dict as safetensors, atomically."""
-    from safetensors.torch import save
-
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))

@@ -42,7 +42,7 @@ READERS: dict[str, Callable[..., TaskData]] = {
 }
 READER_ALIASES = {"medmnist": "medmnist_npz", "chestxray14": "nih_cxr14", "class_folders": "image_folder",
                   "folders": "image_folder", "manifest": "csv_manifest", "csv": "csv_manifest",
-                  "siim": "siim_acr", "vindr": "vindr_cxr", "jsrt": "jsrt_scr", "scr": "jsrt_scr"}
+                  "siim": "siim_acr", "vindr": "vindr_cxr", "vindrcxr": "vindr_cxr", "chexpert_csv": "chexpert", "jsrt": "jsrt_scr", "scr": "jsrt_scr"}
 
 __all__ = ["READERS", "DataError", "SplitData", "TaskData", "cache_root", "data_root", "default_data_dir",
            "load_task_data", "reader_for"]

@@ -24,6 +24,7 @@ NORMALIZATION = {
     "half": ((0.5,), (0.5,)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "chestx-ray": ((0.5056,), (0.252,)),
+    "none": ((0.0,), (1.0,)),
 }
 
 
@@ -32,7 +33,7 @@ def train_transform(names: tuple[str, ...] | list[str], size: int, segmentation:
     steps: list = []
     for name in names:
         low = name.lower()
-        if "resized" in low and "crop" in low:
+        if ("resized" in low or "sized" in low) and "crop" in low:
             steps.append(v2.RandomApply([v2.RandomResizedCrop(size, scale=(0.49, 1.0), antialias=True)], p=0.25)
                          if segmentation else v2.RandomResizedCrop(size, antialias=True))
         elif "flip" in low:

@@ -20,7 +20,16 @@ from torch.nn import functional as F
 
 from medhub.data.loader import set_epoch, to_model_input
 from medhub.train import metrics
-from medhub.train.state import cpu_state_dict, epoch_seed, load_state, restore_rng, rng_states, save_state
+from medhub.train.state import (
+    cpu_state_dict,
+    epoch_seed,
+    load_best,
+    load_state,
+    restore_rng,
+    rng_states,
+    save_best,
+    save_state,
+)
 from medhub.train.unet import dice_loss
 
 log = logging.getLogger(__name__)
@@ -211,7 +220,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved.get("scheduler"):
             scheduler.load_state_dict(saved["scheduler"])
-        history, best_epoch, best_state = saved["history"], saved["best_epoch"], saved["best_state"]
+        history, best_epoch, best_state = saved["history"], saved["best_epoch"], load_best(run_dir)
         best_value, bad_epochs = saved["best_value"], saved["bad_epochs"]
         start = resumed = saved["epoch"] + 1
         restore_rng(saved["rng"])
@@ -233,6 +242,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
             scheduler.step()
         if _better(selected, best_value, config.selection):
             best_value, best_epoch, best_state, bad_epochs = selected, epoch, cpu_state_dict(model), 0
+            save_best(run_dir, best_state)
         else:
             bad_epochs += 1
         stopped = config.patience is not None and bad_epochs > config.patience
@@ -244,7 +254,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         save_state(run_dir, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None, "epoch": epoch,
-            "history": history, "best_epoch": best_epoch, "best_value": best_value, "best_state": best_state,
+            "history": history, "best_epoch": best_epoch, "best_value": best_value,
             "bad_epochs": bad_epochs, "rng": rng_states(), "finished": finished, "stopped_early": stopped,
         })
         if stopped:

@@ -69,8 +69,6 @@ def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, se
 
     ``in_chans`` sets the input channels of a ``random:`` network (default: the data's channels).
     """
-    from medhub.reproduce import save_weights
-
     result_path = run_dir / "result.json"
     if resume and result_path.is_file():
         log.info("%s already finished; kept", run_dir)
@@ -96,7 +94,6 @@ def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, se
     network.load_state_dict(outcome.best_state)
     started = time.perf_counter()
     test = evaluate(network, test_loader, device, config, ten_crop=plan.ten_crop)
-    save_weights(run_dir / "best.safetensors", outcome.best_state)
     roc = {} if config.segmentation else metrics.roc_points(test.targets, test.scores, task.type, tuple(task.labels))
     atomic_write_text(run_dir / "roc.json", json.dumps(roc))
     result = {

@@ -21,6 +21,7 @@ from medhub.errors import DataError
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
+BEST_FILE = "best.safetensors"
 
 
 def seed_everything(seed: int) -> None:
@@ -83,6 +84,27 @@ def load_state(folder: Path) -> dict[str, Any] | None:
     except Exception as exc:  # torch raises several types for a damaged file
         raise DataError(f"{path}: cannot read the saved training state ({exc}); delete it to start the run over",
                         path=path) from exc
+
+
+def save_best(folder: Path, state: dict[str, torch.Tensor]) -> Path:
+    """Write the best epoch's weights to ``folder/best.safetensors`` atomically (written on each improvement)."""
+    from safetensors.torch import save
+
+    from medhub._io import atomic_write_bytes
+
+    path = folder / BEST_FILE
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
+    return path
+
+
+def load_best(folder: Path) -> dict[str, torch.Tensor]:
+    """The best weights saved by :func:`save_best`."""
+    from safetensors.torch import load_file
+
+    path = folder / BEST_FILE
+    if not path.is_file():
+        raise DataError(f"{path} is missing beside state.pt; delete {folder} to start the run over", path=path)
+    return load_file(str(path))
 
 
 def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,67 @@
+"""The decode-once cache: built once, memory-mapped after, invalidated when the source changes; loaders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+
+from medhub._io import sha256_file
+from medhub.data import load_task_data
+from medhub.data.cache import cached_split
+from medhub.data.loader import make_loader, set_epoch, to_model_input, train_transform
+from medhub.registry import load_registry
+
+
+def nih_task():
+    base = load_registry().get_task("breastmnist")
+    layout = base.layout.model_copy(update={"reader": "image_folder", "files": (), "md5": {}})
+    return base.model_copy(update={"id": "nih1000", "labels": ("normal", "abnormal"), "layout": layout})
+
+
+def test_cache_built_once_then_memory_mapped(shared_data, tmp_path):
+    root = tmp_path / "NIH1000"
+    for split in ("train", "test"):
+        for label in ("0_normal", "1_abnormal"):
+            (root / split / label).mkdir(parents=True)
+            for png in sorted((shared_data / "nih_cxr14_1000_64px" / "NIH1000" / split / label).glob("*.png"))[:10]:
+                shutil.copy(png, root / split / label / png.name)
+    data = load_task_data(nih_task(), root)
+    split = data.split("test")
+    cached = cached_split("nih1000", split, 32, 1, progress=False)
+    assert cached.images.shape == (20, 1, 32, 32) and cached.images.dtype == np.uint8
+    assert isinstance(cached.images, np.memmap)
+    manifest = json.loads(cached.path.with_suffix(".json").read_text())
+    assert manifest["count"] == 20 and manifest["sha256"]["images"] == sha256_file(cached.path)
+    built = cached.path.stat().st_mtime_ns
+
+    again = cached_split("nih1000", load_task_data(nih_task(), root).split("test"), 32, 1, progress=False)
+    assert again.path == cached.path and again.path.stat().st_mtime_ns == built  # reused, not rebuilt
+
+    changed = next((root / "test" / "0_normal").glob("*.png"))
+    os.utime(changed, ns=(built + 10**9, built + 10**9))  # a changed source file
+    rebuilt = cached_split("nih1000", load_task_data(nih_task(), root).split("test"), 32, 1, progress=False)
+    assert rebuilt.path != cached.path and not cached.path.exists()  # stale array replaced
+    assert rebuilt.images.shape == (20, 1, 32, 32)
+    assert list(rebuilt.path.parent.glob(".*.tmp")) == []
+
+
+def test_loader_batches_are_seeded_by_epoch():
+    data = load_task_data(load_registry().get_task("breastmnist"))
+    cached = cached_split("breastmnist", data.split("val"), 28, 1, progress=False)
+    augment = train_transform(("RandomResizedCrop(24)", "RandomHorizontalFlip", "RandomRotation(7)"), 24)
+    loader = make_loader(cached, batch_size=16, shuffle=True, seed=3, transform=augment)
+
+    def epoch(n):
+        set_epoch(loader, n)
+        return [(x.clone(), y.clone()) for x, y in loader]
+
+    first, repeat, other = epoch(0), epoch(0), epoch(1)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, repeat, strict=False))
+    assert not torch.equal(first[0][1], other[0][1])
+    assert first[0][0].shape == (16, 1, 24, 24) and first[0][0].dtype == torch.uint8
+    x = to_model_input(first[0][0], torch.device("cpu"), 3, "half")
+    assert x.shape == (16, 3, 24, 24) and float(x.min()) >= -1.0 and float(x.max()) <= 1.0

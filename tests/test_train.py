@@ -1,0 +1,92 @@
+"""Metrics, determinism and resume after kill -9 (real training of a tiny timm model on BreastMNIST)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medhub.train import metrics
+from medhub.train.state import load_state
+
+RUN = """
+import sys, torch
+torch.set_num_threads(1)
+from medhub.reproduce import reproduce
+reproduce("random:test_resnet", "breastmnist", epochs=int(sys.argv[2]), out=sys.argv[1], resume="--resume" in sys.argv,
+          progress=False, seed=5)
+"""
+
+
+def run_script(out: Path, epochs: int, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", RUN, str(out), str(epochs), *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+
+
+def test_auc_follows_medmnist_evaluator():
+    binary_scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]])
+    assert metrics.per_class_auc(np.array([0, 1, 1, 0]), binary_scores, "binary", ("a", "b")) == {"b": 1.0}
+    truth = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=np.float32)
+    scores = np.array([[0.8, 0.3], [0.1, 0.9], [0.7, 0.2], [0.3, 0.1]])
+    per_class = metrics.per_class_auc(truth, scores, "multi-label", ("x", "y"))
+    assert per_class == {"x": 1.0, "y": 0.75}
+    assert metrics.mean_of(per_class) == pytest.approx(0.875)
+    three = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.4, 0.1]])
+    ovr = metrics.per_class_auc(np.array([0, 1, 2, 1]), three, "multi-class", ("p", "q", "r"))
+    assert set(ovr) == {"p", "q", "r"} and ovr["r"] == 1.0
+    assert metrics.accuracy(np.array([0, 1, 2, 1]), three, "multi-class") == 0.75
+    assert metrics.dice(np.array([[1, 1, 0, 0]]), np.array([[1, 0, 0, 0]])) == pytest.approx(2 / 3)
+
+
+def test_kill9_then_resume_equals_uninterrupted(tmp_path):
+    epochs = 6
+    reference = run_script(tmp_path / "full", epochs)
+    interrupted = run_script(tmp_path / "cut", epochs)
+    state = tmp_path / "cut" / "run0" / "state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and interrupted.poll() is None:
+        time.sleep(0.05)
+    assert state.exists(), interrupted.communicate()[1][-2000:]
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.wait()
+    saved = load_state(state.parent)
+    assert saved["finished"] is False and saved["epoch"] < epochs - 1  # really cut mid-training
+    assert not (tmp_path / "cut" / "report.json").exists()
+    finished(run_script(tmp_path / "cut", epochs, "--resume"))
+    finished(reference)
+    full = json.loads((tmp_path / "full" / "report.json").read_text())
+    resumed = json.loads((tmp_path / "cut" / "report.json").read_text())
+    assert resumed["runs"][0]["resumed_after_epoch"] == saved["epoch"] + 1
+    assert resumed["mean"] == full["mean"]
+    assert resumed["runs"][0]["per_class"] == full["runs"][0]["per_class"]
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(resumed["runs"][0]["history"]) == strip(full["runs"][0]["history"])
+
+
+def test_same_seed_same_metrics(tmp_path):
+    from medhub.reproduce import reproduce
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first, second = (reproduce("random:test_resnet", "breastmnist", epochs=2, label_fraction=0.5, seed=11,
+                                   out=tmp_path / name, progress=False) for name in ("a", "b"))
+    finally:
+        torch.set_num_threads(threads)
+    assert first["runs"][0]["metric"] == second["runs"][0]["metric"]
+    assert [h["train_loss"] for h in first["runs"][0]["history"]] == [h["train_loss"] for h in second["runs"][0]["history"]]
+    assert first["protocol"]["overrides"]["label_fraction"] == {"value": 0.5, "protocol": 1.0}
