@@ -10,6 +10,7 @@ tests never read the user's token or write to the user's Hugging Face cache.
 Fixtures:
     hub_server: session-wide server (temporary root and token file): ``.endpoint``, ``.token``, ``.root``.
     hub: function-scoped; sets ``HF_TOKEN`` and ``HF_ENDPOINT`` for the test and returns the server.
+    Both are shared by the whole session: never stop or restart them, and use fresh repo ids.
 
 Helpers for tests that need a server of their own (restarts, crashes, other options):
 :func:`start_server` and :class:`HubServer`. Use :meth:`HubServer.new_repo_id` for repo ids that no
