@@ -1,0 +1,101 @@
+"""reproduce end to end: report shape and comparison, CLI errors, segmentation, and adapt -> load by new id."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import medhub
+from medhub.cli import main
+from medhub.registry import load_registry
+from medhub.reproduce import reproduce
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_report_shape_and_comparison(tmp_path, shared_data):
+    out = tmp_path / "out"
+    report = reproduce("random:resnet18", "breastmnist", data_dir=shared_data / "breastmnist", epochs=1,
+                       batch_size=64, label_fraction=0.3, out=out, progress=False)
+    on_disk = json.loads((out / "report.json").read_text())
+    for key in ("model", "task", "metric", "runs", "mean", "std", "reported", "difference", "protocol", "environment"):
+        assert key in on_disk, key
+    run = on_disk["runs"][0]
+    assert {"seed", "metric", "per_class", "epochs", "seconds"} <= set(run)
+    assert run["epochs"] == 1 and 0.0 <= run["metric"] <= 1.0 and set(run["per_class"]) == {"normal+benign"}
+    assert on_disk["reported"]["mean"] == 0.901 and on_disk["reported"]["setting"] == {"img_size": 28}
+    assert on_disk["difference"] == pytest.approx(on_disk["mean"] - 0.901)
+    overrides = on_disk["protocol"]["overrides"]
+    assert overrides["epochs"] == {"value": 1, "protocol": 100}
+    assert overrides["batch_size"] == {"value": 64, "protocol": 128}
+    assert on_disk["environment"]["torch"] == torch.__version__
+    assert (out / "run0" / "best.safetensors").is_file()
+    for plot in ("learning_curves.png", "roc_run0.png"):
+        assert Image.open(out / plot).size[0] > 300
+    text = (out / "report.md").read_text()
+    assert "reported 0.9010" in text and "not a medical device" in text
+    assert report["mean"] == on_disk["mean"]
+
+
+def test_cli_broken_data_folder_is_one_line(tmp_path, capsys):
+    broken = tmp_path / "data"
+    broken.mkdir()
+    (broken / "breastmnist.txt").write_text("not the file")
+    code = main(["reproduce", "random:test_resnet", "breastmnist", "--data-dir", str(broken), "--out",
+                 str(tmp_path / "out"), "--epochs", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "no breastmnist .npz file (found breastmnist.txt)" in err
+
+
+def test_cli_rejects_bad_overrides(capsys):
+    assert main(["reproduce", "random:test_resnet", "breastmnist", "--label-fraction", "0"]) == 2
+    assert "--label-fraction must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_segmentation_unet_on_montgomery_layout(tmp_path, shared_data):
+    """Montgomery layout built from real chest X-rays; masks are a bright-region threshold (a stand-in)."""
+    root = tmp_path / "montgomery"
+    for sub in ("CXR_png", "ManualMask/leftMask", "ManualMask/rightMask"):
+        (root / sub).mkdir(parents=True)
+    pngs = sorted((shared_data / "nih_cxr14_1000_64px" / "NIH1000" / "train" / "0_normal").glob("*.png"))[:20]
+    for i, png in enumerate(pngs):
+        name = f"MCUCXR_{i:04d}_0.png"
+        shutil.copy(png, root / "CXR_png" / name)
+        gray = np.asarray(Image.open(png).convert("L"))
+        left, right = np.zeros_like(gray), np.zeros_like(gray)
+        left[:, :32], right[:, 32:] = (gray[:, :32] > 128) * 255, (gray[:, 32:] > 128) * 255
+        Image.fromarray(left).save(root / "ManualMask" / "leftMask" / name)
+        Image.fromarray(right).save(root / "ManualMask" / "rightMask" / name)
+    report = reproduce("random:test_resnet", "montgomery_lung", data_dir=root, epochs=1, img_size=32,
+                       batch_size=8, out=tmp_path / "out", progress=False)
+    assert report["metric"] == "dice" and 0.0 <= report["mean"] <= 1.0
+    assert report["protocol"]["recipe"] == "benchmark_segmentation"
+
+
+def test_adapt_then_load_by_new_id(tmp_path, shared_data):
+    from medhub.adapt import adapt
+
+    result = adapt("random:test_resnet", "breastmnist", data_dir=shared_data / "breastmnist", out=tmp_path / "ckpt",
+                   new_id="test_resnet_breastmnist", epochs=1, progress=False)
+    assert result["id"] == "test_resnet_breastmnist"
+    for name in ("model.safetensors", "config.json", "README.md"):
+        assert (tmp_path / "ckpt" / name).is_file()
+    entry = load_registry().get_model("test_resnet_breastmnist")
+    assert [s.dataset for s in entry.lineage] == ["breastmnist"]
+    assert entry.sources[0].kind == "local" and entry.head.num_classes == 0
+    model = medhub.load("test_resnet_breastmnist", num_classes=2, in_chans=1)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 2)
+    assert main(["adapt", "random:test_resnet", "breastmnist", "--out", str(tmp_path / "again"),
+                 "--id", "test_resnet_breastmnist", "--epochs", "1"]) == 2  # the id is taken
