@@ -32,8 +32,8 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from medhub.api import get_model, get_task, list_models, list_tasks, reported_results
-    from medhub.errors import MedhubError
+    from medhub.api import get_model, get_task, list_models, list_tasks, reported_results  # noqa: F401
+    from medhub.errors import MedhubError  # noqa: F401
 
 
 def __getattr__(name: str):
