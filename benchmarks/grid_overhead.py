@@ -3,9 +3,12 @@
 Each repetition runs a real grid of tiny cells (``random:test_resnet`` on the embedded BreastMNIST, 1 epoch,
 a quarter of the labels) into a fresh SQLite store, through :func:`medhub.grid.run.run_grid`:
 
-* ``overhead`` = wall time of the whole grid minus the time the cells spent inside ``reproduce`` (measured
-  in the worker), with one worker, so nothing overlaps: executor start (process pool spawn + torch import,
-  or ``ray.init``), dispatch, result transfer, database writes and shutdown. Reported in total and per cell.
+* with one worker (so nothing overlaps): ``overhead_s`` = wall time of the whole grid minus the time the
+  cells spent inside ``reproduce`` (measured in the worker): executor start (process pool spawn + torch
+  import, or ``ray.init`` + a Ray worker), dispatch, result transfer, database writes and shutdown;
+  ``per_cell_s`` = median over the 2nd..Nth cells of (result received - cell claimed - time inside the cell):
+  the executor's steady-state cost of one cell; ``startup_s`` = the first cell's such cost plus the time
+  before it was claimed (pool or Ray start).
 * ``scaling`` = wall time of a bigger grid with the local executor at 1 and at 2 workers.
 
 Usage: ``python benchmarks/grid_overhead.py [--quick]``; the last line printed is one JSON object.
@@ -38,26 +41,33 @@ def one_grid(kind: str, workers: int, cells: int, tmp: Path) -> dict:
     store = ResultStore(f"sqlite:///{tmp / f'{kind}-{workers}-{time.monotonic_ns()}.db'}")
     grid = expand_grid([MODEL], [TASK], [0.25], runs=cells, settings={"epochs": 1})
     todo = plan_grid(store, grid, resume=False)
+    claimed: dict[str, float] = {}
+    latency: list[float] = []  # per cell, in completion order: received - claimed - inside the cell
     in_cells: list[float] = []
 
     def collect(event) -> None:
-        if event.kind != "start":
-            if event.kind == "failed":
-                raise RuntimeError(f"cell failed: {event.result.get('error')}")
-            in_cells.append(event.result["seconds"])
+        now = time.perf_counter()
+        if event.kind == "start":
+            claimed[event.cell["key"]] = now
+            return
+        if event.kind == "failed":
+            raise RuntimeError(f"cell failed: {event.result.get('error')}")
+        in_cells.append(event.result["seconds"])
+        latency.append(now - claimed[event.cell["key"]] - event.result["seconds"])
 
     start = time.perf_counter()
     executor = make_executor(kind, workers=workers, cpus_per_run=1)
-    run_grid(
-        store,
-        todo,
-        executor,
-        out=str(tmp / "runs" / f"{kind}{workers}-{time.monotonic_ns()}"),
-        on_event=collect,
-    )
+    out = str(tmp / "runs" / f"{kind}{workers}-{time.monotonic_ns()}")
+    run_grid(store, todo, executor, out=out, on_event=collect)
     wall = time.perf_counter() - start
     store.close()
-    return {"wall_s": wall, "cells_s": sum(in_cells), "overhead_s": wall - sum(in_cells)}
+    return {
+        "wall_s": wall,
+        "cells_s": sum(in_cells),
+        "overhead_s": wall - sum(in_cells),
+        "startup_s": min(claimed.values()) - start + latency[0],
+        "per_cell_s": statistics.median(latency[1:] or latency),
+    }
 
 
 def median_of(runs: list[dict], key: str) -> float:
@@ -79,15 +89,12 @@ def main() -> None:
         for kind in ("local", "ray"):
             runs = [one_grid(kind, 1, cells, tmp) for _ in range(repeats)]
             result[kind] = {
-                "wall_s": median_of(runs, "wall_s"),
-                "overhead_s": median_of(runs, "overhead_s"),
-                "overhead_per_cell_s": median_of(runs, "overhead_s") / cells,
-                "cell_s": median_of(runs, "cells_s") / cells,
+                key: median_of(runs, key) for key in ("wall_s", "overhead_s", "startup_s", "per_cell_s")
             }
+            result[kind]["cell_s"] = median_of(runs, "cells_s") / cells
             print(f"{kind}: {json.dumps(result[kind])}", flush=True)
-        result["ray_minus_local_overhead_per_cell_s"] = (
-            result["ray"]["overhead_per_cell_s"] - result["local"]["overhead_per_cell_s"]
-        )
+        result["ray_minus_local_per_cell_s"] = result["ray"]["per_cell_s"] - result["local"]["per_cell_s"]
+        result["ray_minus_local_startup_s"] = result["ray"]["startup_s"] - result["local"]["startup_s"]
         scaling = {}
         for workers in (1, 2):
             runs = [one_grid("local", workers, 2 * cells, tmp) for _ in range(repeats)]
