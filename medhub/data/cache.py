@@ -25,7 +25,7 @@ from medhub.data.paths import cache_root
 from medhub.data.sources import SplitData
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1  # bump when decoding or resizing changes
+CACHE_VERSION = 2  # bump when decoding or resizing changes
 
 
 @dataclass
@@ -43,11 +43,11 @@ class CachedSplit:
 
 
 def _decode(split: SplitData, index: int, size: int, channels: int) -> tuple[np.ndarray, np.ndarray | None]:
-    if split.images is not None:
+    if split.images is not None:  # MedMNIST arrays: upsampled with NEAREST, as MedMNIST v2's "(224)" runs did
         image = set_channels(split.images[index], channels)
+        image = resize(image, size, nearest=size > image.shape[0])
     else:
-        image = read_image(split.paths[index], channels=channels)
-    image = resize(image, size)
+        image = resize(read_image(split.paths[index], channels=channels), size)
     image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
     mask = None
     if isinstance(split.masks, np.ndarray):
