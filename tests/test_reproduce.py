@@ -99,3 +99,24 @@ def test_adapt_then_load_by_new_id(tmp_path, shared_data):
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 2)
     assert main(["adapt", "random:test_resnet", "breastmnist", "--out", str(tmp_path / "again"),
                  "--id", "test_resnet_breastmnist", "--epochs", "1"]) == 2  # the id is taken
+
+
+def test_benchmark_recipe_on_nih_layout(tmp_path, shared_data):
+    """ChestX-ray14 protocol (resize-crop augmentation, centre crop, ten-crop test) on real NIH images."""
+    root = tmp_path / "cxr14"
+    (root / "images").mkdir(parents=True)
+    rows, train_val, test = ["Image Index,Finding Labels"], [], []
+    for png in sorted((shared_data / "nih_cxr14_1000_64px" / "NIH1000").glob("*/*/*.png"))[::8]:
+        (root / "images" / png.name).symlink_to(png)
+        rows.append(f"{png.name},{'No Finding' if png.parent.name.startswith('0') else 'Effusion'}")
+        (test if png.parts[-3] == "test" else train_val).append(png.name)
+    (root / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
+    (root / "test_list.txt").write_text("\n".join(test) + "\n")
+    report = reproduce("random:test_resnet", "chestxray14", data_dir=root, epochs=1, img_size=32, batch_size=16,
+                       out=tmp_path / "out", progress=False)
+    protocol = report["protocol"]
+    assert protocol["cache_size"] == 37 and protocol["ten_crop"] == 32 and protocol["center_crop"] == 32
+    assert any("resized" in a.lower() for a in protocol["train_augment"])
+    defined = {k: v for k, v in report["runs"][0]["per_class"].items() if v == v}  # labels present in test
+    assert set(defined) == {next(label for label in defined if "ffusion" in label)}

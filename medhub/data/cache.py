@@ -37,6 +37,7 @@ class CachedSplit:
     labels: np.ndarray
     masks: np.ndarray | None = None
     path: Path | None = None
+    mask_path: Path | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -144,4 +145,4 @@ def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, pr
             return cached_split(task_id, split, size, channels, progress=progress, root=root)
     images = np.load(target, mmap_mode="r")
     masks = np.load(mask_target, mmap_mode="r") if mask_target else None
-    return CachedSplit(split.name, images, split.labels, masks, target)
+    return CachedSplit(split.name, images, split.labels, masks, target, mask_target)

@@ -61,6 +61,22 @@ class BatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
+    def __getstate__(self) -> dict:
+        """Workers reopen the memory maps by path instead of receiving a pickled copy of the arrays."""
+        state = dict(self.__dict__)
+        split = self.split
+        if isinstance(split.images, np.memmap) and split.path is not None:
+            state["split"] = CachedSplit(split.name, None, split.labels, None, split.path, split.mask_path)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        split = self.split
+        if split.images is None:
+            masks = np.load(split.mask_path, mmap_mode="r") if split.mask_path else None
+            self.split = CachedSplit(split.name, np.load(split.path, mmap_mode="r"), split.labels, masks, split.path,
+                                     split.mask_path)
+
     def __getitem__(self, item: tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         batch_seed, indices = item
         order = np.sort(np.asarray(indices))

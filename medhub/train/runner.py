@@ -33,7 +33,7 @@ def prepare_data(task, data, plan, *, seed: int, progress: bool) -> dict[str, Ca
         keep = max(1, round(len(train) * plan.label_fraction))
         pick = np.sort(np.random.default_rng(seed).permutation(len(train))[:keep])
         splits["train"] = CachedSplit("train", np.asarray(train.images[pick]), train.labels[pick],
-                                      None if train.masks is None else np.asarray(train.masks[pick]), train.path)
+                                      None if train.masks is None else np.asarray(train.masks[pick]))
         plan.notes.append(f"label fraction {plan.label_fraction}: {keep} of {len(train)} training samples "
                           f"(random subset, seed {seed})")
     return splits
