@@ -23,8 +23,8 @@ def _by_key(files: list[Path], key=lambda p: p.stem) -> dict[str, Path]:
     return {key(p): p for p in files}
 
 
-def _pairs(root: Path, image_dir: Path, mask_dirs: list[Path], layout: str, mask_key=lambda p: p.stem):
-    """Images of ``image_dir`` each paired with the same-named file of every mask folder."""
+def _pairs(root: Path, image_dir: Path, mask_dirs: list[Path], layout: str, key=lambda p: p.stem):
+    """Images of ``image_dir`` each paired with the file of every mask folder that has the same ``key``."""
     absent_dirs = [str(d.relative_to(root)) for d in [image_dir, *mask_dirs] if not d.is_dir()]
     if absent_dirs:
         raise DataError(f"{root}: missing {', '.join(absent_dirs)}; expected {layout}", path=root,
@@ -32,12 +32,12 @@ def _pairs(root: Path, image_dir: Path, mask_dirs: list[Path], layout: str, mask
     images = find_files(image_dir, SUPPORTED_SUFFIXES)
     if not images:
         raise DataError(f"{image_dir}: no image files; expected {layout}", path=image_dir)
-    masks = [_by_key(find_files(d, SUPPORTED_SUFFIXES), mask_key) for d in mask_dirs]
-    unmatched = [p.name for p in images if any(p.stem not in m for m in masks)]
+    masks = [_by_key(find_files(d, SUPPORTED_SUFFIXES), key) for d in mask_dirs]
+    unmatched = [p.name for p in images if any(key(p) not in m for m in masks)]
     if unmatched:
         raise DataError(f"{root}: {len(unmatched)} image(s) without a mask, e.g. {', '.join(unmatched[:3])}; "
                         f"expected {layout}", path=root, missing=unmatched)
-    return images, [tuple(m[p.stem] for m in masks) for p in images]
+    return images, [tuple(m[key(p)] for m in masks) for p in images]
 
 
 def _split(task, root: Path, images: list[Path], masks: list[tuple[Path, ...]], parts: dict, notes: list[str],
@@ -90,9 +90,9 @@ def read_drive(task, root: Path, img_size: int = 0, explicit: bool = True) -> Ta
         return p.stem.split("_")[0]
 
     train_imgs, train_masks = _pairs(root, root / "training" / "images", [root / "training" / "1st_manual"],
-                                     DRIVE_LAYOUT, mask_key=key)
+                                     DRIVE_LAYOUT, key=key)
     test_imgs, test_masks = _pairs(root, root / "test" / "images", [root / "test" / "1st_manual"],
-                                   DRIVE_LAYOUT, mask_key=key)
+                                   DRIVE_LAYOUT, key=key)
     images, masks = train_imgs + test_imgs, train_masks + test_masks
     inner = patient_split([p.name for p in train_imgs], fractions=(0.8, 0.2, 0.0))
     parts = {"train": inner["train"], "val": inner["val"],
