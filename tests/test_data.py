@@ -120,7 +120,7 @@ def test_nih_layout_with_official_lists(registry, shared_data, tmp_path):
         rows.append(f"{png.name},{finding},{png.name[:8]}")
         (test if png.parts[-3] == "test" else train_val).append(png.name)
     task = registry.get_task("chestxray14")
-    with pytest.raises(DataError, match="missing Data_Entry_2017.csv, train_val_list.txt, test_list.txt"):
+    with pytest.raises(DataError, match="missing train_val_list.txt, test_list.txt, Data_Entry_2017.csv"):
         load_task_data(task, tmp_path)
     (tmp_path / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
@@ -135,6 +135,16 @@ def test_nih_layout_with_official_lists(registry, shared_data, tmp_path):
     assert labels[:, effusion].sum() == labels[:, columns.index("mass")].sum() > 0
     patients = lambda split: {i[:8] for i in data.split(split).ids}  # noqa: E731
     assert not patients("train") & patients("val")
+
+    # the benchmark's split files carry the 14 labels themselves: no CSV needed
+    (tmp_path / "Data_Entry_2017.csv").unlink()
+    for split in ("train", "val", "test"):
+        lines = [f"images/{n} " + " ".join(str(int(v)) for v in data.split(split).labels[i])
+                 for i, n in enumerate(data.split(split).ids)]
+        (tmp_path / f"Xray14_{split}_official.txt").write_text("\n".join(lines) + "\n")
+    again = load_task_data(task, tmp_path)
+    for split in ("train", "val", "test"):
+        assert np.array_equal(again.split(split).labels, data.split(split).labels)
 
 
 def test_dicom_inputs(shared_data):

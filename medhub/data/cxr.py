@@ -12,12 +12,13 @@ from medhub.data.images import SUPPORTED_SUFFIXES
 from medhub.data.sources import SplitData, TaskData, find_files, patient_split
 from medhub.errors import DataError
 
-NIH_LAYOUT = ("<dir>/Data_Entry_2017.csv, images under <dir>/images*/ (any depth), and either the official "
-              "train_val_list.txt + test_list.txt or the benchmark's train_official.txt/val_official.txt/"
-              "test_official.txt")
+NIH_LAYOUT = ("<dir>/images*/ (any depth) with the NIH PNGs, and either the benchmark's Xray14_{train,val,test}"
+              "_official.txt (file name + 14 labels per line) or the official train_val_list.txt + test_list.txt "
+              "with Data_Entry_2017.csv")
 CHEXPERT_LAYOUT = "<dir>/train.csv and <dir>/valid.csv (CheXpert-v1.0 or -small) with the image folders they list"
-VINDR_LAYOUT = ("<dir>/annotations/image_labels_{train,test}.csv (or at <dir>) and images in <dir>/{train,test}/"
-                "<image_id>.(dicom|dcm|png)")
+VINDR_LAYOUT = ("images <image_id>.(dicom|dcm|png|jpeg) anywhere under <dir>, with either the benchmark's "
+                "VinDrCXR_train_pe_global_one.txt/VinDrCXR_test_pe_global_one.txt (path + 6 labels per line) or "
+                "the official <dir>/annotations/image_labels_{train,test}.csv")
 SHENZHEN_LAYOUT = ("<dir>/CXR_png/CHNCXR_<nnnn>_<0|1>.png, optionally with the benchmark's ShenzenCXR_"
                    "{train,valid,test}_data.txt")
 LABEL_ALIASES = {"pe": "pleural_effusion", "effusion": "pleural_effusion", "pleural_effusion": "effusion",
@@ -70,40 +71,69 @@ def _read_list(path: Path) -> list[str]:
     return [line.split()[0].split("/")[-1] for line in path.read_text().splitlines() if line.strip()]
 
 
+def _find_lists(root: Path, patterns: tuple[str, ...]) -> list[Path] | None:
+    """The first file matching each glob pattern (at the top or one level down), or None if any is absent."""
+    found = [next(iter(sorted(root.glob(p)) + sorted(root.glob(f"*/{p}"))), None) for p in patterns]
+    return found if all(found) else None
+
+
+def _read_labeled_list(path: Path, count: int) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Benchmark split files: ``<image path> <label 1> ... <label n>`` per line (labels optional)."""
+    names, labels = [], {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        name = parts[0].split("/")[-1]
+        names.append(name)
+        if len(parts) == count + 1:
+            labels[name] = np.array([float(v) for v in parts[1:]], dtype=np.float32)
+    return names, labels
+
+
 def read_nih_cxr14(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
-    """NIH ChestX-ray14: labels from ``Data_Entry_2017.csv`` 'Finding Labels', split by the official lists."""
+    """NIH ChestX-ray14: the benchmark's Xray14_*_official.txt (with labels), else the official lists + CSV."""
     entry = next((root / n for n in ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv") if (root / n).is_file()),
                  None)
-    bench = [root / f"{s}_official.txt" for s in ("train", "val", "test")]
+    bench = _find_lists(root, ("*train_official.txt", "*val_official.txt", "*test_official.txt"))
     official = [root / "train_val_list.txt", root / "test_list.txt"]
-    absent = [] if entry else ["Data_Entry_2017.csv"]
-    if not all(p.is_file() for p in bench):
-        absent += [p.name for p in official if not p.is_file()]
-    if absent:
-        raise DataError(f"{root}: missing {', '.join(absent)}; expected {NIH_LAYOUT}", path=root, missing=absent)
-    columns, rows = _read_csv(entry)
-    if "Image Index" not in columns or "Finding Labels" not in columns:
-        raise DataError(f"{entry}: needs 'Image Index' and 'Finding Labels' columns", path=entry)
+    listed: dict[str, np.ndarray] = {}
+    if bench:
+        names = {}
+        for split, path in zip(("train", "val", "test"), bench, strict=True):
+            names[split], labels = _read_labeled_list(path, len(task.labels))
+            listed.update(labels)
+        notes = [f"split: the benchmark's {', '.join(p.name for p in bench)}"]
+    else:
+        absent = [p.name for p in official if not p.is_file()] + ([] if entry else ["Data_Entry_2017.csv"])
+        if absent:
+            raise DataError(f"{root}: missing {', '.join(absent)}; expected {NIH_LAYOUT}", path=root, missing=absent)
+        train_val, test = _read_list(official[0]), _read_list(official[1])
+        parts = patient_split(train_val, fractions=(0.87, 0.13, 0.0), key_len=8)
+        names = {"train": [train_val[i] for i in parts["train"]], "val": [train_val[i] for i in parts["val"]],
+                 "test": test}
+        notes = ["split: official test_list.txt; val = 13% of train_val_list.txt by patient (hash order)"]
+    findings: dict[str, set[str]] = {}
+    if entry is not None:
+        columns, rows = _read_csv(entry)
+        if "Image Index" not in columns or "Finding Labels" not in columns:
+            raise DataError(f"{entry}: needs 'Image Index' and 'Finding Labels' columns", path=entry)
+        findings = {r["Image Index"]: {_label_key(f) for f in r["Finding Labels"].split("|")} for r in rows}
     keys = [_label_key(label) for label in task.labels]
-    findings = {r["Image Index"]: {_label_key(f) for f in r["Finding Labels"].split("|")} for r in rows}
+    unlabeled = [n for split in names.values() for n in split if n not in listed and n not in findings]
+    if unlabeled:
+        raise DataError(f"{root}: no labels for {len(unlabeled)} image(s), e.g. {unlabeled[0]}: add "
+                        "Data_Entry_2017.csv or use split files with 14 labels per line", path=root)
     index = _image_index(root)
     if not index:
         raise DataError(f"{root}: no image files found; expected {NIH_LAYOUT}", path=root, missing=["images/"])
 
     def labels_of(name: str) -> np.ndarray:
-        found = findings.get(name, set())
+        if name in listed:
+            return listed[name]
+        found = findings[name]
         return np.array([float(k in found or LABEL_ALIASES.get(k) in found) for k in keys], dtype=np.float32)
 
-    notes = []
-    if all(p.is_file() for p in bench):
-        names = {s: _read_list(p) for s, p in zip(("train", "val", "test"), bench, strict=False)}
-        notes.append("split: the benchmark's train/val/test_official.txt")
-    else:
-        train_val, test = _read_list(official[0]), _read_list(official[1])
-        parts = patient_split(train_val, fractions=(0.87, 0.13, 0.0), key_len=8)
-        names = {"train": [train_val[i] for i in parts["train"]], "val": [train_val[i] for i in parts["val"]],
-                 "test": test}
-        notes.append("split: official test_list.txt; val = 13% of train_val_list.txt by patient (hash order)")
     splits = _split_from_lists(names, index, labels_of, root)
     return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)
 
@@ -157,11 +187,22 @@ def read_chexpert(task, root: Path, img_size: int = 0, explicit: bool = True,
     return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)
 
 
-def read_vindr_cxr(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
-    """VinDr-CXR image-level labels; train rows of the three readers are merged by majority vote."""
-    folder = root / "annotations" if (root / "annotations").is_dir() else root
+def _vindr_from_lists(task, root: Path, lists: list[Path], index: dict[str, Path]) -> dict[str, SplitData]:
+    splits = {}
+    for split, path in zip(("train", "test"), lists, strict=True):
+        names, labels = _read_labeled_list(path, len(task.labels))
+        ids = [Path(n).stem for n in names]
+        absent = [i for i in ids if i not in index] + [n for n in names if n not in labels][:1]
+        if absent:
+            raise DataError(f"{path}: {len(absent)} listed image(s) missing or unlabeled, e.g. {absent[0]}",
+                            path=path, missing=absent)
+        splits[split] = SplitData(split, labels=np.stack([labels[n] for n in names]),
+                                  paths=[index[i] for i in ids], ids=ids)
+    return splits
+
+
+def _vindr_from_csv(task, folder: Path, root: Path, index: dict[str, Path]) -> dict[str, SplitData]:
     _missing(folder, ["image_labels_train.csv", "image_labels_test.csv"], VINDR_LAYOUT)
-    index = {p.stem: p for p in find_files(root, SUPPORTED_SUFFIXES)}
     splits = {}
     for split in ("train", "test"):
         columns, rows = _read_csv(folder / f"image_labels_{split}.csv")
@@ -176,11 +217,27 @@ def read_vindr_cxr(task, root: Path, img_size: int = 0, explicit: bool = True) -
                             f"{VINDR_LAYOUT}", path=root, missing=absent)
         labels = np.array([(np.mean(votes[i], axis=0) >= 0.5) for i in ids], dtype=np.float32)
         splits[split] = SplitData(split, labels=labels, paths=[index[i] for i in ids], ids=ids)
+    return splits
+
+
+def read_vindr_cxr(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
+    """VinDr-CXR: the benchmark's VinDrCXR_{train,test}_*.txt lists, else the official image-label CSVs
+    (the three readers of each training image merged by majority vote)."""
+    folder = root / "annotations" if (root / "annotations").is_dir() else root
+    index = {p.stem: p for p in find_files(root, SUPPORTED_SUFFIXES)}
+    lists = _find_lists(root, ("VinDrCXR_train*.txt", "VinDrCXR_test*.txt"))
+    if lists:
+        splits = _vindr_from_lists(task, root, lists, index)
+        notes = [f"labels and split: {lists[0].name}, {lists[1].name} (the benchmark validated on its test list; "
+                 "medhub validates on 10% of train)"]
+    else:
+        splits = _vindr_from_csv(task, folder, root, index)
+        notes = ["labels: train readers merged by majority vote; split: official test"]
     train = splits["train"]
     parts = patient_split(train.ids, fractions=(0.9, 0.1, 0.0))
     splits["val"], splits["train"] = train.subset(parts["val"]), train.subset(parts["train"])
     splits["val"].name = "val"
-    notes = ["labels: train readers merged by majority vote", "split: official test; val = 10% of train by hash"]
+    notes.append("val = 10% of train by image-id hash")
     return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)
 
 

@@ -14,7 +14,9 @@ from medhub.errors import DataError
 MONTGOMERY_LAYOUT = "<dir>/CXR_png/MCUCXR_*.png and <dir>/ManualMask/{leftMask,rightMask}/MCUCXR_*.png"
 SIIM_LAYOUT = ("<dir>/png_images/*.png and <dir>/png_masks/*.png with the same names (the PNG release), "
                "optionally stage_1_train_images.csv / stage_1_test_images.csv for the split")
-DRIVE_LAYOUT = "<dir>/{training,test}/images/*.tif and <dir>/{training,test}/1st_manual/*_manual1.gif"
+DRIVE_LAYOUT = ("<dir>/{training,test}/images/*.tif with <dir>/{training,test}/1st_manual/*_manual1.gif (the official "
+                "release), or <dir>/{train,test}/images + <dir>/{train,test}/label (SA-UNet's pre-processed copy); "
+                "images and masks pair by their leading number")
 JSRT_LAYOUT = ("<dir>/images/JPC*.{IMG,png} and SCR masks in <dir>/masks/<structure>/JPC*.gif "
                "(structure: heart, left clavicle, right clavicle, left lung, right lung)")
 
@@ -89,9 +91,13 @@ def read_drive(task, root: Path, img_size: int = 0, explicit: bool = True) -> Ta
     def key(p: Path) -> str:
         return p.stem.split("_")[0]
 
-    train_imgs, train_masks = _pairs(root, root / "training" / "images", [root / "training" / "1st_manual"],
-                                     DRIVE_LAYOUT, key=key)
-    test_imgs, test_masks = _pairs(root, root / "test" / "images", [root / "test" / "1st_manual"],
+    def folder(*names: str) -> Path:
+        return next((root / n for n in names if (root / n).is_dir()), root / names[0])
+
+    train, test = folder("training", "train"), folder("test")
+    train_imgs, train_masks = _pairs(root, train / "images", [folder(f"{train.name}/1st_manual", f"{train.name}/label",
+                                                                     f"{train.name}/labels")], DRIVE_LAYOUT, key=key)
+    test_imgs, test_masks = _pairs(root, test / "images", [folder("test/1st_manual", "test/label", "test/labels")],
                                    DRIVE_LAYOUT, key=key)
     images, masks = train_imgs + test_imgs, train_masks + test_masks
     inner = patient_split([p.name for p in train_imgs], fractions=(0.8, 0.2, 0.0))
@@ -103,12 +109,13 @@ def read_drive(task, root: Path, img_size: int = 0, explicit: bool = True) -> Ta
 
 def read_jsrt_scr(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
     """JSRT images with SCR masks; the task's labels name the structure(s) whose union is the mask."""
-    structures = [s for s in task.labels] or ["heart"]
+    structures = [s.lower().replace("_", " ") for s in task.labels] or ["heart"]
     mask_root = root / "masks"
-    dirs = [mask_root / s for s in structures]
-    if not all(d.is_dir() for d in dirs) and mask_root.is_dir():
-        by_key = {p.name.lower().replace("_", " "): p for p in mask_root.iterdir() if p.is_dir()}
-        dirs = [by_key.get(s.lower().replace("_", " "), mask_root / s) for s in structures]
+    folders = sorted(p for p in mask_root.iterdir() if p.is_dir()) if mask_root.is_dir() else []
+    # "heart" -> masks/heart; "clavicle" -> masks/left clavicle + masks/right clavicle (their union)
+    dirs = [d for s in structures for d in folders if s in d.name.lower().replace("_", " ")]
+    if not dirs:
+        dirs = [mask_root / s for s in structures]
     images, masks = _pairs(root, root / "images", dirs, JSRT_LAYOUT)
     parts = patient_split([p.name for p in images])
     return _split(task, root, images, masks, parts, ["split: 70/10/20 by file-name hash"])
