@@ -32,6 +32,16 @@ def default_id(base: str, task_id: str) -> str:
     return re.sub(r"[^a-z0-9_.\-]+", "_", f"{stem}_{task_id}".lower())
 
 
+def _folder_lineage(base: str) -> tuple[LineageStage, ...]:
+    """Stages recorded in a medhub model folder's config.json (``medhub.lineage``), if any."""
+    config = Path(base).expanduser() / "config.json"
+    try:
+        recorded = json.loads(config.read_text()).get("medhub", {}).get("lineage") or []
+        return tuple(LineageStage(**stage) for stage in recorded if isinstance(stage, dict))
+    except (OSError, ValueError, TypeError):
+        return ()
+
+
 def _base_entry(base: str) -> Checkpoint | None:
     if base.startswith("random:") or os.sep in base or Path(base).exists():
         return None
@@ -78,7 +88,7 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
                          source="medhub adapt",
                          notes=f"{task_entry.protocol.recipe} protocol; best epoch {result['best_epoch']}; "
                                f"test {task_entry.metric} {result['metric']:.4f}")
-    lineage = (*(base_entry.lineage if base_entry else ()), stage)
+    lineage = (*(base_entry.lineage if base_entry else _folder_lineage(base)), stage)
     entry = _entry(model_id, timm_arch, network, base_entry, lineage, out_dir, task_entry)
     sha = _write_folder(out_dir, network, entry, base, result)
     entry = entry.model_copy(update={"sources": (entry.sources[0].model_copy(update={"sha256": sha}),)})

@@ -170,3 +170,20 @@ def test_undecodable_file_is_named(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png: cannot decode image"):
         read_image(bad)
+
+
+def test_download_with_md5_check(registry, shared_data, tmp_path, monkeypatch):
+    """The Zenodo path, served from a file:// URL: an empty folder is filled; a bad md5 leaves nothing behind."""
+    from medhub.data import medmnist
+
+    monkeypatch.setattr(medmnist, "ZENODO_URL", (shared_data / "breastmnist").as_uri() + "/{name}")
+    data = load_task_data(registry.get_task("breastmnist"), tmp_path / "fresh")
+    assert (tmp_path / "fresh" / "breastmnist.npz").is_file() and len(data.split("train")) == 546
+
+    corrupt = tmp_path / "mirror"
+    corrupt.mkdir()
+    (corrupt / "breastmnist.npz").write_bytes((shared_data / "breastmnist" / "breastmnist.npz").read_bytes()[:-10])
+    monkeypatch.setattr(medmnist, "ZENODO_URL", corrupt.as_uri() + "/{name}")
+    with pytest.raises(DataError, match="differs from the official"):
+        load_task_data(registry.get_task("breastmnist"), tmp_path / "second")
+    assert not (tmp_path / "second" / "breastmnist.npz").exists()

@@ -99,6 +99,13 @@ def test_adapt_then_load_by_new_id(tmp_path, shared_data):
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 2)
     assert main(["adapt", "random:test_resnet", "breastmnist", "--out", str(tmp_path / "again"),
                  "--id", "test_resnet_breastmnist", "--epochs", "1"]) == 2  # the id is taken
+    # a second stage on top of the registered id: lineage grows, weights load by the newest id
+    second = adapt("test_resnet_breastmnist", "pneumoniamnist", data_dir=None, out=tmp_path / "ckpt2", epochs=1,
+                   batch_size=256, progress=False)
+    assert second["id"] == "test_resnet_breastmnist_pneumoniamnist"
+    chain = [s.dataset for s in load_registry().get_model(second["id"]).lineage]
+    assert chain == ["breastmnist", "pneumoniamnist"]
+    assert medhub.load(second["id"], num_classes=0)(torch.zeros(1, 3, 28, 28)).ndim == 2
 
 
 def test_benchmark_recipe_on_nih_layout(tmp_path, shared_data):

@@ -90,10 +90,21 @@ def download(flag: str, size: int, folder: Path, md5: dict[str, str]) -> Path:
             f"into {folder} (or pass --data-dir)",
             path=folder,
         ) from exc
+    from medhub.errors import MedhubError
+
     target = folder / name
-    log.warning("downloading %s from Zenodo into %s", name, folder)
-    download_url(ZENODO_URL.format(name=name), target)
-    verify_md5(target, md5)
+    url = ZENODO_URL.format(name=name)
+    log.warning("downloading %s from %s into %s", name, url, folder)
+    try:
+        download_url(url, target)
+    except MedhubError as exc:
+        raise DataError(f"no {name} in {folder} and the download failed ({exc}); fetch {url} into {folder} "
+                        "by hand, or pass --data-dir", path=folder) from exc
+    try:
+        verify_md5(target, md5)
+    except DataError:
+        target.unlink(missing_ok=True)  # never keep a file that failed its checksum
+        raise
     return target
 
 
