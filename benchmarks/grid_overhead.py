@@ -9,7 +9,9 @@ a quarter of the labels) into a fresh SQLite store, through :func:`medhub.grid.r
   ``per_cell_s`` = median over the 2nd..Nth cells of (result received - cell claimed - time inside the cell):
   the executor's steady-state cost of one cell; ``startup_s`` = the first cell's such cost plus the time
   before it was claimed (pool or Ray start).
-* ``scaling`` = wall time of a bigger grid with the local executor at 1 and at 2 workers.
+* ``scaling`` = wall time of a bigger grid with the local executor at 1 and at 2 workers, and the mean time
+  inside one cell at each (equal when the machine has a free core per worker; higher when it is contended).
+  Each worker's first cell also pays the trainer's one-time lazy imports (timm, metrics, plotting).
 
 Usage: ``python benchmarks/grid_overhead.py [--quick]``; the last line printed is one JSON object.
 """
@@ -99,6 +101,8 @@ def main() -> None:
         for workers in (1, 2):
             runs = [one_grid("local", workers, 2 * cells, tmp) for _ in range(repeats)]
             scaling[f"workers_{workers}_wall_s"] = median_of(runs, "wall_s")
+            # mean time inside one cell: it grows with workers when the cores are not free
+            scaling[f"workers_{workers}_cell_s"] = median_of(runs, "cells_s") / (2 * cells)
             print(f"local x{workers}: {scaling[f'workers_{workers}_wall_s']:.2f}s", flush=True)
         scaling["speedup_1_to_2"] = scaling["workers_1_wall_s"] / scaling["workers_2_wall_s"]
         result["scaling_local"] = scaling
