@@ -49,10 +49,11 @@ def reported_for(model: str, task: str, metric: str, img_size: int, label_fracti
     if not results:
         return None
 
-    def distance(result) -> tuple[int, int]:
+    def distance(result) -> int:
+        """0 for the same img_size and label fraction; other settings rank after."""
         size = result.setting.get("img_size")
         fraction = float(result.setting.get("label_fraction", 1.0))
-        return (0 if size in (None, img_size) else 1) + (0 if fraction == label_fraction else 2), 0
+        return (0 if size in (None, img_size) else 1) + (0 if fraction == label_fraction else 2)
 
     best = min(results, key=distance)
     return {"mean": best.mean, "std": best.std, "runs": best.runs, "source": best.source,
@@ -88,10 +89,12 @@ def comparison_line(report: dict) -> str:
 def write_markdown(report: dict, path: Path, plots: list[str]) -> None:
     """report.md: the comparison, per-run table, per-class values, protocol and environment."""
     lines = [f"# {report['model']} on {report['task']}", "", comparison_line(report), "", f"_{DISCLAIMER}_", "",
-             "| run | seed | " + report["metric"] + " | epochs | best epoch | seconds |", "|---|---|---|---|---|---|"]
+             "| run | seed | test " + report["metric"] + " | test acc | epochs | best epoch (dotted in the plot) | "
+             "seconds |", "|---|---|---|---|---|---|---|"]
     for i, run in enumerate(report["runs"]):
-        lines.append(f"| {i} | {run['seed']} | {run['metric']:.4f} | {run['epochs']} | {run.get('best_epoch')} | "
-                     f"{run['seconds']:.1f} |")
+        acc = f"{run['accuracy']:.4f}" if run.get("accuracy") is not None else "-"
+        lines.append(f"| {i} | {run['seed']} | {run['metric']:.4f} | {acc} | {run['epochs']} | "
+                     f"{run.get('best_epoch')} | {run['seconds']:.1f} |")
     classes = list(report["runs"][0]["per_class"]) if report["runs"] else []
     if classes:
         lines += ["", "## Per class (mean over runs)", "", "| class | value |", "|---|---|"]
@@ -127,8 +130,9 @@ def _save_figure(figure, path: Path) -> None:
         figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
 
 
-def plot_learning_curves(histories: list[list[dict]], metric: str, path: Path) -> None:
-    """Train/val loss and val metric per epoch, one line per run."""
+def plot_learning_curves(histories: list[list[dict]], metric: str, path: Path,
+                         best_epochs: list[int] | None = None) -> None:
+    """Train/val loss and val metric per epoch, one line per run; dotted lines mark each run's best epoch."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -139,7 +143,9 @@ def plot_learning_curves(histories: list[list[dict]], metric: str, path: Path) -
         epochs = [h["epoch"] for h in history]
         ax_loss.plot(epochs, [h["train_loss"] for h in history], label=f"run {i} train")
         ax_loss.plot(epochs, [h["val_loss"] for h in history], "--", label=f"run {i} val")
-        ax_metric.plot(epochs, [h["val_metric"] for h in history], label=f"run {i}")
+        line, = ax_metric.plot(epochs, [h["val_metric"] for h in history], label=f"run {i}")
+        if best_epochs:
+            ax_metric.axvline(best_epochs[i], color=line.get_color(), linestyle=":", linewidth=1)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_metric.set(xlabel="epoch", ylabel=f"val {metric}", title=f"Validation {metric.upper()}")
     for axis in (ax_loss, ax_metric):

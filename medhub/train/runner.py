@@ -112,7 +112,8 @@ def write_outputs(out_dir: Path, model: str, task, metric: str, results: list[di
     """report.json, report.md, learning curves and one ROC plot per run."""
     report = build_report(model, task, metric, results, protocol, env, reported)
     plots = ["learning_curves.png"]
-    plot_learning_curves([r["history"] for r in results], metric, out_dir / "learning_curves.png")
+    plot_learning_curves([r["history"] for r in results], metric, out_dir / "learning_curves.png",
+                         [r["best_epoch"] for r in results])
     for i, result in enumerate(results):
         roc_file = out_dir / f"run{i}" / "roc.json"
         curves = json.loads(roc_file.read_text()) if roc_file.is_file() else {}
