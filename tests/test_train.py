@@ -90,3 +90,20 @@ def test_same_seed_same_metrics(tmp_path):
     assert first["runs"][0]["metric"] == second["runs"][0]["metric"]
     assert [h["train_loss"] for h in first["runs"][0]["history"]] == [h["train_loss"] for h in second["runs"][0]["history"]]
     assert first["protocol"]["overrides"]["label_fraction"] == {"value": 0.5, "protocol": 1.0}
+
+
+def test_linear_probe_trains_the_classifier_only(tmp_path):
+    from safetensors.torch import load_file
+
+    from medhub.reproduce import reproduce
+    from medhub.train.network import build_network
+    from medhub.train.state import seed_everything
+
+    report = reproduce("random:test_resnet", "breastmnist", epochs=1, linear_probe=True, seed=2,
+                       out=tmp_path / "probe", progress=False)
+    assert report["protocol"]["overrides"]["linear_probe"] == {"value": True, "protocol": False}
+    seed_everything(2)
+    initial = build_network("random:test_resnet", num_outputs=2, in_chans=1).state_dict()
+    trained = load_file(str(tmp_path / "probe" / "run0" / "best.safetensors"))
+    changed = {k for k in initial if not torch.equal(initial[k], trained[k])}
+    assert changed and all(k.startswith("fc.") for k in changed)  # BatchNorm statistics untouched too
