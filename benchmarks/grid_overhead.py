@@ -12,6 +12,8 @@ a quarter of the labels) into a fresh SQLite store, through :func:`medhub.grid.r
 * ``scaling`` = wall time of a bigger grid with the local executor at 1 and at 2 workers, and the mean time
   inside one cell at each (equal when the machine has a free core per worker; higher when it is contended).
   Each worker's first cell also pays the trainer's one-time lazy imports (timm, metrics, plotting).
+* ``cpu_calibration`` = a pure-Python loop in 1 process vs 2 processes at once (forked, so nearly no start cost):
+  the speedup a second worker could give on this machine at that moment, whatever the executor.
 
 Usage: ``python benchmarks/grid_overhead.py [--quick]``; the last line printed is one JSON object.
 """
@@ -72,6 +74,34 @@ def one_grid(kind: str, workers: int, cells: int, tmp: Path) -> dict:
     }
 
 
+def _spin(n: int = 30_000_000) -> None:
+    x = 0
+    for i in range(n):
+        x += i
+
+
+def cpu_calibration(repeats: int) -> dict:
+    """Wall time of a fixed pure-Python loop in 1 process, and in 2 processes at once: how much a second
+    worker can gain on this machine right now, independent of medhub (equal times = two free cores)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    one, two = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _spin()
+        one.append(time.perf_counter() - start)
+        procs = [ctx.Process(target=_spin) for _ in range(2)]
+        start = time.perf_counter()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        two.append(time.perf_counter() - start)
+    return {"one_process_s": statistics.median(one), "two_processes_s": statistics.median(two),
+            "ideal_speedup_1_to_2": 2 * statistics.median(one) / statistics.median(two)}  # fmt: skip
+
+
 def median_of(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -106,6 +136,8 @@ def main() -> None:
             print(f"local x{workers}: {scaling[f'workers_{workers}_wall_s']:.2f}s", flush=True)
         scaling["speedup_1_to_2"] = scaling["workers_1_wall_s"] / scaling["workers_2_wall_s"]
         result["scaling_local"] = scaling
+        result["cpu_calibration"] = cpu_calibration(repeats)
+        print(f"calibration: {json.dumps(result['cpu_calibration'])}", flush=True)
     print(json.dumps(result))
 
 
