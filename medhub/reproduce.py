@@ -98,8 +98,9 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     data = load_task_data(entry, data_dir, img_size=plan.img_size)
     splits = prepare_data(entry, data, plan, seed=seed, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "plan.json", json.dumps({"model": model, "task": entry.id, **plan.as_dict()},
-                                                        indent=1))
+    planned = {"model": model, "task": entry.id, "seed": seed, **plan.as_dict()}
+    _check_same_plan(out_dir / "plan.json", planned, resume)
+    atomic_write_text(out_dir / "plan.json", json.dumps(planned, indent=1))
     results = [run_once(model, entry, data, splits, plan, seed=seed + i, run_dir=out_dir / f"run{i}",
                         device=torch_device, resume=resume, arch=arch, progress=progress) for i in range(runs)]
     metric = "dice" if entry.type == "segmentation" else entry.metric
@@ -110,3 +111,15 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     log.info("report written to %s", out_dir / "report.json")
     return report
 
+
+def _check_same_plan(path: Path, planned: dict[str, Any], resume: bool) -> None:
+    """``--resume`` must continue the same plan: a changed option would silently mix two experiments."""
+    if not resume or not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    ignored = {"notes"}
+    changed = sorted(k for k in set(saved) | set(planned) if k not in ignored and saved.get(k) != planned.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {planned.get(k)!r}" for k in changed[:4])
+        raise UsageError(f"{path.parent} was started with other options ({details}); resume with the same "
+                         "options, or choose another --out")

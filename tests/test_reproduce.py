@@ -127,3 +127,17 @@ def test_benchmark_recipe_on_nih_layout(tmp_path, shared_data):
     assert any("resized" in a.lower() for a in protocol["train_augment"])
     defined = {k: v for k, v in report["runs"][0]["per_class"].items() if v == v}  # labels present in test
     assert set(defined) == {next(label for label in defined if "ffusion" in label)}
+
+
+def test_resume_refuses_changed_options(tmp_path):
+    from medhub.errors import UsageError
+
+    reproduce("random:test_resnet", "breastmnist", epochs=1, label_fraction=0.2, out=tmp_path / "o", progress=False)
+    again = reproduce("random:test_resnet", "breastmnist", epochs=1, label_fraction=0.2, out=tmp_path / "o",
+                      resume=True, progress=False)  # finished runs are kept, not redone
+    assert again["runs"][0]["resumed_after_epoch"] is None and again["runs"][0]["epochs"] == 1
+    with pytest.raises(UsageError, match=r"started with other options \(epochs: 1 -> 2"):
+        reproduce("random:test_resnet", "breastmnist", epochs=2, label_fraction=0.2, out=tmp_path / "o",
+                  resume=True, progress=False)
+    with pytest.raises(UsageError, match="already holds runs; pass --resume"):
+        reproduce("random:test_resnet", "breastmnist", epochs=1, out=tmp_path / "o", progress=False)
