@@ -19,7 +19,7 @@ from medhub.train import metrics
 from medhub.train.loop import FitConfig, evaluate, fit
 from medhub.train.network import build_network, is_random
 from medhub.train.report import build_report, plot_learning_curves, plot_roc, write_json, write_markdown
-from medhub.train.state import make_deterministic, seed_everything
+from medhub.train.state import deterministic
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,17 @@ def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, se
     if resume and result_path.is_file():
         log.info("%s already finished; kept", run_dir)
         return json.loads(result_path.read_text())
-    seed_everything(seed)
-    make_deterministic(device)
-    network = build_network(model, num_outputs=plan.num_outputs, in_chans=(in_chans or data.channels) if is_random(model) else None,
-                            arch=arch, segmentation=task.type == "segmentation", linear_probe=plan.linear_probe)
+    with deterministic(device, seed):
+        return _run(model, task, data, splits, plan, seed=seed, run_dir=run_dir, device=device, resume=resume,
+                    arch=arch, progress=progress, in_chans=in_chans)
+
+
+def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: int, run_dir: Path,
+         device: torch.device, resume: bool, arch: str | None, progress: bool, in_chans: int | None) -> dict[str, Any]:
+    result_path = run_dir / "result.json"
+    chans = (in_chans or data.channels) if is_random(model) else None
+    network = build_network(model, num_outputs=plan.num_outputs, in_chans=chans, arch=arch,
+                            segmentation=task.type == "segmentation", linear_probe=plan.linear_probe)
     network = network.to(device)
     if device.type == "cuda":
         network = network.to(memory_format=torch.channels_last)

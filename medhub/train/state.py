@@ -7,9 +7,11 @@ previous epoch's file). It is read back with ``torch.load(weights_only=True)``: 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +33,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_deterministic(device: torch.device) -> None:
-    """Same seed + same device -> same numbers: deterministic kernels (warn where none exists)."""
+@contextlib.contextmanager
+def deterministic(device: torch.device, seed: int) -> Iterator[None]:
+    """Seeded, deterministic kernels inside the block; the caller's flags and RNG states come back after.
+
+    Same seed + same device -> same numbers. Kernels without a deterministic version only warn.
+    """
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, rng_states(), random.getstate())
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    seed_everything(seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+        restore_rng(saved[4])
+        random.setstate(saved[5])
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
