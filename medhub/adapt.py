@@ -76,8 +76,9 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
         raise UsageError(f"'{model_id}' is not a valid id (lowercase letters, digits, _ . -); choose another --id")
     _check_free(model_id)
     out_dir = Path(out).expanduser().resolve()
-    plan = make_plan(task_entry, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size)
-    data = load_task_data(task_entry, data_dir, img_size=plan.img_size)
+    data = load_task_data(task_entry, data_dir, img_size=img_size or task_entry.protocol.img_size)
+    plan = make_plan(task_entry, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
+                     train_size=len(data.split("train")))
     splits = prepare_data(task_entry, data, plan, seed=seed, progress=progress)
     torch_device = pick_device(device)
     result = run_once(base, task_entry, data, splits, plan, seed=seed, run_dir=out_dir / "training",

@@ -89,13 +89,15 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     if runs < 1:
         raise UsageError(f"--runs must be at least 1, got {runs}")
     entry = load_registry().get_task(task)
-    plan = make_plan(entry, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
-                     label_fraction=label_fraction, linear_probe=linear_probe)
+    options = dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size, label_fraction=label_fraction,
+                   linear_probe=linear_probe)
+    plan = make_plan(entry, **options)  # checks the overrides before any data is read
     torch_device = pick_device(device)
     out_dir = Path(out) if out is not None else default_out(model, entry.id, resume)
     if out_dir.exists() and not resume and any(out_dir.glob("run*/state.pt")):
         raise UsageError(f"{out_dir} already holds runs; pass --resume to continue them or choose another --out")
     data = load_task_data(entry, data_dir, img_size=plan.img_size)
+    plan = make_plan(entry, **options, train_size=round(len(data.split("train")) * label_fraction))
     splits = prepare_data(entry, data, plan, seed=seed, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     planned = {"model": model, "task": entry.id, "seed": seed, **plan.as_dict()}

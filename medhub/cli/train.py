@@ -13,7 +13,7 @@ DATA_HELP = ("the task's data folder, laid out as 'medhub tasks' documents (defa
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help=DATA_HELP)
-    p.add_argument("--epochs", type=int, help="maximum epochs (default: the protocol's; MedMNIST: a 10-epoch "
+    p.add_argument("--epochs", type=int, help="maximum epochs (default: the protocol's; MedMNIST: a ~360-step "
                    "short run of its 100-epoch schedule)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the protocol's)")
     p.add_argument("--lr", type=float, help="learning rate (default: the protocol's)")

@@ -17,8 +17,10 @@ from typing import Any
 from medhub.errors import UsageError
 
 # The MedMNIST v2 recipe is 100 epochs; without --epochs, reproduce runs a short version of the same
-# schedule (milestones scale with the epochs) so the README's command finishes in minutes on a laptop.
+# schedule (milestones scale with the epochs) so the README's command finishes in minutes on a laptop:
+# at least QUICK_MEDMNIST_EPOCHS epochs and about QUICK_MEDMNIST_STEPS optimizer steps (small sets get more epochs).
 QUICK_MEDMNIST_EPOCHS = 10
+QUICK_MEDMNIST_STEPS = 360
 
 
 @dataclass
@@ -63,9 +65,21 @@ def _crop_ratio(protocol) -> float:
     return numbers[0] / numbers[1] if len(numbers) >= 2 and numbers[1] else 256 / 224
 
 
+def quick_epochs(protocol, train_size: int | None, batch_size: int) -> int:
+    """Epochs of the default short MedMNIST run: ~QUICK_MEDMNIST_STEPS steps, at least QUICK_MEDMNIST_EPOCHS."""
+    if not train_size:
+        return QUICK_MEDMNIST_EPOCHS
+    steps_per_epoch = -(-train_size // batch_size)
+    return min(protocol.max_epochs, max(QUICK_MEDMNIST_EPOCHS, -(-QUICK_MEDMNIST_STEPS // steps_per_epoch)))
+
+
 def make_plan(task, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
-              img_size: int | None = None, label_fraction: float = 1.0, linear_probe: bool = False) -> Plan:
-    """The plan for ``task`` with the given overrides (None keeps the protocol's value)."""
+              img_size: int | None = None, label_fraction: float = 1.0, linear_probe: bool = False,
+              train_size: int | None = None) -> Plan:
+    """The plan for ``task`` with the given overrides (None keeps the protocol's value).
+
+    ``train_size`` (training samples after the label fraction) sizes the default short MedMNIST run.
+    """
     protocol = task.protocol
     if not 0.0 < label_fraction <= 1.0:
         raise UsageError(f"--label-fraction must be in (0, 1], got {label_fraction}")
@@ -81,9 +95,10 @@ def make_plan(task, *, epochs: int | None = None, batch_size: int | None = None,
         if value is not None and value != default:
             overrides[name] = {"value": value, "protocol": default}
     if epochs is None and protocol.recipe == "medmnist_v2" and protocol.max_epochs > QUICK_MEDMNIST_EPOCHS:
-        epochs = QUICK_MEDMNIST_EPOCHS
+        epochs = quick_epochs(protocol, train_size, batch_size or protocol.batch_size)
         overrides["epochs"] = {"value": epochs, "protocol": protocol.max_epochs,
-                               "why": f"default short run; pass --epochs {protocol.max_epochs} for the full recipe"}
+                               "why": f"default short run (about {QUICK_MEDMNIST_STEPS} steps); pass --epochs "
+                                      f"{protocol.max_epochs} for the full recipe"}
     elif epochs is not None and epochs != protocol.max_epochs:
         overrides["epochs"] = {"value": epochs, "protocol": protocol.max_epochs}
     if label_fraction != 1.0:
