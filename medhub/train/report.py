@@ -88,7 +88,9 @@ def comparison_line(report: dict) -> str:
 
 def write_markdown(report: dict, path: Path, plots: list[str]) -> None:
     """report.md: the comparison, per-run table, per-class values, protocol and environment."""
-    lines = [f"# {report['model']} on {report['task']}", "", comparison_line(report), "", f"_{DISCLAIMER}_", "",
+    reported = report.get("reported") or {}
+    about = [f"About the reported number: {reported['notes']}", ""] if reported.get("notes") else []
+    lines = [f"# {report['model']} on {report['task']}", "", comparison_line(report), "", *about, f"_{DISCLAIMER}_", "",
              "| run | seed | test " + report["metric"] + " | test acc | epochs | best epoch (dotted in the plot) | "
              "seconds |", "|---|---|---|---|---|---|---|"]
     for i, run in enumerate(report["runs"]):
