@@ -45,7 +45,8 @@ def main() -> int:
     parser.add_argument("--base", default="random:resnet18", help="what to adapt: random:<arch> or a registry id")
     parser.add_argument("--target", default="pneumoniamnist", help="task to fine-tune on afterwards")
     parser.add_argument("--adapt-epochs", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs on the target")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="fine-tuning epochs on the target (default: reproduce's short run, ~360 steps)")
     parser.add_argument("--label-fraction", type=float, default=0.1, help="target labels used (few-label regime)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="medhub-example-")))
@@ -69,7 +70,8 @@ def main() -> int:
     except MedhubError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"2. fine-tuned on {args.target} with {args.label_fraction:.0%} of its labels, {args.epochs} epochs:")
+    epochs = results["base"]["runs"][0]["epochs"]
+    print(f"2. fine-tuned on {args.target} with {args.label_fraction:.0%} of its labels, {epochs} epochs:")
     for name, report in results.items():
         print(f"   {name:8s} {report['model']:40s} test AUC {report['mean']:.4f}   ({report['out']}/report.md)")
     gain = results["adapted"]["mean"] - results["base"]["mean"]
