@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from medhub.errors import UsageError
 
@@ -108,7 +108,13 @@ def make_engine(url: str) -> Engine:
             f"'{url}' is not a database URL; use sqlite:///path/results.db or postgresql://..."
         ) from None
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, future=True)
+        try:
+            return create_engine(url, pool_pre_ping=True, future=True)
+        except (ImportError, NoSuchModuleError) as exc:
+            raise UsageError(
+                f"no database driver for {parsed.drivername} ({exc}); for PostgreSQL: pip install 'medhub[postgres]' "
+                "and use postgresql+psycopg://user@host/db"
+            ) from None
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, future=True)

@@ -1,0 +1,110 @@
+"""The results store on a real PostgreSQL server (a throwaway one, started for this module): concurrent
+claims, resume planning, a real tiny grid through the CLI, and ``medhub results --db``.
+
+Skipped, with the reason, where the PostgreSQL server binaries or the psycopg driver are not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from medhub.cli import main
+from medhub.grid.cells import expand_grid
+from medhub.grid.run import plan_grid
+from medhub.grid.store import DONE, RUNNING, ResultStore
+
+pytestmark = pytest.mark.slow
+PG_BIN = Path(os.environ.get("MEDHUB_PG_BIN", "/usr/local/bin"))
+
+
+def _as_server_user(cmd: str) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the ``postgres`` user then."""
+    return ["su", "postgres", "-c", cmd] if os.geteuid() == 0 else ["sh", "-c", cmd]
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    pytest.importorskip(
+        "psycopg", reason="the psycopg driver is not installed (pip install 'medhub[postgres]')"
+    )
+    if not (PG_BIN / "pg_ctl").exists() or not (PG_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL server binaries in {PG_BIN} (set MEDHUB_PG_BIN)")
+    root = Path(tempfile.mkdtemp(prefix="medhub-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", 54000 + os.getpid() % 1000
+    subprocess.run(
+        _as_server_user(f"{PG_BIN}/initdb -D {data} -A trust -U medhub"), check=True, capture_output=True
+    )
+    start = f"{PG_BIN}/pg_ctl -D {data} -o '-k {root} -p {port} -c listen_addresses=' -l {root}/log -w start"
+    subprocess.run(_as_server_user(start), check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://medhub@/postgres?host={root}&port={port}"
+    finally:
+        subprocess.run(_as_server_user(f"{PG_BIN}/pg_ctl -D {data} -m fast stop"), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _fresh(url: str) -> ResultStore:
+    store = ResultStore(url)
+    with store.engine.begin() as conn:
+        from medhub.grid.store import cells_table
+
+        conn.execute(cells_table.delete())
+    return store
+
+
+def _claim_all(url: str, keys: list[str], queue) -> None:
+    store = ResultStore(url)
+    queue.put([k for k in keys if store.claim(k)])
+
+
+def test_concurrent_claims_on_postgres(pg_url):
+    store = _fresh(pg_url)
+    cells = expand_grid(["random:a"], ["t"], [0.5, 1.0], runs=15)
+    store.add_cells(cells)
+    keys = [c.key for c in cells]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(pg_url, keys, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    claimed = [k for _ in procs for k in queue.get(timeout=120)]
+    for p in procs:
+        p.join(timeout=60)
+    assert sorted(claimed) == sorted(keys)
+    assert store.counts() == {RUNNING: len(keys)}
+
+
+def test_real_grid_and_results_on_postgres(pg_url, capsys):
+    _fresh(pg_url)
+    argv = [
+        "--models",
+        "random:test_resnet",
+        "--tasks",
+        "breastmnist",
+        "--epochs",
+        "1",
+        "--label-fractions",
+        "0.25",
+    ]
+    out = subprocess.run([sys.executable, "-m", "medhub", "benchmark", *argv, "--workers", "1", "--results", pg_url,
+                          "--out", tempfile.mkdtemp()], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    store = ResultStore(pg_url)
+    (row,) = store.rows()
+    assert row["status"] == DONE and row["report"]["task"] == "breastmnist"
+    assert plan_grid(store, expand_grid(["random:test_resnet"], ["breastmnist"], [0.25], settings={"epochs": 1}),
+                     resume=True) == []  # fmt: skip
+    assert main(["results", "--db", pg_url, "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["matrix"]
+    assert entry["model"] == "random:test_resnet" and entry["mean"] == pytest.approx(row["metric"])
