@@ -1,5 +1,6 @@
 """The results store on a real PostgreSQL server (a throwaway one, started for this module): concurrent
-claims, resume planning, a real tiny grid through the CLI, and ``medhub results --db``.
+claims, stored results never overwritten, resume planning, and ``medhub results --db``. (Real cells run in
+tests/test_grid_run.py; the store code is the same for both databases.)
 
 Skipped, with the reason, where the PostgreSQL server binaries or the psycopg driver are not installed.
 """
@@ -11,7 +12,6 @@ import multiprocessing as mp
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import pytest
 from medhub.cli import main
 from medhub.grid.cells import expand_grid
 from medhub.grid.run import plan_grid
-from medhub.grid.store import DONE, RUNNING, ResultStore
+from medhub.grid.store import RUNNING, ResultStore
 
 pytestmark = pytest.mark.slow
 PG_BIN = Path(os.environ.get("MEDHUB_PG_BIN", "/usr/local/bin"))
@@ -85,26 +85,21 @@ def test_concurrent_claims_on_postgres(pg_url):
     assert store.counts() == {RUNNING: len(keys)}
 
 
-def test_real_grid_and_results_on_postgres(pg_url, capsys):
-    _fresh(pg_url)
-    argv = [
-        "--models",
-        "random:test_resnet",
-        "--tasks",
-        "breastmnist",
-        "--epochs",
-        "1",
-        "--label-fractions",
-        "0.25",
-    ]
-    out = subprocess.run([sys.executable, "-m", "medhub", "benchmark", *argv, "--workers", "1", "--results", pg_url,
-                          "--out", tempfile.mkdtemp()], capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr
-    store = ResultStore(pg_url)
-    (row,) = store.rows()
-    assert row["status"] == DONE and row["report"]["task"] == "breastmnist"
-    assert plan_grid(store, expand_grid(["random:test_resnet"], ["breastmnist"], [0.25], settings={"epochs": 1}),
-                     resume=True) == []  # fmt: skip
+def test_resume_and_results_on_postgres(pg_url, capsys):
+    store = _fresh(pg_url)
+    cells = expand_grid(["random:a", "random:b"], ["breastmnist"], [1.0], runs=2, settings={"epochs": 1})
+    assert len(plan_grid(store, cells, resume=False)) == 4
+    for cell, metric in zip(cells, (0.6, 0.62, 0.7, 0.75), strict=True):
+        assert store.claim(cell.key)
+        report = {"model": cell.model, "task": cell.task, "metric": "auc", "mean": metric, "reported": None,
+                  "runs": [{"seed": cell.seed, "metric": metric, "per_class": {}, "epochs": 1, "seconds": 0.1}]}  # fmt: skip
+        assert store.mark_done(cell.key, report)
+    assert not store.mark_done(
+        cells[0].key, {"metric": "auc", "runs": [{"metric": 0.0}]}
+    )  # never overwritten
+    assert plan_grid(store, cells, resume=True) == []
     assert main(["results", "--db", pg_url, "--json"]) == 0
-    (entry,) = json.loads(capsys.readouterr().out)["matrix"]
-    assert entry["model"] == "random:test_resnet" and entry["mean"] == pytest.approx(row["metric"])
+    data = json.loads(capsys.readouterr().out)
+    assert [(e["model"], e["n"]) for e in data["matrix"]] == [("random:a", 2), ("random:b", 2)]
+    (row,) = data["significance"]["rows"]
+    assert row["model"] == "random:b" and row["test"] == "paired t-test"
