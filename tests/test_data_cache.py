@@ -65,3 +65,23 @@ def test_loader_batches_are_seeded_by_epoch():
     assert first[0][0].shape == (16, 1, 24, 24) and first[0][0].dtype == torch.uint8
     x = to_model_input(first[0][0], torch.device("cpu"), 3, "half")
     assert x.shape == (16, 3, 24, 24) and float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+
+
+def test_parallel_builders_share_one_array(tmp_path):
+    """Two processes (grid workers) asking for the same array at once: one builds, both read the same file."""
+    import subprocess
+    import sys
+
+    script = ("import sys, numpy as np; from medhub.registry import load_registry; from medhub.data import "
+              "load_task_data; from medhub.data.cache import cached_split; "
+              "d = load_task_data(load_registry().get_task('breastmnist')); "
+              "c = cached_split('breastmnist', d.split('train'), 40, 1, progress=False); "
+              "print(c.path, int(np.asarray(c.images, dtype=np.int64).sum()))")
+    env = {**os.environ, "MEDHUB_HOME": str(tmp_path / "home")}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outputs]
+    assert outputs[0][0] == outputs[1][0]
+    folder = tmp_path / "home" / "arrays" / "breastmnist"
+    assert len(list(folder.glob("train-40px-1ch-*.npy"))) == 1 and not list(folder.glob(".*.tmp"))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from medhub._io import atomic_write_text, sha256_file
 from medhub.data.images import read_image, read_mask, resize, set_channels
@@ -123,6 +124,23 @@ def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, pr
     target = folder / f"{stem}-{key}.npy"
     mask_target = folder / f"{stem}-{key}-masks.npy" if split.masks is not None else None
     manifest_path = folder / f"{stem}-{key}.json"
+    with FileLock(str(folder / f".{stem}.lock")):  # parallel runs (grid workers) build each array once
+        _ensure(task_id, split, size, channels, key, stem, (target, mask_target, manifest_path), progress, verify)
+    images = np.load(target, mmap_mode="r")
+    masks = np.load(mask_target, mmap_mode="r") if mask_target else None
+    return CachedSplit(split.name, images, split.labels, masks, target, mask_target)
+
+
+def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, stem: str,
+            paths: tuple[Path, Path | None, Path], progress: bool, verify: bool) -> None:
+    """Build the array unless a valid one exists (called under the folder's lock)."""
+    target, mask_target, manifest_path = paths
+    folder = target.parent
+    if verify and _valid(manifest_path, target, mask_target, key):
+        manifest = json.loads(manifest_path.read_text())
+        if sha256_file(target) != manifest["sha256"]["images"]:
+            log.warning("%s does not match its manifest; rebuilding", target)
+            manifest_path.unlink()
     if not _valid(manifest_path, target, mask_target, key):
         for stale in folder.glob(f"{stem}-*"):
             stale.unlink(missing_ok=True)
@@ -138,11 +156,3 @@ def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, pr
         }
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
         log.info("cached %s/%s at %d px in %.1fs", task_id, split.name, size, manifest["seconds"])
-    elif verify:
-        manifest = json.loads(manifest_path.read_text())
-        if sha256_file(target) != manifest["sha256"]["images"]:
-            target.unlink()
-            return cached_split(task_id, split, size, channels, progress=progress, root=root)
-    images = np.load(target, mmap_mode="r")
-    masks = np.load(mask_target, mmap_mode="r") if mask_target else None
-    return CachedSplit(split.name, images, split.labels, masks, target, mask_target)
