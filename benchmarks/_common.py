@@ -22,10 +22,16 @@ from typing import Any
 def parser(description: str) -> argparse.ArgumentParser:
     """An argument parser with the options every benchmark shares."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help="small settings, finishes within two minutes on 2 cores")
+    p.add_argument(
+        "--quick", action="store_true", help="small settings, finishes within two minutes on 2 cores"
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed runs per side (default: 5)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads for both sides (default 1: steadier on a shared machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for both sides (default 1: steadier on a shared machine)",
+    )
     return p
 
 
@@ -64,8 +70,9 @@ def interleaved(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int =
     return times
 
 
-def interleaved_records(sides: dict[str, Callable[[], dict[str, float]]], repeats: int,
-                        warmup: int = 1) -> dict[str, list[dict[str, float]]]:
+def interleaved_records(
+    sides: dict[str, Callable[[], dict[str, float]]], repeats: int, warmup: int = 1
+) -> dict[str, list[dict[str, float]]]:
     """Like :func:`interleaved`, for sides that time several phases themselves and return them as a dict."""
     names = list(sides)
     for _ in range(warmup):
@@ -80,8 +87,12 @@ def interleaved_records(sides: dict[str, Callable[[], dict[str, float]]], repeat
 
 def summary(times: list[float], digits: int = 4) -> dict[str, Any]:
     """Median, min, max and every run, rounded."""
-    return {"median_s": round(median(times), digits), "min_s": round(min(times), digits),
-            "max_s": round(max(times), digits), "runs_s": [round(t, digits) for t in times]}
+    return {
+        "median_s": round(median(times), digits),
+        "min_s": round(min(times), digits),
+        "max_s": round(max(times), digits),
+        "runs_s": [round(t, digits) for t in times],
+    }
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -94,8 +105,11 @@ def machine() -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {
-        "cpus": os.cpu_count(), "platform": platform.platform(terse=True), "python": platform.python_version(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     if hasattr(os, "getloadavg"):
@@ -105,8 +119,13 @@ def machine() -> dict[str, Any]:
 
 def subprocess_seconds(code: str, env: dict[str, str] | None = None) -> float:
     """Run ``code`` in a fresh interpreter; it must print one float (seconds it measured itself)."""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, **(env or {})})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 

@@ -21,17 +21,31 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import (emit, interleaved, machine, median, note, parser, ratio, setup_torch, subprocess_seconds,
-                     summary)
+from _common import (
+    emit,
+    interleaved,
+    machine,
+    median,
+    note,
+    parser,
+    ratio,
+    setup_torch,
+    subprocess_seconds,
+    summary,
+)
 
 IMPORT_MEDHUB = "import time; t = time.perf_counter(); import medhub; print(time.perf_counter() - t)"
 IMPORT_LOAD = "import time; t = time.perf_counter(); from medhub import load; print(time.perf_counter() - t)"
 IMPORT_TIMM = "import time; t = time.perf_counter(); import timm; print(time.perf_counter() - t)"
-COLD_MEDHUB = ("import time; t = time.perf_counter(); import torch; torch.set_num_threads({threads}); "
-               "import medhub; medhub.load({folder!r}); print(time.perf_counter() - t)")
-COLD_TIMM = ("import time; t = time.perf_counter(); import torch; torch.set_num_threads({threads}); "
-             "import timm; from safetensors.torch import load_file; m = timm.create_model({arch!r}); "
-             "m.load_state_dict(load_file({weights!r})); print(time.perf_counter() - t)")
+COLD_MEDHUB = (
+    "import time; t = time.perf_counter(); import torch; torch.set_num_threads({threads}); "
+    "import medhub; medhub.load({folder!r}); print(time.perf_counter() - t)"
+)
+COLD_TIMM = (
+    "import time; t = time.perf_counter(); import torch; torch.set_num_threads({threads}); "
+    "import timm; from safetensors.torch import load_file; m = timm.create_model({arch!r}); "
+    "m.load_state_dict(load_file({weights!r})); print(time.perf_counter() - t)"
+)
 
 
 def write_checkpoint(arch: str, out: Path) -> Path:
@@ -41,8 +55,14 @@ def write_checkpoint(arch: str, out: Path) -> Path:
     from medhub.export import write_model_folder
 
     model = timm.create_model(arch, pretrained=False)
-    return write_model_folder(out / arch, model.state_dict(), arch=arch, num_classes=model.num_classes,
-                              pretrained_cfg=dict(model.pretrained_cfg), extra={"source_format": "benchmark"})
+    return write_model_folder(
+        out / arch,
+        model.state_dict(),
+        arch=arch,
+        num_classes=model.num_classes,
+        pretrained_cfg=dict(model.pretrained_cfg),
+        extra={"source_format": "benchmark"},
+    )
 
 
 def warm_loads(arch: str, folder: Path, repeats: int) -> dict:
@@ -62,16 +82,24 @@ def warm_loads(arch: str, folder: Path, repeats: int) -> dict:
         model.load_state_dict(load_file(weights))
 
     times = interleaved({"medhub": medhub_side, "timm": timm_side}, repeats)
-    return {"medhub": summary(times["medhub"]), "timm": summary(times["timm"]),
-            "ratio": ratio(median(times["medhub"]), median(times["timm"]))}
+    return {
+        "medhub": summary(times["medhub"]),
+        "timm": summary(times["timm"]),
+        "ratio": ratio(median(times["medhub"]), median(times["timm"])),
+    }
 
 
 def imports(folder: Path, arch: str, repeats: int, cold_repeats: int, threads: int) -> dict:
     """Import times in fresh interpreters, alternating sides; plus ``cold_repeats`` cold first loads per side."""
-    times: dict[str, list[float]] = {k: [] for k in ("import_medhub", "from_medhub_import_load", "import_timm")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("import_medhub", "from_medhub_import_load", "import_timm")
+    }
     for round_ in range(repeats):
-        order = [("import_medhub", IMPORT_MEDHUB), ("from_medhub_import_load", IMPORT_LOAD),
-                 ("import_timm", IMPORT_TIMM)]
+        order = [
+            ("import_medhub", IMPORT_MEDHUB),
+            ("from_medhub_import_load", IMPORT_LOAD),
+            ("import_timm", IMPORT_TIMM),
+        ]
         for name, code in order if round_ % 2 == 0 else order[::-1]:
             times[name].append(subprocess_seconds(code))
     cold: dict[str, list[float]] = {"medhub": [], "timm": []}
@@ -88,18 +116,29 @@ def imports(folder: Path, arch: str, repeats: int, cold_repeats: int, threads: i
         "ratio_from_medhub_import_load": ratio(median(times["from_medhub_import_load"]), timm_median),
     }
     if cold_repeats:
-        out[f"cold_first_load_{arch}"] = {"medhub": summary(cold["medhub"]), "timm": summary(cold["timm"]),
-                                          "ratio": ratio(median(cold["medhub"]), median(cold["timm"]))}
+        out[f"cold_first_load_{arch}"] = {
+            "medhub": summary(cold["medhub"]),
+            "timm": summary(cold["timm"]),
+            "ratio": ratio(median(cold["medhub"]), median(cold["timm"])),
+        }
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("medhub.load vs timm.create_model + load_state_dict, and import medhub vs import timm")
     p.add_argument("--archs", default="resnet50,convnext_tiny", help="comma-separated timm architectures")
-    p.add_argument("--import-repeats", type=int, default=None,
-                   help="fresh-interpreter import timings per side (default 5; 3 with --quick)")
-    p.add_argument("--cold-repeats", type=int, default=None,
-                   help="fresh-interpreter cold first loads per side (default 5; 0 with --quick)")
+    p.add_argument(
+        "--import-repeats",
+        type=int,
+        default=None,
+        help="fresh-interpreter import timings per side (default 5; 3 with --quick)",
+    )
+    p.add_argument(
+        "--cold-repeats",
+        type=int,
+        default=None,
+        help="fresh-interpreter cold first loads per side (default 5; 0 with --quick)",
+    )
     args = p.parse_args(argv)
     setup_torch(args.threads)
     repeats = args.repeats or 5

@@ -32,7 +32,9 @@ from pathlib import Path
 
 from _common import emit, interleaved_records, machine, median, note, parser, ratio, setup_torch
 
-SHARED = Path(os.environ.get("MEDHUB_SHARED", Path(__file__).resolve().parents[2] / "shared"))  # as tests/conftest
+SHARED = Path(
+    os.environ.get("MEDHUB_SHARED", Path(__file__).resolve().parents[2] / "shared")
+)  # as tests/conftest
 SOURCE = SHARED / "data" / "nih_cxr14_1000_64px" / "NIH1000"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 AUGMENT = ("random_resized_crop", "horizontal_flip", "rotation_7")  # the recipe, by medhub's names
@@ -66,8 +68,15 @@ class RecipeDataset:
         from torchvision import transforms as T
 
         self.paths, self.labels = paths, labels
-        self.transform = T.Compose([T.RandomResizedCrop(CROP), T.RandomHorizontalFlip(), T.RandomRotation(7),
-                                    T.ToTensor(), T.Normalize(MEAN, STD)])
+        self.transform = T.Compose(
+            [
+                T.RandomResizedCrop(CROP),
+                T.RandomHorizontalFlip(),
+                T.RandomRotation(7),
+                T.ToTensor(),
+                T.Normalize(MEAN, STD),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -98,8 +107,13 @@ def recipe_side(model, paths, labels, batch_size: int, workers: int, with_model:
 
     def run() -> dict[str, float]:
         started = time.perf_counter()
-        loader = torch.utils.data.DataLoader(RecipeDataset(paths, labels), batch_size=batch_size, shuffle=True,
-                                             num_workers=workers, persistent_workers=workers > 0)
+        loader = torch.utils.data.DataLoader(
+            RecipeDataset(paths, labels),
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
         epoch(loader)
         first = time.perf_counter() - started
         started = time.perf_counter()
@@ -121,8 +135,15 @@ def medhub_side(model, paths, labels, batch_size: int, workers: int, with_model:
     from medhub.data.sources import SplitData
     from medhub.train.loop import FitConfig, make_optimizer, train_epoch
 
-    config = FitConfig(task_type="binary", label_names=("normal", "abnormal"), loss="cross_entropy",
-                       optimizer="adam", lr=1e-4, channels=3, normalization=(MEAN, STD))
+    config = FitConfig(
+        task_type="binary",
+        label_names=("normal", "abnormal"),
+        loss="cross_entropy",
+        optimizer="adam",
+        lr=1e-4,
+        channels=3,
+        normalization=(MEAN, STD),
+    )
     optimizer = make_optimizer(model.parameters(), config)
     split = SplitData("train", labels=np.asarray(labels, dtype=np.int64), paths=list(paths))
     device = torch.device("cpu")
@@ -141,8 +162,14 @@ def medhub_side(model, paths, labels, batch_size: int, workers: int, with_model:
         root = scratch / f"cache-{rounds[0]}"
         started = time.perf_counter()
         cached = cached_split("bench-pipeline", split, CACHE_SIZE, 1, progress=False, root=root)
-        loader = make_loader(cached, batch_size=batch_size, shuffle=True, seed=0,
-                             transform=train_transform(AUGMENT, CROP), num_workers=workers)
+        loader = make_loader(
+            cached,
+            batch_size=batch_size,
+            shuffle=True,
+            seed=0,
+            transform=train_transform(AUGMENT, CROP),
+            num_workers=workers,
+        )
         epoch(loader, 0)
         first = time.perf_counter() - started
         started = time.perf_counter()
@@ -159,31 +186,53 @@ def measure(model, paths, labels, args, scratch: Path, with_model: bool, repeats
     """Warm both sides on a few images, then ``repeats`` interleaved rounds; medians and ratios."""
     model_a, model_b = model, copy.deepcopy(model)
     few = max(2, args.batch_size // 4)
-    for side in (medhub_side(model_a, paths[:few], labels[:few], args.batch_size, args.workers, with_model,
-                             scratch), recipe_side(model_b, paths[:few], labels[:few], args.batch_size,
-                                                   args.workers, with_model)):
+    for side in (
+        medhub_side(model_a, paths[:few], labels[:few], args.batch_size, args.workers, with_model, scratch),
+        recipe_side(model_b, paths[:few], labels[:few], args.batch_size, args.workers, with_model),
+    ):
         side()  # imports, allocator, first DataLoader
-    records = interleaved_records({
-        "medhub": medhub_side(model_a, paths, labels, args.batch_size, args.workers, with_model, scratch),
-        "recipe": recipe_side(model_b, paths, labels, args.batch_size, args.workers, with_model),
-    }, repeats, warmup=0)
+    records = interleaved_records(
+        {
+            "medhub": medhub_side(model_a, paths, labels, args.batch_size, args.workers, with_model, scratch),
+            "recipe": recipe_side(model_b, paths, labels, args.batch_size, args.workers, with_model),
+        },
+        repeats,
+        warmup=0,
+    )
     out: dict = {}
     for side, runs in records.items():
-        out[side] = {phase: {"median_s": round(median([r[phase] for r in runs]), 3),
-                             "runs_s": [round(r[phase], 3) for r in runs]} for phase in ("first", "later")}
+        out[side] = {
+            phase: {
+                "median_s": round(median([r[phase] for r in runs]), 3),
+                "runs_s": [round(r[phase], 3) for r in runs],
+            }
+            for phase in ("first", "later")
+        }
     for phase in ("first", "later"):
-        out[f"ratio_{phase}_epoch"] = ratio(out["recipe"][phase]["median_s"], out["medhub"][phase]["median_s"])
+        out[f"ratio_{phase}_epoch"] = ratio(
+            out["recipe"][phase]["median_s"], out["medhub"][phase]["median_s"]
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("one epoch over 1024x1024 PNGs: medhub's decode-once pipeline vs the original recipe")
-    p.add_argument("--images", type=int, default=None, help="number of 1024x1024 PNGs (default 256; 32 with --quick)")
-    p.add_argument("--arch", default="test_vit", help="small timm model trained on both sides (default test_vit)")
+    p.add_argument(
+        "--images", type=int, default=None, help="number of 1024x1024 PNGs (default 256; 32 with --quick)"
+    )
+    p.add_argument(
+        "--arch", default="test_vit", help="small timm model trained on both sides (default test_vit)"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="DataLoader workers, both sides (default 0: what medhub reproduce uses on a CPU)")
-    p.add_argument("--png-dir", default=None, help="keep the generated PNGs here and reuse them (default: temp)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="DataLoader workers, both sides (default 0: what medhub reproduce uses on a CPU)",
+    )
+    p.add_argument(
+        "--png-dir", default=None, help="keep the generated PNGs here and reuse them (default: temp)"
+    )
     p.add_argument("--no-data-only", action="store_true", help="skip the rounds without the model")
     args = p.parse_args(argv)
     setup_torch(args.threads)
@@ -196,15 +245,27 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         started = time.perf_counter()
         paths, labels = make_pngs(Path(args.png_dir) if args.png_dir else scratch / "png", count)
-        note(f"{count} PNGs of {SIDE}x{SIDE} ready in {time.perf_counter() - started:.1f}s; "
-             f"{args.arch}, batch {args.batch_size}, {args.workers} workers, {repeats} rounds per side")
+        note(
+            f"{count} PNGs of {SIDE}x{SIDE} ready in {time.perf_counter() - started:.1f}s; "
+            f"{args.arch}, batch {args.batch_size}, {args.workers} workers, {repeats} rounds per side"
+        )
         torch.manual_seed(0)
-        model = timm.create_model(args.arch, num_classes=2, **({"img_size": CROP} if "vit" in args.arch else {}))
+        model = timm.create_model(
+            args.arch, num_classes=2, **({"img_size": CROP} if "vit" in args.arch else {})
+        )
         with_model = measure(model, paths, labels, args, scratch, True, repeats)
         result = {
-            "benchmark": "pipeline", "quick": args.quick, "images": count, "png_side": SIDE, "arch": args.arch,
-            "batch_size": args.batch_size, "workers": args.workers, "repeats": repeats, "cache_size": CACHE_SIZE,
-            "crop": CROP, "png_mean_bytes": int(sum(p.stat().st_size for p in paths) / len(paths)),
+            "benchmark": "pipeline",
+            "quick": args.quick,
+            "images": count,
+            "png_side": SIDE,
+            "arch": args.arch,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "repeats": repeats,
+            "cache_size": CACHE_SIZE,
+            "crop": CROP,
+            "png_mean_bytes": int(sum(p.stat().st_size for p in paths) / len(paths)),
             "with_model": with_model,
         }
         if not args.no_data_only:
@@ -217,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         result["ratio_later_epoch_data_only"] = data["ratio_later_epoch"]
         # how much of medhub's later epoch is the model's own step (the rest is the input pipeline)
         result["medhub_later_epoch_model_share"] = round(
-            1 - data["medhub"]["later"]["median_s"] / with_model["medhub"]["later"]["median_s"], 3)
+            1 - data["medhub"]["later"]["median_s"] / with_model["medhub"]["later"]["median_s"], 3
+        )
     result["goal"] = "ratio_later_epoch (recipe seconds / medhub seconds, with the model) >= 3"
     result["meets_goal"] = result["ratio_later_epoch"] >= 3
     result["machine"] = machine()

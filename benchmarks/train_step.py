@@ -45,11 +45,24 @@ def medhub_side(model, images, labels, batch_size: int, device, amp: bool):
     from medhub.data.loader import make_loader, set_epoch
     from medhub.train.loop import FitConfig, make_optimizer, train_epoch
 
-    config = FitConfig(task_type="multi-class", label_names=tuple(str(i) for i in range(NUM_CLASSES)),
-                       loss="cross_entropy", optimizer="adam", lr=1e-4, channels=3, normalization="imagenet",
-                       amp=amp, channels_last=device.type == "cuda")
-    loader = make_loader(CachedSplit("train", images, labels), batch_size=batch_size, shuffle=True, seed=0,
-                         pin_memory=device.type == "cuda")
+    config = FitConfig(
+        task_type="multi-class",
+        label_names=tuple(str(i) for i in range(NUM_CLASSES)),
+        loss="cross_entropy",
+        optimizer="adam",
+        lr=1e-4,
+        channels=3,
+        normalization="imagenet",
+        amp=amp,
+        channels_last=device.type == "cuda",
+    )
+    loader = make_loader(
+        CachedSplit("train", images, labels),
+        batch_size=batch_size,
+        shuffle=True,
+        seed=0,
+        pin_memory=device.type == "cuda",
+    )
     optimizer = make_optimizer(model.parameters(), config)
     epoch = [0]
 
@@ -75,7 +88,7 @@ def bare_side(model, floats, labels, batch_size: int, device, amp: bool):
     def run() -> None:
         model.train()
         for start in range(0, len(x_all), batch_size):
-            x, y = x_all[start:start + batch_size], y_all[start:start + batch_size]
+            x, y = x_all[start : start + batch_size], y_all[start : start + batch_size]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x).float()
             loss = F.cross_entropy(logits, y)
@@ -99,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="resnet18", help="timm architecture (default resnet18)")
     p.add_argument("--img-size", type=int, default=None, help="image side (default 128; 64 with --quick)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default 32; 16 with --quick)")
-    p.add_argument("--batches", type=int, default=None, help="batches per timed run (default 5; 3 with --quick)")
+    p.add_argument(
+        "--batches", type=int, default=None, help="batches per timed run (default 5; 3 with --quick)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args(argv)
     setup_torch(args.threads)
@@ -119,18 +134,33 @@ def main(argv: list[str] | None = None) -> int:
         model_a = model_a.to(memory_format=torch.channels_last)
         model_b = model_b.to(memory_format=torch.channels_last)
     images, labels, floats, labels_t = make_data(batch * batches, size)
-    note(f"{args.arch} {size}px batch {batch}, {batches} batches per run, {repeats} runs per side, interleaved")
-    times = interleaved({"medhub": medhub_side(model_a, images, labels, batch, device, amp),
-                         "bare": bare_side(model_b, floats, labels_t, batch, device, amp)}, repeats)
+    note(
+        f"{args.arch} {size}px batch {batch}, {batches} batches per run, {repeats} runs per side, interleaved"
+    )
+    times = interleaved(
+        {
+            "medhub": medhub_side(model_a, images, labels, batch, device, amp),
+            "bare": bare_side(model_b, floats, labels_t, batch, device, amp),
+        },
+        repeats,
+    )
     count = batch * batches
     rates = {side: [count / t for t in values] for side, values in times.items()}
     result = {
-        "benchmark": "train_step", "quick": args.quick, "arch": args.arch, "img_size": size, "batch_size": batch,
-        "batches_per_run": batches, "repeats": repeats, "device": str(device),
-        "precision": "bfloat16 autocast" if amp else "float32", "optimizer": "adam",
+        "benchmark": "train_step",
+        "quick": args.quick,
+        "arch": args.arch,
+        "img_size": size,
+        "batch_size": batch,
+        "batches_per_run": batches,
+        "repeats": repeats,
+        "device": str(device),
+        "precision": "bfloat16 autocast" if amp else "float32",
+        "optimizer": "adam",
         "medhub_images_per_s": round(median(rates["medhub"]), 2),
         "bare_images_per_s": round(median(rates["bare"]), 2),
-        "medhub": summary(times["medhub"]), "bare": summary(times["bare"]),
+        "medhub": summary(times["medhub"]),
+        "bare": summary(times["bare"]),
         "ratio": ratio(median(rates["medhub"]), median(rates["bare"])),
         "goal": "ratio (medhub images/s over bare images/s) >= 0.90",
     }

@@ -16,18 +16,40 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 CASES = {
-    "load": (["--archs", "test_resnet", "--repeats", "1", "--import-repeats", "1", "--cold-repeats", "1"],
-             ["ratio_load", "ratio_import"]),
-    "train_step": (["--arch", "test_resnet", "--img-size", "32", "--batch-size", "4", "--batches", "2",
-                    "--repeats", "1"], ["ratio", "medhub_images_per_s", "bare_images_per_s"]),
-    "pipeline": (["--images", "4", "--batch-size", "2", "--repeats", "1"],
-                 ["ratio_first_epoch", "ratio_later_epoch"]),
+    "load": (
+        ["--archs", "test_resnet", "--repeats", "1", "--import-repeats", "1", "--cold-repeats", "1"],
+        ["ratio_load", "ratio_import"],
+    ),
+    "train_step": (
+        [
+            "--arch",
+            "test_resnet",
+            "--img-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--batches",
+            "2",
+            "--repeats",
+            "1",
+        ],
+        ["ratio", "medhub_images_per_s", "bare_images_per_s"],
+    ),
+    "pipeline": (
+        ["--images", "4", "--batch-size", "2", "--repeats", "1"],
+        ["ratio_first_epoch", "ratio_later_epoch"],
+    ),
 }
 
 
 def run_benchmark(name: str, extra: list[str], tmp_path: Path) -> dict:
-    done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", *extra],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert lines, f"{name} printed nothing; stderr: {done.stderr[-2000:]}"
@@ -49,8 +71,12 @@ def test_benchmark_runs_and_prints_json(name: str, tmp_path: Path) -> None:
     if name == "load":  # every side measured, the lazy attribute and the cold load included
         warm = result["warm_load"]["test_resnet"]
         assert len(warm["medhub"]["runs_s"]) == len(warm["timm"]["runs_s"]) == 1
-        assert {"import_medhub", "from_medhub_import_load", "import_timm",
-                "cold_first_load_test_resnet"} <= set(result["imports"])
+        assert {
+            "import_medhub",
+            "from_medhub_import_load",
+            "import_timm",
+            "cold_first_load_test_resnet",
+        } <= set(result["imports"])
     if name == "pipeline":  # both epochs of both sides, with and without the model
         for part in ("with_model", "data_only"):
             for side in ("medhub", "recipe"):
