@@ -107,3 +107,23 @@ def test_linear_probe_trains_the_classifier_only(tmp_path):
     trained = load_file(str(tmp_path / "probe" / "run0" / "best.safetensors"))
     changed = {k for k in initial if not torch.equal(initial[k], trained[k])}
     assert changed and all(k.startswith("fc.") for k in changed)  # BatchNorm statistics untouched too
+
+
+def test_multistep_schedule_scales_with_short_runs():
+    """MedMNIST's milestones (50%, 75% of the epochs): a 1-epoch run keeps the base lr for its only epoch."""
+    from medhub.train.loop import FitConfig, make_scheduler
+
+    def lrs(epochs: int) -> list[float]:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        config = FitConfig(task_type="binary", label_names=("a", "b"), epochs=epochs, scheduler="multistep",
+                           scheduler_kwargs={"milestones": [0.5, 0.75], "gamma": 0.1})
+        scheduler, seen = make_scheduler(optimizer, config), []
+        for _ in range(epochs):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    assert lrs(1) == [1e-3]
+    assert lrs(2) == pytest.approx([1e-3, 1e-4])
+    assert lrs(100)[49] == 1e-3 and lrs(100)[50] == pytest.approx(1e-4) and lrs(100)[75] == pytest.approx(1e-5)

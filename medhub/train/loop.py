@@ -114,7 +114,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: FitConfig):
     """multistep (milestones as fractions of the epochs), reduce_on_plateau, cosine, or None."""
     kind, kw = (config.scheduler or "").lower(), dict(config.scheduler_kwargs)
     if kind == "multistep":
-        milestones = [int(m * config.epochs) if m < 1 else int(m) for m in kw.get("milestones", [0.5, 0.75])]
+        # fractions of the epochs (MedMNIST: 50% and 75%); a milestone at epoch 0 would decay the lr before
+        # training starts (short runs), so those are dropped, and duplicates are merged
+        scaled = (int(m * config.epochs) if m < 1 else int(m) for m in kw.get("milestones", [0.5, 0.75]))
+        milestones = sorted({m for m in scaled if m >= 1})
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=float(kw.get("gamma", 0.1)))
     if kind in ("reduce_on_plateau", "plateau"):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
