@@ -125,3 +125,19 @@ def test_siim_drive_jsrt_pair_images_and_masks(tmp_path, pngs):
         _masks_from(png, jsrt / "masks" / "heart" / f"JPCLN{i:03d}.gif")
     data = load_task_data(task("scr_heart"), jsrt)
     assert sum(len(s) for s in data.splits.values()) == 6
+
+
+def test_busi_layout_for_usbreast(tmp_path, pngs):
+    for i, png in enumerate(pngs[:9]):
+        folder = tmp_path / ("benign" if i % 2 else "malignant")
+        folder.mkdir(exist_ok=True)
+        shutil.copy(png, folder / f"case ({i}).png")
+        _masks_from(png, folder / f"case ({i})_mask.png")
+    _masks_from(pngs[0], tmp_path / "malignant" / "case (0)_mask_1.png")
+    data = load_task_data(task("usbreast"), tmp_path)
+    assert data.segmentation and sum(len(s) for s in data.splits.values()) == 9
+    groups = [g for s in data.splits.values() for g in s.masks]
+    assert sorted(len(g) for g in groups) == [1] * 8 + [2]  # the extra mask is merged
+    (tmp_path / "benign" / "case (1)_mask.png").unlink()
+    with pytest.raises(DataError, match=r"1 image\(s\) without a mask, e.g. case \(1\).png"):
+        load_task_data(task("usbreast"), tmp_path)

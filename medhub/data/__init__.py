@@ -21,7 +21,7 @@ from medhub.data.cxr import read_chexpert, read_nih_cxr14, read_shenzhen, read_v
 from medhub.data.folders import read_csv_manifest, read_image_folder
 from medhub.data.medmnist import read_medmnist
 from medhub.data.paths import cache_root, data_root, default_data_dir
-from medhub.data.segmentation import read_drive, read_jsrt_scr, read_montgomery, read_siim_acr
+from medhub.data.segmentation import read_busi, read_drive, read_jsrt_scr, read_montgomery, read_siim_acr
 from medhub.data.sources import SplitData, TaskData
 from medhub.errors import DataError
 
@@ -39,10 +39,11 @@ READERS: dict[str, Callable[..., TaskData]] = {
     "siim_acr": read_siim_acr,
     "drive": read_drive,
     "jsrt_scr": read_jsrt_scr,
+    "busi": read_busi,
 }
 READER_ALIASES = {"medmnist": "medmnist_npz", "chestxray14": "nih_cxr14", "class_folders": "image_folder",
                   "folders": "image_folder", "manifest": "csv_manifest", "csv": "csv_manifest",
-                  "siim": "siim_acr", "vindr": "vindr_cxr", "vindrcxr": "vindr_cxr", "chexpert_csv": "chexpert", "jsrt": "jsrt_scr", "scr": "jsrt_scr"}
+                  "siim": "siim_acr", "vindr": "vindr_cxr", "vindrcxr": "vindr_cxr", "chexpert_csv": "chexpert", "jsrt": "jsrt_scr", "scr": "jsrt_scr", "usbreast": "busi"}
 
 __all__ = ["READERS", "DataError", "SplitData", "TaskData", "cache_root", "data_root", "default_data_dir",
            "load_task_data", "reader_for"]

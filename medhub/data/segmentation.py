@@ -17,6 +17,8 @@ SIIM_LAYOUT = ("<dir>/png_images/*.png and <dir>/png_masks/*.png with the same n
 DRIVE_LAYOUT = ("<dir>/{training,test}/images/*.tif with <dir>/{training,test}/1st_manual/*_manual1.gif (the official "
                 "release), or <dir>/{train,test}/images + <dir>/{train,test}/label (SA-UNet's pre-processed copy); "
                 "images and masks pair by their leading number")
+BUSI_LAYOUT = ("<dir>/<class>/<name>.png with its lesion mask <name>_mask.png beside it (extra masks "
+               "<name>_mask_1.png ... are merged), as in the BUSI release Dataset_BUSI_with_GT")
 JSRT_LAYOUT = ("<dir>/images/JPC*.{IMG,png} and SCR masks in <dir>/masks/<structure>/JPC*.gif "
                "(structure: heart, left clavicle, right clavicle, left lung, right lung)")
 
@@ -119,3 +121,23 @@ def read_jsrt_scr(task, root: Path, img_size: int = 0, explicit: bool = True) ->
     images, masks = _pairs(root, root / "images", dirs, JSRT_LAYOUT)
     parts = patient_split([p.name for p in images])
     return _split(task, root, images, masks, parts, ["split: 70/10/20 by file-name hash"])
+
+
+def read_busi(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
+    """Breast ultrasound (BUSI layout): every ``<name>.png`` with ``<name>_mask*.png`` beside it."""
+    files = find_files(root, SUPPORTED_SUFFIXES) if root.is_dir() else []
+    masks: dict[Path, list[Path]] = {}
+    for path in files:
+        stem, _, rest = path.stem.partition("_mask")
+        if _ or rest:
+            masks.setdefault(path.with_name(stem + path.suffix), []).append(path)
+    images = [p for p in files if "_mask" not in p.stem]
+    if not images:
+        raise DataError(f"{root}: no images; expected {BUSI_LAYOUT}", path=root)
+    unmatched = [p.name for p in images if p not in masks]
+    if unmatched:
+        raise DataError(f"{root}: {len(unmatched)} image(s) without a mask, e.g. {', '.join(unmatched[:3])}; "
+                        f"expected {BUSI_LAYOUT}", path=root, missing=unmatched)
+    pairs = [tuple(sorted(masks[p])) for p in images]
+    parts = patient_split([str(p.relative_to(root)) for p in images])
+    return _split(task, root, images, pairs, parts, ["split: 70/10/20 by file-name hash (no official split)"])
