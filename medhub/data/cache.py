@@ -142,7 +142,7 @@ def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, 
             log.warning("%s does not match its manifest; rebuilding", target)
             manifest_path.unlink()
     if not _valid(manifest_path, target, mask_target, key):
-        for stale in folder.glob(f"{stem}-*"):
+        for stale in [*folder.glob(f"{stem}-*"), *folder.glob(f".{stem}-*.tmp")]:  # old keys, killed builds
             stale.unlink(missing_ok=True)
         started = time.perf_counter()
         _build(split, size, channels, target, mask_target, progress, f"decode {task_id}/{split.name} {size}px")
