@@ -2,7 +2,8 @@
 
 Every benchmark compares medhub (side A) with a baseline (side B) measured in the same process, one run of
 each in alternating order (A,B then B,A, ...), so that load from other processes on a shared machine hits
-both sides alike. Ratios are taken between the medians of the two sides.
+both sides alike. The headline ratio is the median of the per-round ratios (:func:`paired_ratio`); the ratio of the two
+sides' medians is reported beside it.
 """
 
 from __future__ import annotations
@@ -98,6 +99,15 @@ def summary(times: list[float], digits: int = 4) -> dict[str, Any]:
 def ratio(numerator: float, denominator: float) -> float:
     """numerator / denominator, rounded to three decimals."""
     return round(numerator / denominator, 3) if denominator > 0 else float("nan")
+
+
+def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median over rounds of ``numerators[i] / denominators[i]``: the headline ratio.
+
+    Both runs of a round are adjacent in time, so each round's ratio sees the same machine load; the median
+    of those is steadier than the ratio of the two sides' medians when other processes come and go.
+    """
+    return round(median([n / d for n, d in zip(numerators, denominators, strict=True)]), 3)
 
 
 def machine() -> dict[str, Any]:

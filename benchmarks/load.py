@@ -27,6 +27,7 @@ from _common import (
     machine,
     median,
     note,
+    paired_ratio,
     parser,
     ratio,
     setup_torch,
@@ -85,7 +86,8 @@ def warm_loads(arch: str, folder: Path, repeats: int) -> dict:
     return {
         "medhub": summary(times["medhub"]),
         "timm": summary(times["timm"]),
-        "ratio": ratio(median(times["medhub"]), median(times["timm"])),
+        "ratio": paired_ratio(times["medhub"], times["timm"]),
+        "ratio_of_medians": ratio(median(times["medhub"]), median(times["timm"])),
     }
 
 
@@ -109,17 +111,17 @@ def imports(folder: Path, arch: str, repeats: int, cold_repeats: int, threads: i
         pair = [("medhub", medhub_code), ("timm", timm_code)]
         for name, code in pair if round_ % 2 == 0 else pair[::-1]:
             cold[name].append(subprocess_seconds(code))
-    timm_median = median(times["import_timm"])
     out = {
         **{name: summary(values) for name, values in times.items()},
-        "ratio_import": ratio(median(times["import_medhub"]), timm_median),
-        "ratio_from_medhub_import_load": ratio(median(times["from_medhub_import_load"]), timm_median),
+        "ratio_import": paired_ratio(times["import_medhub"], times["import_timm"]),
+        "ratio_from_medhub_import_load": paired_ratio(times["from_medhub_import_load"], times["import_timm"]),
     }
     if cold_repeats:
         out[f"cold_first_load_{arch}"] = {
             "medhub": summary(cold["medhub"]),
             "timm": summary(cold["timm"]),
-            "ratio": ratio(median(cold["medhub"]), median(cold["timm"])),
+            "ratio": paired_ratio(cold["medhub"], cold["timm"]),
+            "ratio_of_medians": ratio(median(cold["medhub"]), median(cold["timm"])),
         }
     return out
 
