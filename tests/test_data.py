@@ -187,3 +187,22 @@ def test_download_with_md5_check(registry, shared_data, tmp_path, monkeypatch):
     with pytest.raises(DataError, match="differs from the official"):
         load_task_data(registry.get_task("breastmnist"), tmp_path / "second")
     assert not (tmp_path / "second" / "breastmnist.npz").exists()
+
+
+def test_rgb_and_multilabel_medmnist_files(registry, shared_data, tmp_path):
+    """A 3-channel file (PathMNIST-like) and a multi-label file (ChestMNIST-like) go through reader and cache."""
+    from medhub.data.cache import cached_split
+
+    with np.load(shared_data / "breastmnist" / "breastmnist.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    rgb = {k: (np.repeat(v[..., None], 3, axis=3) if k.endswith("images") else v) for k, v in arrays.items()}
+    np.savez(tmp_path / "pathmnist.npz", **rgb)
+    data = load_task_data(without_md5(registry.get_task("pathmnist")), tmp_path)
+    assert data.channels == 3
+    cached = cached_split("pathmnist", data.split("val"), 32, 3, progress=False)
+    assert cached.images.shape == (78, 3, 32, 32)
+
+    multi = {k: (np.repeat(v, 14, axis=1) if k.endswith("labels") else v) for k, v in arrays.items()}
+    np.savez(tmp_path / "chestmnist.npz", **multi)
+    chest = load_task_data(without_md5(registry.get_task("chestmnist")), tmp_path)
+    assert chest.split("train").labels.shape == (546, 14) and chest.split("train").labels.dtype == np.float32
