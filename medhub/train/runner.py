@@ -109,6 +109,7 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         "seconds": sum(h["seconds"] for h in outcome.history) + time.perf_counter() - started,
         "resumed_after_epoch": outcome.resumed_from, "history": outcome.history,
         "checkpoint": str(run_dir / "best.safetensors"),
+        "input": {"channels": config.channels, "normalization": config.normalization, "device": str(device)},
     }
     atomic_write_text(result_path, json.dumps(result, indent=1, default=lambda v: None))
     return result
