@@ -250,6 +250,10 @@ def _build(arch: str, state_dict, summary: LoadSummary, *, num_classes, in_chans
     """Create the timm model through the strict build contract and attach the load summary."""
     from medhub.build import create_model
 
+    timm_kwargs = dict(timm_kwargs)  # a saved config's model_args may repeat these; explicit values win
+    in_chans = in_chans or timm_kwargs.pop("in_chans", None)
+    saved_classes = timm_kwargs.pop("num_classes", None)
+    num_classes = saved_classes if num_classes is None else num_classes
     model, report = create_model(
         arch, state_dict, num_classes=num_classes, in_chans=in_chans, classifier=classifier,
         first_conv=first_conv, pretrained_cfg=pretrained_cfg, conversion=summary.conversion, **timm_kwargs,

@@ -155,3 +155,20 @@ def test_simmim_192_window6_loads_into_224_window7(tmp_path):
     assert torch.allclose(model.state_dict()[key], _simmim_reference(src, 13), atol=1e-4)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 2)
+
+
+def test_one_channel_model_folder_round_trips(tmp_path):
+    """A 1-channel model written by medhub (its config repeats in_chans) loads back with equal outputs."""
+    import medhub
+    from medhub.export import write_model_folder
+
+    source, _ = create_model("resnet18", None, num_classes=2, in_chans=1)
+    write_model_folder(
+        tmp_path / "gray", source.state_dict(), arch="resnet18", num_classes=2, label_names=["a", "b"],
+        pretrained_cfg={"input_size": (1, 64, 64), "mean": (0.5,), "std": (0.25,)}, model_args={"in_chans": 1},
+    )  # fmt: skip
+    loaded = medhub.load(tmp_path / "gray")
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), source.eval()(x), atol=1e-6)
+    assert loaded.pretrained_cfg["input_size"][0] == 1
