@@ -203,7 +203,11 @@ def _any_match(values: list[str], pattern: str) -> bool:
 
 
 def merge(files: list[Path]) -> Registry:
-    """Merge registry files in order; an id or alias defined twice names both files."""
+    """Merge registry files in order; an id or alias defined twice names both files.
+
+    One clash is allowed on purpose: a later file may fulfil a *recipe-only* checkpoint (no weights yet) with
+    an entry that has weights, as ``medhub adapt --id <that id>`` does. The recipe entry's aliases carry over.
+    """
     checkpoints: dict[str, Checkpoint] = {}
     tasks: dict[str, Task] = {}
     results: list[ReportedResult] = []
@@ -214,7 +218,12 @@ def merge(files: list[Path]) -> Registry:
         for kind, new, store in (("checkpoint", new_ckpts, checkpoints), ("task", new_tasks, tasks)):
             for entry_id, entry in new.items():
                 key = f"{kind}:{entry_id}"
-                if key in origin or (kind == "checkpoint" and entry_id in aliases):
+                if kind == "checkpoint" and fulfils_recipe(checkpoints.get(entry_id), entry):
+                    old_aliases = checkpoints[entry_id].aliases
+                    entry = new_ckpts[entry_id] = entry.model_copy(
+                        update={"aliases": tuple(a for a in entry.aliases if a not in old_aliases)}
+                    )
+                elif key in origin or (kind == "checkpoint" and entry_id in aliases):
                     first = origin.get(key) or origin[f"checkpoint:{aliases[entry_id]}"]
                     raise RegistryError(
                         f"{kind} id '{entry_id}' is defined in both {first} and {path}; rename one of them",
@@ -232,9 +241,18 @@ def merge(files: list[Path]) -> Registry:
                     )
                 aliases[alias] = entry.id
         results.extend(new_results)
+    for alias, target in aliases.items():  # aliases of a fulfilled recipe keep pointing at its id
+        checkpoint = checkpoints[target]
+        if alias not in checkpoint.aliases:
+            checkpoints[target] = checkpoint.model_copy(update={"aliases": (*checkpoint.aliases, alias)})
     registry = Registry(checkpoints, tasks, tuple(results), origin, aliases)
     check_references(registry)
     return registry
+
+
+def fulfils_recipe(existing: Checkpoint | None, new: Checkpoint) -> bool:
+    """True when ``new`` brings weights for a checkpoint that so far had only a recipe."""
+    return existing is not None and not existing.published and new.published
 
 
 def check_references(registry: Registry) -> None:
@@ -285,7 +303,8 @@ def write_overlay_entry(entry: Checkpoint, filename: str = "user.yaml") -> Path:
     checkpoints = dict(data.get("checkpoints") or {})
     others = [p for p in [builtin_registry_path(), *overlay_paths()] if p.exists() and p.resolve() != path.resolve()]
     taken = merge(others) if others else None
-    if taken and (entry.id in taken.checkpoints or entry.id in taken.aliases):
+    clash = taken and (entry.id in taken.checkpoints or entry.id in taken.aliases)
+    if clash and not fulfils_recipe(taken.checkpoints.get(entry.id), entry):
         first = taken.origin.get(f"checkpoint:{taken.aliases.get(entry.id, entry.id)}")
         raise RegistryError(
             f"checkpoint id '{entry.id}' is already defined in {first}; choose another id (--id)", path=path

@@ -136,3 +136,18 @@ def test_write_overlay_entry_round_trips_and_refuses_builtin_ids():
     assert load_registry().get_model("resnet18_lab_adapted") == entry
     with pytest.raises(RegistryError, match="already defined"):
         write_overlay_entry(entry.model_copy(update={"id": "resnet50_imagenet1k"}))
+
+
+def test_an_overlay_may_fulfil_a_recipe_only_checkpoint():
+    """`medhub adapt --id swin_base_imagenet21k_chestxray14` gives the brief's recipe entry its weights."""
+    recipe = load_registry().get_model("swin_base_imagenet21k_chestx")
+    assert not recipe.published
+    made = recipe.model_copy(
+        update={"aliases": (), "recipe": None, "sources": (WeightSource(kind="local", filename="/tmp/adapted"),)}
+    )
+    write_overlay_entry(made)
+    fulfilled = load_registry().get_model("swin_base_imagenet21k_chestx")
+    assert fulfilled.id == "swin_base_imagenet21k_chestxray14" and fulfilled.published
+    assert "swin_base_imagenet21k_chestx" in fulfilled.aliases
+    with pytest.raises(RegistryError, match="already defined"):  # a published entry is never replaced
+        write_overlay_entry(made.model_copy(update={"id": "resnet50_imagenet1k"}))
