@@ -53,7 +53,7 @@ def _base_entry(base: str) -> Checkpoint | None:
 def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str | os.PathLike,
           new_id: str | None = None, epochs: int | None = None, batch_size: int | None = None,
           lr: float | None = None, img_size: int | None = None, device: str = "auto", seed: int = 0,
-          resume: bool = False, arch: str | None = None, progress: bool = True) -> dict[str, Any]:
+          resume: bool = False, arch: str | None = None, progress: bool | str = True) -> dict[str, Any]:
     """Fine-tune ``base`` on ``task``, save its backbone to ``out`` and register it as ``new_id``.
 
     Returns:
@@ -82,7 +82,8 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
     splits = prepare_data(task_entry, data, plan, seed=seed, progress=progress)
     torch_device = pick_device(device)
     result = run_once(base, task_entry, data, splits, plan, seed=seed, run_dir=out_dir / "training",
-                      device=torch_device, resume=resume, arch=arch, progress=progress, in_chans=3)
+                      device=torch_device, resume=resume, arch=arch, progress=progress, in_chans=3,
+                      label="adapt")
     network = _backbone(base, arch, result["checkpoint"], plan.num_outputs)
     timm_arch = network.pretrained_cfg.get("architecture") or (base_entry.arch if base_entry else arch)
     stage = LineageStage(dataset=task_entry.id, objective="supervised", epochs=result["epochs"],
@@ -107,8 +108,10 @@ def _check_free(model_id: str) -> None:
     from medhub.registry import load_registry
 
     try:
-        load_registry().resolve_id(model_id)
+        existing = load_registry().get_model(model_id)
     except MedhubError:
+        return
+    if not existing.published:  # a recipe-only entry (e.g. the brief's swin_base_imagenet21k_chestx) gets its weights
         return
     raise UsageError(f"checkpoint id '{model_id}' already exists; choose another with --id")
 
