@@ -14,6 +14,7 @@ import logging
 import pkgutil
 import sys
 
+from medhub import __version__
 from medhub.errors import MedhubError
 
 DISCLAIMER = "Research software, not a medical device: never use its outputs for clinical decisions."
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrained checkpoints for medical imaging: browse, load, fine-tune, publish. " + DISCLAIMER,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"medhub {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if module_info.name.startswith("_"):
