@@ -57,7 +57,7 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
               epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
               img_size: int | None = None, label_fraction: float = 1.0, linear_probe: bool = False,
               device: str = "auto", seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False,
-              arch: str | None = None, progress: bool = True) -> dict[str, Any]:
+              arch: str | None = None, progress: bool | str = True) -> dict[str, Any]:
     """Fine-tune ``model`` on ``task`` ``runs`` times (seeds ``seed..seed+runs-1``) and report the test metric.
 
     Args:
@@ -71,7 +71,8 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
         out: output folder (default ``$MEDHUB_RESULTS/<model>/<task>/<timestamp>``).
         resume: continue the runs saved in ``out`` (the latest unfinished folder when ``out`` is None).
         arch: timm architecture of a bare checkpoint file.
-        progress: show progress bars.
+        progress: tqdm bars (True or "bar"), one stderr line per epoch and cache build ("lines"), or
+            nothing (False or "off").
 
     Returns:
         The report (also written to ``out/report.json``).
@@ -104,7 +105,8 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     _check_same_plan(out_dir / "plan.json", planned, resume)
     atomic_write_text(out_dir / "plan.json", json.dumps(planned, indent=1))
     results = [run_once(model, entry, data, splits, plan, seed=seed + i, run_dir=out_dir / f"run{i}",
-                        device=torch_device, resume=resume, arch=arch, progress=progress) for i in range(runs)]
+                        device=torch_device, resume=resume, arch=arch, progress=progress, label=f"run {i}")
+               for i in range(runs)]
     metric = "dice" if entry.type == "segmentation" else entry.metric
     protocol = {**plan.as_dict(), "data_notes": data.notes, "data_root": str(data.root), "model_arch": arch,
                 "device": str(torch_device)}

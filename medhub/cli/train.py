@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from medhub.cli._output import print_json
 
@@ -22,8 +21,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first run (run i uses seed+i)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run(s) in --out")
     p.add_argument("--arch", help="timm architecture, for a bare checkpoint file as MODEL")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress output (default: bars on a "
+                   "terminal, else one line per epoch and per cache build on stderr)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _progress(args: argparse.Namespace) -> str:
+    from medhub.data.progress import auto_mode
+
+    return auto_mode(not args.no_progress)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,7 +73,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         args.model, args.task, data_dir=args.data_dir, runs=args.runs, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, label_fraction=args.label_fraction,
         linear_probe=args.linear_probe, device=args.device, seed=args.seed, out=args.out, resume=args.resume,
-        arch=args.arch, progress=not args.no_progress and sys.stderr.isatty(),
+        arch=args.arch, progress=_progress(args),
     )
     if args.json:
         print_json(report)
@@ -88,7 +94,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     result = adapt(
         args.base, args.task, data_dir=args.data_dir, out=args.out, new_id=args.new_id, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, device=args.device, seed=args.seed,
-        resume=args.resume, arch=args.arch, progress=not args.no_progress and sys.stderr.isatty(),
+        resume=args.resume, arch=args.arch, progress=_progress(args),
     )
     if args.json:
         print_json(result)

@@ -23,6 +23,7 @@ from filelock import FileLock
 from medhub._io import atomic_write_text, sha256_file
 from medhub.data.images import read_image, read_mask, resize, set_channels
 from medhub.data.paths import cache_root
+from medhub.data.progress import BAR, Progress, progress_mode, say
 from medhub.data.sources import SplitData
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def _decode(split: SplitData, index: int, size: int, channels: int) -> tuple[np.
 
 
 def _build(split: SplitData, size: int, channels: int, target: Path, mask_target: Path | None,
-           progress: bool, label: str) -> None:
+           progress: Progress, label: str) -> None:
     """Decode every sample into temporary .npy files (threads), then rename them into place."""
     from tqdm.auto import tqdm
 
@@ -72,8 +73,9 @@ def _build(split: SplitData, size: int, channels: int, target: Path, mask_target
         masks = (np.lib.format.open_memmap(tmp_mask, mode="w+", dtype=np.uint8, shape=(count, size, size))
                  if tmp_mask else None)
         workers = min(8, os.cpu_count() or 1) if split.paths is not None else 1
-        with ThreadPoolExecutor(workers) as pool, tqdm(total=count, desc=label, unit="img", disable=not progress,
-                                                       leave=False) as bar:
+        say(progress, f"{label}: building the decode-once cache ({count} images; later runs reuse it)")
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=count, desc=label, unit="img",
+                                                       disable=progress_mode(progress) != BAR, leave=False) as bar:
             for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels), range(count))):
                 images[i] = image
                 if masks is not None:
@@ -111,7 +113,7 @@ def _valid(manifest_path: Path, target: Path, mask_target: Path | None, key: str
     )
 
 
-def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, progress: bool = True,
+def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, progress: Progress = True,
                  root: Path | None = None, verify: bool = False) -> CachedSplit:
     """The split decoded at ``size x size`` with ``channels``; built on first use, memory-mapped afterwards.
 
@@ -132,7 +134,7 @@ def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, pr
 
 
 def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, stem: str,
-            paths: tuple[Path, Path | None, Path], progress: bool, verify: bool) -> None:
+            paths: tuple[Path, Path | None, Path], progress: Progress, verify: bool) -> None:
     """Build the array unless a valid one exists (called under the folder's lock)."""
     target, mask_target, manifest_path = paths
     folder = target.parent

@@ -15,6 +15,7 @@ import torch
 from medhub._io import atomic_write_text
 from medhub.data.cache import CachedSplit, cached_split
 from medhub.data.loader import make_loader, train_transform
+from medhub.data.progress import Progress
 from medhub.train import metrics
 from medhub.train.loop import FitConfig, evaluate, fit
 from medhub.train.network import build_network, is_random
@@ -24,7 +25,7 @@ from medhub.train.state import deterministic
 log = logging.getLogger(__name__)
 
 
-def prepare_data(task, data, plan, *, seed: int, progress: bool) -> dict[str, CachedSplit]:
+def prepare_data(task, data, plan, *, seed: int, progress: Progress) -> dict[str, CachedSplit]:
     """Decode (once) every split at the plan's cache size; keep ``label_fraction`` of train."""
     splits = {name: cached_split(task.id, data.split(name), plan.cache_size, data.channels, progress=progress)
               for name in ("train", "val", "test")}
@@ -63,11 +64,12 @@ def fit_config(task, plan, *, channels: int, normalization, device: torch.device
 
 
 def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: int, run_dir: Path,
-             device: torch.device, resume: bool, arch: str | None, progress: bool,
-             in_chans: int | None = None) -> dict[str, Any]:
+             device: torch.device, resume: bool, arch: str | None, progress: Progress,
+             in_chans: int | None = None, label: str = "") -> dict[str, Any]:
     """One seeded fine-tuning run: fit (resumable), best epoch on test, best.safetensors + result.json.
 
-    ``in_chans`` sets the input channels of a ``random:`` network (default: the data's channels).
+    ``in_chans`` sets the input channels of a ``random:`` network (default: the data's channels);
+    ``label`` names the run in progress lines (default: the run folder's name).
     """
     result_path = run_dir / "result.json"
     if resume and result_path.is_file():
@@ -75,11 +77,12 @@ def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, se
         return json.loads(result_path.read_text())
     with deterministic(device, seed):
         return _run(model, task, data, splits, plan, seed=seed, run_dir=run_dir, device=device, resume=resume,
-                    arch=arch, progress=progress, in_chans=in_chans)
+                    arch=arch, progress=progress, in_chans=in_chans, label=label or run_dir.name)
 
 
 def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: int, run_dir: Path,
-         device: torch.device, resume: bool, arch: str | None, progress: bool, in_chans: int | None) -> dict[str, Any]:
+         device: torch.device, resume: bool, arch: str | None, progress: Progress, in_chans: int | None,
+         label: str) -> dict[str, Any]:
     result_path = run_dir / "result.json"
     chans = (in_chans or data.channels) if is_random(model) else None
     network = build_network(model, num_outputs=plan.num_outputs, in_chans=chans, arch=arch,
@@ -97,7 +100,8 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     val_loader = make_loader(splits["val"], shuffle=False, crop=plan.center_crop, **common)
     test_loader = make_loader(splits["test"], shuffle=False, crop=None if plan.ten_crop else plan.center_crop,
                               **common)
-    outcome = fit(network, train_loader, val_loader, config, run_dir, device, progress=progress, resume=resume)
+    outcome = fit(network, train_loader, val_loader, config, run_dir, device, progress=progress, resume=resume,
+                  label=label)
     network.load_state_dict(outcome.best_state)
     started = time.perf_counter()
     test = evaluate(network, test_loader, device, config, ten_crop=plan.ten_crop)
