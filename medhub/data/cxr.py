@@ -9,18 +9,9 @@ import numpy as np
 
 from medhub.data.folders import _label_key
 from medhub.data.images import SUPPORTED_SUFFIXES
-from medhub.data.sources import SplitData, TaskData, find_files, patient_split
+from medhub.data.sources import SplitData, TaskData, expected_layout, find_files, patient_split
 from medhub.errors import DataError
 
-NIH_LAYOUT = ("<dir>/images*/ (any depth) with the NIH PNGs, and either the benchmark's Xray14_{train,val,test}"
-              "_official.txt (file name + 14 labels per line) or the official train_val_list.txt + test_list.txt "
-              "with Data_Entry_2017.csv")
-CHEXPERT_LAYOUT = "<dir>/train.csv and <dir>/valid.csv (CheXpert-v1.0 or -small) with the image folders they list"
-VINDR_LAYOUT = ("images <image_id>.(dicom|dcm|png|jpeg) anywhere under <dir>, with either the benchmark's "
-                "VinDrCXR_train_pe_global_one.txt/VinDrCXR_test_pe_global_one.txt (path + 6 labels per line) or "
-                "the official <dir>/annotations/image_labels_{train,test}.csv")
-SHENZHEN_LAYOUT = ("<dir>/CXR_png/CHNCXR_<nnnn>_<0|1>.png, optionally with the benchmark's ShenzenCXR_"
-                   "{train,valid,test}_data.txt")
 LABEL_ALIASES = {"pe": "pleural_effusion", "effusion": "pleural_effusion", "pleural_effusion": "effusion",
                  "tb": "tuberculosis"}
 UNCERTAIN_POLICIES = ("lsr-ones", "u-ones", "u-zeros")
@@ -107,7 +98,8 @@ def read_nih_cxr14(task, root: Path, img_size: int = 0, explicit: bool = True) -
     else:
         absent = [p.name for p in official if not p.is_file()] + ([] if entry else ["Data_Entry_2017.csv"])
         if absent:
-            raise DataError(f"{root}: missing {', '.join(absent)}; expected {NIH_LAYOUT}", path=root, missing=absent)
+            raise DataError(f"{root}: missing {', '.join(absent)}; expected {expected_layout(task, 'nih_cxr14')}",
+                            path=root, missing=absent)
         train_val, test = _read_list(official[0]), _read_list(official[1])
         parts = patient_split(train_val, fractions=(0.87, 0.13, 0.0), key_len=8)
         names = {"train": [train_val[i] for i in parts["train"]], "val": [train_val[i] for i in parts["val"]],
@@ -126,7 +118,8 @@ def read_nih_cxr14(task, root: Path, img_size: int = 0, explicit: bool = True) -
                         "Data_Entry_2017.csv or use split files with 14 labels per line", path=root)
     index = _image_index(root)
     if not index:
-        raise DataError(f"{root}: no image files found; expected {NIH_LAYOUT}", path=root, missing=["images/"])
+        raise DataError(f"{root}: no image files found; expected {expected_layout(task, 'nih_cxr14')}", path=root,
+                        missing=["images/"])
 
     def labels_of(name: str) -> np.ndarray:
         if name in listed:
@@ -164,7 +157,7 @@ def _resolve(root: Path, rel: str) -> Path:
 def read_chexpert(task, root: Path, img_size: int = 0, explicit: bool = True,
                   uncertain: str = "lsr-ones") -> TaskData:
     """CheXpert: ``train.csv`` -> train/val (by patient), ``valid.csv`` -> test; blanks are 0."""
-    _missing(root, ["train.csv", "valid.csv"], CHEXPERT_LAYOUT)
+    _missing(root, ["train.csv", "valid.csv"], expected_layout(task, "chexpert"))
     splits, notes = {}, [f"labels: uncertain (-1) handled with {uncertain}; blank = 0"]
     for csv_name, split in (("train.csv", "train"), ("valid.csv", "test")):
         columns, rows = _read_csv(root / csv_name)
@@ -202,7 +195,7 @@ def _vindr_from_lists(task, root: Path, lists: list[Path], index: dict[str, Path
 
 
 def _vindr_from_csv(task, folder: Path, root: Path, index: dict[str, Path]) -> dict[str, SplitData]:
-    _missing(folder, ["image_labels_train.csv", "image_labels_test.csv"], VINDR_LAYOUT)
+    _missing(folder, ["image_labels_train.csv", "image_labels_test.csv"], expected_layout(task, "vindr_cxr"))
     splits = {}
     for split in ("train", "test"):
         columns, rows = _read_csv(folder / f"image_labels_{split}.csv")
@@ -214,7 +207,7 @@ def _vindr_from_csv(task, folder: Path, root: Path, index: dict[str, Path]) -> d
         absent = [i for i in ids if i not in index]
         if absent:
             raise DataError(f"{root}: {len(absent)} {split} image(s) missing, e.g. {absent[0]}; expected "
-                            f"{VINDR_LAYOUT}", path=root, missing=absent)
+                            f"{expected_layout(task, 'vindr_cxr')}", path=root, missing=absent)
         labels = np.array([(np.mean(votes[i], axis=0) >= 0.5) for i in ids], dtype=np.float32)
         splits[split] = SplitData(split, labels=labels, paths=[index[i] for i in ids], ids=ids)
     return splits
@@ -246,7 +239,8 @@ def read_shenzhen(task, root: Path, img_size: int = 0, explicit: bool = True) ->
     images = [p for p in find_files(root, SUPPORTED_SUFFIXES) if p.name.upper().startswith("CHNCXR_")
               and "mask" not in str(p.parent).lower()]
     if not images:
-        raise DataError(f"{root}: no CHNCXR_*.png images; expected {SHENZHEN_LAYOUT}", path=root,
+        raise DataError(f"{root}: no CHNCXR_*.png images; expected {expected_layout(task, 'shenzhen')}",
+                        path=root,
                         missing=["CXR_png/"])
     index = {p.name: p for p in images}
 

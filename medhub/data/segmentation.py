@@ -1,4 +1,7 @@
-"""Segmentation sets (images + binary masks): Montgomery, SIIM-ACR (PNG release), DRIVE, JSRT/SCR."""
+"""Segmentation sets (images + binary masks): Montgomery, SIIM-ACR (PNG release), DRIVE, JSRT/SCR, BUSI.
+
+What each reader expects on disk is documented once, in its task's registry `layout.description`.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from medhub.data.images import SUPPORTED_SUFFIXES
-from medhub.data.sources import SPLITS, SplitData, TaskData, find_files, patient_split
+from medhub.data.sources import SPLITS, SplitData, TaskData, expected_layout, find_files, patient_split
 from medhub.errors import DataError
-
-MONTGOMERY_LAYOUT = "<dir>/CXR_png/MCUCXR_*.png and <dir>/ManualMask/{leftMask,rightMask}/MCUCXR_*.png"
-SIIM_LAYOUT = ("<dir>/png_images/*.png and <dir>/png_masks/*.png with the same names (the PNG release), "
-               "optionally stage_1_train_images.csv / stage_1_test_images.csv for the split")
-DRIVE_LAYOUT = ("<dir>/{training,test}/images/*.tif with <dir>/{training,test}/1st_manual/*_manual1.gif (the official "
-                "release), or <dir>/{train,test}/images + <dir>/{train,test}/label (SA-UNet's pre-processed copy); "
-                "images and masks pair by their leading number")
-BUSI_LAYOUT = ("<dir>/<class>/<name>.png with its lesion mask <name>_mask.png beside it (extra masks "
-               "<name>_mask_1.png ... are merged), as in the BUSI release Dataset_BUSI_with_GT")
-JSRT_LAYOUT = ("<dir>/images/JPC*.{IMG,png} and SCR masks in <dir>/masks/<structure>/JPC*.gif "
-               "(structure: heart, left clavicle, right clavicle, left lung, right lung)")
 
 
 def _by_key(files: list[Path], key=lambda p: p.stem) -> dict[str, Path]:
@@ -60,15 +52,15 @@ def _split(task, root: Path, images: list[Path], masks: list[tuple[Path, ...]], 
 
 def read_montgomery(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
     """Montgomery County lungs: the mask is the union of the left and right lung masks."""
-    images, masks = _pairs(root, root / "CXR_png", [root / "ManualMask" / "leftMask",
-                                                    root / "ManualMask" / "rightMask"], MONTGOMERY_LAYOUT)
+    lungs = [root / "ManualMask" / "leftMask", root / "ManualMask" / "rightMask"]
+    images, masks = _pairs(root, root / "CXR_png", lungs, expected_layout(task, "montgomery"))
     parts = patient_split([p.name for p in images])
     return _split(task, root, images, masks, parts, ["split: 70/10/20 by file-name hash (no official split)"])
 
 
 def read_siim_acr(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
     """SIIM-ACR pneumothorax, PNG release; split from its stage_1 CSVs when present."""
-    images, masks = _pairs(root, root / "png_images", [root / "png_masks"], SIIM_LAYOUT)
+    images, masks = _pairs(root, root / "png_images", [root / "png_masks"], expected_layout(task, "siim_acr"))
     names = [p.name for p in images]
     lists = [root / "stage_1_train_images.csv", root / "stage_1_test_images.csv"]
     if all(p.is_file() for p in lists):
@@ -97,10 +89,11 @@ def read_drive(task, root: Path, img_size: int = 0, explicit: bool = True) -> Ta
         return next((root / n for n in names if (root / n).is_dir()), root / names[0])
 
     train, test = folder("training", "train"), folder("test")
-    train_imgs, train_masks = _pairs(root, train / "images", [folder(f"{train.name}/1st_manual", f"{train.name}/label",
-                                                                     f"{train.name}/labels")], DRIVE_LAYOUT, key=key)
+    layout = expected_layout(task, "drive")
+    train_masks_dir = folder(f"{train.name}/1st_manual", f"{train.name}/label", f"{train.name}/labels")
+    train_imgs, train_masks = _pairs(root, train / "images", [train_masks_dir], layout, key=key)
     test_imgs, test_masks = _pairs(root, test / "images", [folder("test/1st_manual", "test/label", "test/labels")],
-                                   DRIVE_LAYOUT, key=key)
+                                   layout, key=key)
     images, masks = train_imgs + test_imgs, train_masks + test_masks
     inner = patient_split([p.name for p in train_imgs], fractions=(0.8, 0.2, 0.0))
     parts = {"train": inner["train"], "val": inner["val"],
@@ -118,7 +111,7 @@ def read_jsrt_scr(task, root: Path, img_size: int = 0, explicit: bool = True) ->
     dirs = [d for s in structures for d in folders if s in d.name.lower().replace("_", " ")]
     if not dirs:
         dirs = [mask_root / s for s in structures]
-    images, masks = _pairs(root, root / "images", dirs, JSRT_LAYOUT)
+    images, masks = _pairs(root, root / "images", dirs, expected_layout(task, "jsrt_scr"))
     parts = patient_split([p.name for p in images])
     return _split(task, root, images, masks, parts, ["split: 70/10/20 by file-name hash"])
 
@@ -133,11 +126,11 @@ def read_busi(task, root: Path, img_size: int = 0, explicit: bool = True) -> Tas
             masks.setdefault(path.with_name(stem + path.suffix), []).append(path)
     images = [p for p in files if "_mask" not in p.stem]
     if not images:
-        raise DataError(f"{root}: no images; expected {BUSI_LAYOUT}", path=root)
+        raise DataError(f"{root}: no images; expected {expected_layout(task, 'busi')}", path=root)
     unmatched = [p.name for p in images if p not in masks]
     if unmatched:
         raise DataError(f"{root}: {len(unmatched)} image(s) without a mask, e.g. {', '.join(unmatched[:3])}; "
-                        f"expected {BUSI_LAYOUT}", path=root, missing=unmatched)
+                        f"expected {expected_layout(task, 'busi')}", path=root, missing=unmatched)
     pairs = [tuple(sorted(masks[p])) for p in images]
     parts = patient_split([str(p.relative_to(root)) for p in images])
     return _split(task, root, images, pairs, parts, ["split: 70/10/20 by file-name hash (no official split)"])

@@ -133,3 +133,22 @@ def missing_report(root: Path, expected: list[str], found: list[str], layout: st
         f"{root}: missing {', '.join(missing)}; expected layout: {layout}",
         path=root, missing=missing,
     )
+
+
+def expected_layout(task, reader: str) -> str:
+    """What ``reader`` expects on disk, as the registry documents it (the one source: ``medhub tasks --json``).
+
+    ``task``'s own ``layout.description`` when the task is read with ``reader``; otherwise that of the
+    first registry task that is (a task read with another task's reader).
+    """
+    from medhub.data import READER_ALIASES
+    from medhub.registry import load_registry
+
+    def uses(candidate) -> bool:
+        layout = getattr(candidate, "layout", None)
+        return layout is not None and READER_ALIASES.get(layout.reader, layout.reader) == reader
+
+    owner = task if uses(task) else next((t for t in load_registry().tasks.values() if uses(t)), None)
+    if owner is None:
+        return f"the '{reader}' layout"
+    return f"{owner.layout.description.rstrip('.')} (task '{owner.id}' layout in 'medhub tasks --json')"
