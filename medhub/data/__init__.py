@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from medhub.data.ct import read_rsna_pe
 from medhub.data.cxr import read_chexpert, read_nih_cxr14, read_shenzhen, read_vindr_cxr
 from medhub.data.folders import read_csv_manifest, read_image_folder
 from medhub.data.medmnist import read_medmnist
@@ -40,6 +41,7 @@ READERS: dict[str, Callable[..., TaskData]] = {
     "drive": read_drive,
     "jsrt_scr": read_jsrt_scr,
     "busi": read_busi,
+    "rsna_pe": read_rsna_pe,
 }
 READER_ALIASES = {"medmnist": "medmnist_npz", "chestxray14": "nih_cxr14", "class_folders": "image_folder",
                   "folders": "image_folder", "manifest": "csv_manifest", "csv": "csv_manifest",

@@ -50,7 +50,7 @@ def _decode(split: SplitData, index: int, size: int, channels: int) -> tuple[np.
         image = set_channels(split.images[index], channels)
         image = resize(image, size, nearest=size > image.shape[0])
     else:
-        image = resize(read_image(split.paths[index], channels=channels), size)
+        image = resize(read_image(split.paths[index], channels=channels, decoder=split.decoder), size)
     image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
     mask = None
     if isinstance(split.masks, np.ndarray):

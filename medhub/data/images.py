@@ -66,6 +66,32 @@ def read_dicom(path: Path) -> np.ndarray:
     return gray
 
 
+# CT windows (center, width) in Hounsfield units, one per RGB channel: lung, PE-specific (CTPA), mediastinal
+CT_PE_WINDOWS = ((-600.0, 1500.0), (100.0, 700.0), (40.0, 400.0))
+
+
+def read_ct_windows(path: Path, windows: tuple[tuple[float, float], ...] = CT_PE_WINDOWS) -> np.ndarray:
+    """A CT slice in Hounsfield units (rescale slope/intercept) through each window, one uint8 channel each.
+
+    The file's own VOI window is ignored: every slice gets the same fixed windows, so intensities mean
+    the same thing across scanners. Returns ``(H, W)`` for one window, ``(H, W, len(windows))`` otherwise.
+    """
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    ds = pydicom.dcmread(str(path))
+    pixels = ds.pixel_array
+    if pixels.ndim == 3:  # multi-frame: the first frame
+        pixels = pixels[0]
+    hu = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    channels = [np.round(np.clip((hu - (center - width / 2)) / width, 0.0, 1.0) * 255).astype(np.uint8)
+                for center, width in windows]
+    return channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
+
+
+DECODERS = {"ct_pe_windows": read_ct_windows}
+
+
 def read_jsrt_raw(path: Path, side: int = 2048) -> np.ndarray:
     """A JSRT ``.IMG`` file: headerless 2048x2048 big-endian 12-bit, stored with high values dark."""
     raw = np.fromfile(path, dtype=">u2")
@@ -92,8 +118,11 @@ def read_pil(path: Path) -> np.ndarray:
     return rgb
 
 
-def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
+def read_image(path: str | Path, channels: int = 1, decoder: str | None = None) -> np.ndarray:
     """Decode ``path`` into uint8 ``(H, W)`` (channels=1) or ``(H, W, 3)`` (channels=3).
+
+    ``decoder`` names a special decoder of :data:`DECODERS` (e.g. ``ct_pe_windows``) to use instead of
+    the one the file type selects.
 
     Raises:
         DataError: the file is missing, of an unknown type, or cannot be decoded.
@@ -103,7 +132,9 @@ def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: image file not found; check the data folder", path=path)
     try:
-        if suffix in DICOM_SUFFIXES:
+        if decoder is not None:
+            array = DECODERS[decoder](path)
+        elif suffix in DICOM_SUFFIXES:
             array = read_dicom(path)
         elif suffix in RAW_SUFFIXES:
             array = read_jsrt_raw(path)

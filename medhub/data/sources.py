@@ -31,6 +31,7 @@ class SplitData:
     masks: list[tuple[Path, ...]] | np.ndarray | None = None
     ids: list[str] | None = None
     source: str | None = None  # a cheap identity of ``images`` (file, size, mtime) instead of hashing them
+    decoder: str | None = None  # a special decoder of medhub.data.images.DECODERS for ``paths`` (CT windows)
 
     def __post_init__(self) -> None:
         count = len(self.paths) if self.paths is not None else len(self.images)
@@ -53,12 +54,15 @@ class SplitData:
             ids=[self.ids[i] for i in pick] if self.ids is not None else None,
             source=f"{self.source}[{hashlib.sha256(np.asarray(pick).tobytes()).hexdigest()[:16]}]"
             if self.source else None,
+            decoder=self.decoder,
         )
 
     def fingerprint(self) -> str:
         """A digest that changes when any file, label or mask of the split changes."""
         digest = hashlib.sha256(self.name.encode())
         digest.update(np.ascontiguousarray(self.labels).tobytes())
+        if self.decoder:
+            digest.update(f"decoder:{self.decoder}".encode())
         if self.images is not None and self.source:
             digest.update(self.source.encode())
         elif self.images is not None:
