@@ -108,11 +108,11 @@ def median_of(runs: list[dict], key: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 cells per grid, 5 repetitions")
-    parser.add_argument("--repeats", type=int, help="repetitions (default 5 quick, 7 full)")
+    parser.add_argument("--quick", action="store_true", help="4 cells per grid, 2 repetitions (about 90 s)")
+    parser.add_argument("--repeats", type=int, help="repetitions (default 2 quick, 7 full)")
     args = parser.parse_args()
     cells = 4 if args.quick else 8
-    repeats = args.repeats or (5 if args.quick else 7)
+    repeats = args.repeats or (2 if args.quick else 7)
     result: dict = {"benchmark": "grid_overhead", "quick": args.quick, "cells": cells, "repeats": repeats,
                     "cell": f"{MODEL} {TASK} epochs=1 label_fraction=0.25",
                     "machine": f"{platform.machine()} {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"}  # fmt: skip
