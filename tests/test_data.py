@@ -188,6 +188,11 @@ def test_download_with_md5_check(registry, shared_data, tmp_path, monkeypatch):
         load_task_data(registry.get_task("breastmnist"), tmp_path / "second")
     assert not (tmp_path / "second" / "breastmnist.npz").exists()
 
+    monkeypatch.setattr(medmnist, "ZENODO_URL", (tmp_path / "no-mirror").as_uri() + "/{name}")
+    with pytest.raises(DataError, match="download failed"):
+        load_task_data(registry.get_task("breastmnist"), tmp_path / "made" / "by" / "us")
+    assert not (tmp_path / "made").exists()  # a failed download leaves no folder it created
+
 
 def test_rgb_and_multilabel_medmnist_files(registry, shared_data, tmp_path):
     """A 3-channel file (PathMNIST-like) and a multi-label file (ChestMNIST-like) go through reader and cache."""

@@ -174,3 +174,12 @@ def test_results_cli_json_csv_and_plots(tmp_path, capsys):
     assert lines[0].startswith("model,task,label_fraction") and len(lines) == 3
     assert main(["results", "--db", url]) == 0
     assert "paired t-test" in capsys.readouterr().out
+
+
+def test_reading_a_missing_results_database_creates_nothing(tmp_path, capsys):
+    from medhub.cli import main
+
+    url = f"sqlite:///{tmp_path}/absent/results.db"
+    assert main(["results", "--db", url]) == 2
+    assert "no such results database" in capsys.readouterr().err
+    assert not (tmp_path / "absent").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -94,10 +95,13 @@ def download(flag: str, size: int, folder: Path, md5: dict[str, str]) -> Path:
 
     target = folder / name
     url = ZENODO_URL.format(name=name)
+    created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
     log.warning("downloading %s from %s into %s", name, url, folder)
     try:
         download_url(url, target)
     except MedhubError as exc:
+        if created:  # leave no trace of a folder this failed download made
+            shutil.rmtree(created, ignore_errors=True)
         raise DataError(f"no {name} in {folder} and the download failed ({exc}); fetch {url} into {folder} "
                         "by hand, or pass --data-dir", path=folder) from exc
     try:

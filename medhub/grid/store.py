@@ -97,8 +97,11 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; a bare path means a SQLite file. SQLite gets WAL and a busy timeout."""
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for ``url``; a bare path means a SQLite file. SQLite gets WAL and a busy timeout.
+
+    With ``create=False`` a missing SQLite file is an error, and nothing is created on disk.
+    """
     if "://" not in url:
         url = f"sqlite:///{Path(url).expanduser().resolve()}"
     try:
@@ -116,7 +119,11 @@ def make_engine(url: str) -> Engine:
                 "and use postgresql+psycopg://user@host/db"
             ) from None
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        database = Path(parsed.database).expanduser()
+        if not create and not database.is_file():
+            raise UsageError(f"{url}: no such results database; run 'medhub benchmark --results {url}' first")
+        if create:
+            database.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, future=True)
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -132,7 +139,7 @@ class ResultStore:
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, create=create)
         try:
             if create:
                 _metadata.create_all(self.engine)
