@@ -219,10 +219,8 @@ def merge(files: list[Path]) -> Registry:
             for entry_id, entry in new.items():
                 key = f"{kind}:{entry_id}"
                 if kind == "checkpoint" and fulfils_recipe(checkpoints.get(entry_id), entry):
-                    old_aliases = checkpoints[entry_id].aliases
-                    entry = new_ckpts[entry_id] = entry.model_copy(
-                        update={"aliases": tuple(a for a in entry.aliases if a not in old_aliases)}
-                    )
+                    merged_aliases = tuple(dict.fromkeys((*checkpoints[entry_id].aliases, *entry.aliases)))
+                    entry = new_ckpts[entry_id] = entry.model_copy(update={"aliases": merged_aliases})
                 elif key in origin or (kind == "checkpoint" and entry_id in aliases):
                     first = origin.get(key) or origin[f"checkpoint:{aliases[entry_id]}"]
                     raise RegistryError(
@@ -233,6 +231,8 @@ def merge(files: list[Path]) -> Registry:
                 origin[key] = path
         for entry in new_ckpts.values():
             for alias in entry.aliases:
+                if aliases.get(alias) == entry.id:  # carried over from the recipe entry it fulfils
+                    continue
                 if alias in aliases or alias in checkpoints:
                     other = origin[f"checkpoint:{aliases.get(alias, alias)}"]
                     raise RegistryError(
@@ -241,10 +241,6 @@ def merge(files: list[Path]) -> Registry:
                     )
                 aliases[alias] = entry.id
         results.extend(new_results)
-    for alias, target in aliases.items():  # aliases of a fulfilled recipe keep pointing at its id
-        checkpoint = checkpoints[target]
-        if alias not in checkpoint.aliases:
-            checkpoints[target] = checkpoint.model_copy(update={"aliases": (*checkpoint.aliases, alias)})
     registry = Registry(checkpoints, tasks, tuple(results), origin, aliases)
     check_references(registry)
     return registry
