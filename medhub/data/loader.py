@@ -16,6 +16,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from medhub.data.augment import GeometricAugment
 from medhub.data.cache import CachedSplit
 
 log = logging.getLogger(__name__)
@@ -28,32 +29,73 @@ NORMALIZATION = {
 }
 
 
-def train_transform(names: tuple[str, ...] | list[str], size: int, segmentation: bool = False) -> v2.Compose | None:
-    """The protocol's augmentations by name (random_resized_crop, horizontal_flip, rotation_7, ...)."""
-    steps: list = []
-    for name in names:
-        low = name.lower()
-        if ("resized" in low or "sized" in low) and "crop" in low:
-            steps.append(v2.RandomApply([v2.RandomResizedCrop(size, scale=(0.49, 1.0), antialias=True)], p=0.25)
-                         if segmentation else v2.RandomResizedCrop(size, antialias=True))
-        elif "flip" in low:
-            steps.append(v2.RandomVerticalFlip() if "vertical" in low else v2.RandomHorizontalFlip())
-        elif "rot" in low:
-            degrees = float(next(iter(re.findall(r"\d+(?:\.\d+)?", low)), 10))
-            steps.append(v2.RandomRotation(degrees))
-        elif "bright" in low or "contrast" in low or "gamma" in low:
-            steps.append(v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.3))
-        elif "elastic" in low or "distort" in low:
-            steps.append(v2.RandomApply([v2.ElasticTransform(alpha=30.0)], p=0.3))
-        else:
-            log.warning("augmentation '%s' is not known to medhub; skipped", name)
-    return v2.Compose(steps) if steps else None
+def train_transform(names: tuple[str, ...] | list[str], size: int, segmentation: bool = False,
+                    batched: bool = True) -> GeometricAugment | v2.Compose | None:
+    """The protocol's augmentations by name (random_resized_crop, horizontal_flip, rotation_7, ...).
+
+    When every step is geometric (crops, flips, rotation) and ``batched`` is true, the result is one
+    :class:`~medhub.data.augment.GeometricAugment` that resamples each batch once; otherwise torchvision's
+    per-image transforms.
+    """
+    steps = [step for step in (_parse_step(name) for name in names) if step is not None]
+    if not steps:
+        return None
+    if batched and all(kind in _GEOMETRIC for kind, _ in steps):
+        return _batched(steps, size, segmentation)
+    return v2.Compose([_torchvision_step(kind, arg, size, segmentation) for kind, arg in steps])
+
+
+_GEOMETRIC = ("crop", "hflip", "vflip", "rotate")
+
+
+def _parse_step(name: str) -> tuple[str, float | None] | None:
+    """``("crop" | "hflip" | "vflip" | "rotate" | "color" | "elastic", argument)`` for a protocol name."""
+    low = name.lower()
+    if ("resized" in low or "sized" in low) and "crop" in low:
+        return "crop", None
+    if "flip" in low:
+        return ("vflip" if "vertical" in low else "hflip"), None
+    if "rot" in low:
+        return "rotate", float(next(iter(re.findall(r"\d+(?:\.\d+)?", low)), 10))
+    if "bright" in low or "contrast" in low or "gamma" in low:
+        return "color", None
+    if "elastic" in low or "distort" in low:
+        return "elastic", None
+    log.warning("augmentation '%s' is not known to medhub; skipped", name)
+    return None
+
+
+def _crop_settings(segmentation: bool) -> tuple[tuple[float, float], float]:
+    """(area scale, probability) of the random resized crop: the benchmark's segmentation recipe is milder."""
+    return ((0.49, 1.0), 0.25) if segmentation else ((0.08, 1.0), 1.0)
+
+
+def _batched(steps: list[tuple[str, float | None]], size: int, segmentation: bool) -> GeometricAugment:
+    kinds = {kind: arg for kind, arg in steps}
+    scale, p = _crop_settings(segmentation)
+    return GeometricAugment(size, crop_scale=scale if "crop" in kinds else None, crop_p=p if "crop" in kinds else 1.0,
+                            hflip="hflip" in kinds, vflip="vflip" in kinds, degrees=float(kinds.get("rotate") or 0.0))
+
+
+def _torchvision_step(kind: str, arg: float | None, size: int, segmentation: bool):
+    if kind == "crop":
+        scale, p = _crop_settings(segmentation)
+        crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
+        return v2.RandomApply([crop], p=p) if p < 1 else crop
+    if kind in ("hflip", "vflip"):
+        return v2.RandomVerticalFlip() if kind == "vflip" else v2.RandomHorizontalFlip()
+    if kind == "rotate":
+        return v2.RandomRotation(arg)
+    if kind == "color":
+        return v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.3)
+    return v2.RandomApply([v2.ElasticTransform(alpha=30.0)], p=0.3)
 
 
 class BatchDataset(torch.utils.data.Dataset):
     """Indexable by a list of sample indices: one item is one batch, gathered from the memmap at once."""
 
-    def __init__(self, split: CachedSplit, transform: v2.Compose | None = None, crop: int | None = None):
+    def __init__(self, split: CachedSplit, transform: GeometricAugment | v2.Compose | None = None,
+                 crop: int | None = None):
         self.split = split
         self.transform = transform
         self.crop = crop  # center crop for evaluation (resize 256 -> crop 224)
@@ -85,8 +127,10 @@ class BatchDataset(torch.utils.data.Dataset):
         masks = None
         if self.split.masks is not None:
             masks = torch.from_numpy(np.ascontiguousarray(self.split.masks[order]))[where]
-        if self.transform is not None:
-            torch.manual_seed(batch_seed)  # augmentation depends on (seed, epoch, batch) only
+        if isinstance(self.transform, GeometricAugment):  # augmentation depends on (seed, epoch, batch) only
+            images, masks = self.transform(images, masks, torch.Generator().manual_seed(batch_seed))
+        elif self.transform is not None:
+            torch.manual_seed(batch_seed)
             images, masks = self._augment(images, masks)
         if self.crop:
             images = v2.functional.center_crop(images, [self.crop, self.crop])
@@ -132,7 +176,7 @@ class EpochBatches(torch.utils.data.Sampler):
 
 
 def make_loader(split: CachedSplit, *, batch_size: int, shuffle: bool, seed: int = 0,
-                transform: v2.Compose | None = None, crop: int | None = None, num_workers: int = 0,
+                transform: GeometricAugment | v2.Compose | None = None, crop: int | None = None, num_workers: int = 0,
                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader whose items are whole batches (no per-sample collate); call ``.batch_sampler.set_epoch``."""
     sampler = EpochBatches(len(split), batch_size, shuffle, seed)
