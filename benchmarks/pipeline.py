@@ -10,20 +10,25 @@ to 1024x1024 (bicubic), written once to a temporary folder. Both sides train the
 * medhub: :func:`medhub.data.cache.cached_split` decodes and resizes every image once to a uint8
   memory-mapped array (256 px, 1 channel: what ``medhub reproduce`` caches for a 224 px protocol), then
   :func:`medhub.data.loader.make_loader` with :func:`medhub.data.loader.train_transform` (the same three
-  augmentations, on the cached arrays) and :func:`medhub.train.loop.train_epoch`.
+  augmentations, batched, on the cached arrays) and :func:`medhub.train.loop.train_epoch`.
 
 Each round runs, per side, a first epoch (medhub: into an empty cache folder, so it includes building the
 cache; original: a new DataLoader) and a later epoch (cache built, same loader); sides alternate A,B / B,A.
 The same rounds are repeated without the model ("data only": iterate the loader and make the model's input)
-to show the pipeline on its own. Ratios: recipe seconds / medhub seconds, the median over rounds. Goal: a
-later epoch >= 3x faster with medhub. Last stdout line: JSON.
+to show the pipeline on its own, with a third side: medhub's cache with torchvision's per-image transforms.
+Ratios: recipe seconds / medhub seconds, the median over rounds. Goal: a later epoch >= 3x faster with
+medhub. The JSON also splits a later epoch into per-image data and model-step costs, which bound the ratio
+any pipeline could reach with the chosen model (:func:`model_bound`). Last stdout line: JSON.
 
     python benchmarks/pipeline.py --quick
+    python benchmarks/pipeline.py --quick --arch-kwargs '{"patch_size": 16}'   # a 3x costlier model step
+    python benchmarks/pipeline.py --device cuda --workers 8 --threads 8        # on a GPU
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import sys
@@ -50,6 +55,11 @@ SOURCE = SHARED / "data" / "nih_cxr14_1000_64px" / "NIH1000"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 AUGMENT = ("random_resized_crop", "horizontal_flip", "rotation_7")  # the recipe, by medhub's names
 CROP, CACHE_SIZE, SIDE = 224, 256, 1024
+# The default small model: timm's test_vit (0.45 M parameters) with 32 px patches, 49 tokens at 224 px. Its
+# training step on one CPU thread (~3 ms per image here) stands in for a GPU's, where the issue's question (is
+# the input pipeline the bottleneck?) arises. With 16 px patches (``--arch-kwargs '{"patch_size": 16}'``,
+# ~10 ms per image) the model alone caps the ratio near 2 whatever the pipeline does: see model_bound.
+SMALL_MODEL = ("test_vit", {"patch_size": 32})
 
 
 def make_pngs(out: Path, count: int, source: Path = SOURCE) -> tuple[list[Path], list[int]]:
@@ -261,7 +271,8 @@ def model_bound(with_model: dict, data: dict, count: int) -> dict:
 
     Later epochs, medians: data = the input pipeline alone; model step = medhub with the model minus
     medhub's data only. With data ``d`` (recipe) and ``m`` (medhub) and a model step ``s`` per image, the ratio
-    is about (d + s) / (m + s), so it reaches 3 only when s <= (d - 3m) / 2.
+    is about (d + s) / (m + s), so it reaches 3 only when s <= (d - 3m) / 2, and no pipeline (m = 0) can
+    do better than (d + s) / s.
     """
     per_image = {side: data[side]["later"]["median_s"] / count * 1000 for side in ("recipe", "medhub")}
     step = with_model["medhub"]["later"]["median_s"] / count * 1000 - per_image["medhub"]
@@ -272,6 +283,8 @@ def model_bound(with_model: dict, data: dict, count: int) -> dict:
             "model_step": round(step, 3),
         },
         "model_step_ms_per_image_for_3x": round((per_image["recipe"] - 3 * per_image["medhub"]) / 2, 3),
+        # what a later epoch's ratio would be if medhub's input pipeline cost nothing at all
+        "ratio_later_epoch_ceiling": round((per_image["recipe"] + step) / step, 3) if step > 0 else None,
     }
 
 
@@ -281,7 +294,15 @@ def main(argv: list[str] | None = None) -> int:
         "--images", type=int, default=None, help="number of 1024x1024 PNGs (default 256; 32 with --quick)"
     )
     p.add_argument(
-        "--arch", default="test_vit", help="small timm model trained on both sides (default test_vit)"
+        "--arch",
+        default=None,
+        help="small timm model trained on both sides (default: test_vit with 32 px patches, see SMALL_MODEL)",
+    )
+    p.add_argument(
+        "--arch-kwargs",
+        type=json.loads,
+        default=None,
+        help='JSON keyword arguments for timm.create_model, e.g. \'{"patch_size": 16}\'',
     )
     p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
     p.add_argument(
@@ -296,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-data-only", action="store_true", help="skip the rounds without the model")
     p.add_argument("--device", default="cpu", help="where the model trains, both sides (cpu or cuda)")
     args = p.parse_args(argv)
+    if args.arch is None:
+        args.arch, default_kwargs = SMALL_MODEL
+        args.arch_kwargs = default_kwargs if args.arch_kwargs is None else args.arch_kwargs
+    args.arch_kwargs = args.arch_kwargs or {}
     setup_torch(args.threads)
     import timm
     import torch
@@ -312,9 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.arch}, batch {args.batch_size}, {args.workers} workers, {repeats} rounds per side"
         )
         torch.manual_seed(0)
-        model = timm.create_model(
-            args.arch, num_classes=2, **({"img_size": CROP} if "vit" in args.arch else {})
-        ).to(device)
+        size = {"img_size": CROP} if "vit" in args.arch else {}
+        model = timm.create_model(args.arch, num_classes=2, **{**size, **args.arch_kwargs}).to(device)
         with_model = measure(model, paths, labels, args, scratch, True, repeats, device)
         result = {
             "benchmark": "pipeline",
@@ -322,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             "images": count,
             "png_side": SIDE,
             "arch": args.arch,
+            "arch_kwargs": args.arch_kwargs,
             "device": str(device),
             "batch_size": args.batch_size,
             "workers": args.workers,

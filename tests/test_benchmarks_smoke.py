@@ -38,7 +38,7 @@ CASES = {
     ),
     "pipeline": (
         ["--images", "4", "--batch-size", "2", "--repeats", "1"],
-        ["ratio_first_epoch", "ratio_later_epoch"],
+        ["ratio_first_epoch", "ratio_later_epoch", "ratio_later_epoch_batched_vs_per_image_augment"],
     ),
 }
 
@@ -81,3 +81,8 @@ def test_benchmark_runs_and_prints_json(name: str, tmp_path: Path) -> None:
         for part in ("with_model", "data_only"):
             for side in ("medhub", "recipe"):
                 assert set(result[part][side]) == {"first", "later"}
+        assert set(result["data_only"]["medhub_per_image"]) == {"first", "later"}
+        assert result["arch"] == "test_vit" and result["arch_kwargs"] == {"patch_size": 32}
+        costs = result["later_epoch_ms_per_image"]
+        assert set(costs) == {"recipe_data", "medhub_data", "model_step"}
+        assert costs["recipe_data"] > 0 and costs["medhub_data"] > 0
