@@ -139,6 +139,7 @@ def create_model(
     first_conv: str | None = None,
     pretrained_cfg: dict[str, Any] | None = None,
     conversion: Any = None,
+    fast_init: bool = True,
     **timm_kwargs: Any,
 ) -> tuple[torch.nn.Module, LoadReport]:
     """Build ``timm.create_model(arch)`` and load ``state_dict`` into it under the strict contract.
@@ -153,6 +154,9 @@ def create_model(
         pretrained_cfg: entries merged into ``model.pretrained_cfg`` (mean, std, input_size, label_names...).
         conversion: the :class:`~medhub.convert.ConversionReport` that produced ``state_dict``, folded into
             the load report.
+        fast_init: with ``state_dict``, skip the random initialisation the weights overwrite (build on the
+            meta device, initialise only fresh keys; see :mod:`medhub._fastinit`). Falls back to the
+            ordinary build where that is not safe.
         **timm_kwargs: passed to ``timm.create_model`` (``depths``, ``img_size``, ``drop_path_rate``...).
 
     Returns:
@@ -186,12 +190,12 @@ def create_model(
         target_classes = source_classes or 0
     source_chans = state[f"{conv}.weight"].shape[1] if conv and f"{conv}.weight" in state else 3
     target_chans = in_chans or source_chans
-    model = timm.create_model(
-        arch, pretrained=False, num_classes=target_classes, in_chans=target_chans, **timm_kwargs
-    )
-    if state_dict is not None:
-        _load_strictly(model, state, heads, conv, source_classes, report)
-    report.loaded = len(state)
+    kwargs = dict(pretrained=False, num_classes=target_classes, in_chans=target_chans, **timm_kwargs)
+    if state_dict is None:
+        model = timm.create_model(arch, **kwargs)
+    else:
+        model = _build_and_load(arch, kwargs, state, (heads, conv, source_classes), report, fast_init)
+    report.loaded = len(state) + len(report.missing)  # fresh keys count as loaded, as they always have
     model.pretrained_cfg = model.default_cfg = _fill_cfg(
         model, pretrained_cfg, target_classes, target_chans, keep_labels=report.classifier.startswith("kept")
     )
@@ -212,14 +216,40 @@ def _head_keys(keys: Any, heads: tuple[str, ...]) -> set[str]:
     return {k for k in keys if k.startswith(tuple(f"{h}." for h in heads))}
 
 
-def _load_strictly(
+def _build_and_load(
+    arch: str, kwargs: dict[str, Any], state: dict, layout: tuple, report: LoadReport, fast: bool
+) -> torch.nn.Module:
+    """Build ``arch`` and load ``state`` strictly; with ``fast``, without the init the load overwrites."""
+    import timm
+
+    from medhub import _fastinit
+
+    meta = _fastinit.build_on_meta(lambda: timm.create_model(arch, **kwargs)) if fast else None
+    model = meta.model if meta else timm.create_model(arch, **kwargs)
+    fresh = _check_strictly(model, state, *layout, report)
+    if meta:
+        loaded = _fastinit.materialize(meta, state, fresh)
+        if loaded is not None:
+            return loaded
+        model = timm.create_model(arch, **kwargs)
+    own = model.state_dict()
+    model.load_state_dict({**state, **{key: own[key] for key in fresh}}, strict=True)
+    return model
+
+
+def _check_strictly(
     model: torch.nn.Module,
     state: dict,
     heads: tuple[str, ...],
     conv: str | None,
     source_classes: int | None,
     report: LoadReport,
-) -> None:
+) -> list[str]:
+    """Apply the strict contract to ``state`` (in place: drop a misfit head, adapt the first conv).
+
+    Only key names and shapes of ``model`` are read, so it may live on the meta device. Returns the keys
+    left to initialise fresh (classifier, ``fc_norm.``); raises ConversionError for anything else.
+    """
     from timm.models import adapt_input_conv
 
     own = model.state_dict()
@@ -268,10 +298,8 @@ def _load_strictly(
             unexpected=unexpected,
             missing=blocking,
         )
-    for key in fresh:
-        state[key] = own[key]
     report.missing = fresh
-    model.load_state_dict(state, strict=True)
+    return fresh
 
 
 def _short(keys: list[str], limit: int = 12) -> str:
