@@ -197,7 +197,8 @@ def create_model(
         model = _build_and_load(arch, kwargs, state, (heads, conv, source_classes), report, fast_init)
     report.loaded = len(state) + len(report.missing)  # fresh keys count as loaded, as they always have
     model.pretrained_cfg = model.default_cfg = _fill_cfg(
-        model, pretrained_cfg, target_classes, target_chans, keep_labels=report.classifier.startswith("kept")
+        model, pretrained_cfg, target_classes, target_chans, keep_labels=report.classifier.startswith("kept"),
+        img_size=timm_kwargs.get("img_size"),
     )
     model.eval()
     logger.info("loaded %s\n%s", arch, report.summary())
@@ -308,8 +309,10 @@ def _short(keys: list[str], limit: int = 12) -> str:
 
 
 def _fill_cfg(
-    model: torch.nn.Module, overrides: dict | None, classes: int, chans: int, keep_labels: bool
+    model: torch.nn.Module, overrides: dict | None, classes: int, chans: int, keep_labels: bool,
+    img_size: int | tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    """The model's ``pretrained_cfg`` with medhub's overrides, head size, channels and (if built with one) size."""
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     for key in ("url", "hf_hub_id", "file", "tag"):
         cfg.pop(key, None)
@@ -318,6 +321,10 @@ def _fill_cfg(
         cfg.pop("label_names", None)
     cfg["num_classes"] = classes
     cfg.setdefault("input_size", (3, 224, 224))
+    if img_size is not None:  # a model built for another size (Swin, ViT) only takes that size
+        height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        cfg["input_size"] = (chans, height, width)
+        cfg.pop("test_input_size", None)
     for key in ("input_size", "test_input_size", "min_input_size"):
         if cfg.get(key):
             cfg[key] = (chans, *tuple(cfg[key])[1:])

@@ -172,3 +172,18 @@ def test_one_channel_model_folder_round_trips(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(x), source.eval()(x), atol=1e-6)
     assert loaded.pretrained_cfg["input_size"][0] == 1
+
+
+def test_a_model_built_for_another_size_says_so_in_its_config():
+    """Swin built with img_size=192 only takes 192 px: its pretrained_cfg (and so its transforms) says 192."""
+    from PIL import Image
+
+    from medhub.preprocessing import build_transforms
+
+    kwargs = {"img_size": 192, "window_size": 6, "embed_dim": 32, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}
+    model, _ = create_model("swin_tiny_patch4_window7_224", None, num_classes=2, in_chans=1, **kwargs)
+    assert model.pretrained_cfg["input_size"] == (1, 192, 192)
+    assert "test_input_size" not in model.pretrained_cfg
+    image = build_transforms(model.pretrained_cfg)(Image.new("L", (260, 300), 128))
+    with torch.no_grad():
+        assert model(image.unsqueeze(0)).shape == (1, 2)
