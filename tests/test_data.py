@@ -165,6 +165,25 @@ def test_grayscale_png_made_explicit(shared_data):
     assert read_image(png, channels=3).shape == (64, 64, 3)
 
 
+def test_large_jpeg_decodes_at_a_reduced_scale_for_a_small_cache(shared_data, tmp_path):
+    """A 2320x2828 JPEG (a real X-ray, upscaled) read for a 256 px cache: smaller decode, same picture."""
+    from PIL import Image
+
+    from medhub.data.images import resize
+
+    png = next((shared_data / "nih_cxr14_1000_64px" / "NIH1000" / "train" / "1_abnormal").glob("*.png"))
+    jpeg = tmp_path / "big.jpg"
+    Image.open(png).convert("L").resize((2320, 2828), Image.BICUBIC).save(jpeg, quality=92)
+    full = read_image(jpeg)
+    reduced = read_image(jpeg, min_size=256)
+    assert full.shape == (2828, 2320)
+    assert reduced.shape == (354, 290)  # 1/8 scale: the smallest with both sides >= 256
+    assert read_image(jpeg, min_size=400).shape == (707, 580)  # 1/4: 1/8 would be below 400
+    difference = np.abs(resize(full, 256).astype(int) - resize(reduced, 256).astype(int))
+    assert difference.mean() < 1.5 and np.percentile(difference, 99) <= 6
+    assert read_image(png, min_size=16).shape == (64, 64)  # PNGs decode in full
+
+
 def test_undecodable_file_is_named(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")

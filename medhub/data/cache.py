@@ -27,7 +27,7 @@ from medhub.data.progress import BAR, Progress, progress_mode, say
 from medhub.data.sources import SplitData
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # bump when decoding or resizing changes
+CACHE_VERSION = 3  # bump when decoding or resizing changes (3: JPEGs decoded at a reduced DCT scale)
 
 
 @dataclass
@@ -50,7 +50,7 @@ def _decode(split: SplitData, index: int, size: int, channels: int) -> tuple[np.
         image = set_channels(split.images[index], channels)
         image = resize(image, size, nearest=size > image.shape[0])
     else:
-        image = resize(read_image(split.paths[index], channels=channels, decoder=split.decoder), size)
+        image = resize(read_image(split.paths[index], channels=channels, decoder=split.decoder, min_size=size), size)
     image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
     mask = None
     if isinstance(split.masks, np.ndarray):
