@@ -1,0 +1,71 @@
+"""``medhub store fsck|gc --root DIR``: check or clean the folder behind ``medhub serve``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medhub.errors import UsageError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``store fsck`` and ``store gc``."""
+    p = subparsers.add_parser("store", help="maintenance of a medhub serve folder (check, garbage-collect)")
+    sub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    fsck = sub.add_parser("fsck", help="check that every branch, tag, commit and blob is consistent")
+    fsck.add_argument("--root", required=True, help="the folder given to medhub serve --root")
+    fsck.set_defaults(func=cmd_fsck)
+    gc = sub.add_parser(
+        "gc",
+        help="remove blobs no commit refers to (deleted repos, abandoned uploads); stop the server first",
+    )
+    gc.add_argument("--root", required=True, help="the folder given to medhub serve --root")
+    gc.add_argument(
+        "--min-age-hours",
+        type=float,
+        default=24.0,
+        help="keep unreferenced blobs younger than this: an upload may still be waiting for its commit (default 24)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="report what would be removed; remove nothing")
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.set_defaults(func=cmd_gc)
+
+
+def _existing_root(root: str) -> Path:
+    path = Path(root)
+    if not (path / "blobs").is_dir() or not (path / "repos").is_dir():
+        raise UsageError(f"{root} is not a medhub serve folder (no blobs/ and repos/); check --root")
+    return path
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    """Print the problems found (exit 1), or one ok line."""
+    from medhub.serve.storage import Store
+
+    problems = Store(_existing_root(args.root), exclusive=False).fsck()
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} problem(s)" if problems else "ok: every ref, commit and blob is consistent")
+    return 1 if problems else 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Collect garbage while holding the server's lock (refused while a server runs on the folder)."""
+    from medhub.serve.gc import collect_garbage
+    from medhub.serve.storage import Store
+
+    if args.min_age_hours < 0:
+        raise UsageError("--min-age-hours must be 0 or more")
+    root = _existing_root(args.root)
+    try:
+        store = Store(root, exclusive=True)
+    except UsageError:
+        raise UsageError(f"a medhub serve is running on {root}; stop it, then run medhub store gc") from None
+    report = collect_garbage(store, min_age_s=args.min_age_hours * 3600, dry_run=args.dry_run)
+    if args.json:
+        from medhub.cli._output import print_json
+
+        print_json(report.to_dict())
+    else:
+        print(report.summary())
+    return 0
