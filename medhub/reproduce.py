@@ -57,7 +57,7 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
               epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
               img_size: int | None = None, label_fraction: float = 1.0, linear_probe: bool = False,
               device: str = "auto", seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False,
-              arch: str | None = None, progress: bool | str = True) -> dict[str, Any]:
+              arch: str | None = None, progress: bool | str = True, cifar_stem: bool = False) -> dict[str, Any]:
     """Fine-tune ``model`` on ``task`` ``runs`` times (seeds ``seed..seed+runs-1``) and report the test metric.
 
     Args:
@@ -73,6 +73,8 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
         arch: timm architecture of a bare checkpoint file.
         progress: tqdm bars (True or "bar"), one stderr line per epoch and cache build ("lines"), or
             nothing (False or "off").
+        cifar_stem: give a ``random:`` ResNet MedMNIST v2's CIFAR-style stem (3x3 stride-1 first conv, no
+            max-pool), the network behind its reported 28 px numbers; recorded as ``protocol.stem``.
 
     Returns:
         The report (also written to ``out/report.json``).
@@ -83,6 +85,7 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     """
     from medhub.data import load_task_data
     from medhub.registry import load_registry
+    from medhub.train.network import check_stem, is_random
     from medhub.train.protocol import make_plan
     from medhub.train.report import environment, reported_for
     from medhub.train.runner import prepare_data, run_once, write_outputs
@@ -90,8 +93,9 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     if runs < 1:
         raise UsageError(f"--runs must be at least 1, got {runs}")
     entry = load_registry().get_task(task)
+    check_stem(model, arch=arch, stem="cifar" if cifar_stem else None)
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size, label_fraction=label_fraction,
-                   linear_probe=linear_probe)
+                   linear_probe=linear_probe, cifar_stem=cifar_stem, random_model=is_random(model))
     plan = make_plan(entry, **options)  # checks the overrides before any data is read
     torch_device = pick_device(device)
     out_dir = Path(out) if out is not None else default_out(model, entry.id, resume)

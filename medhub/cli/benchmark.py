@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="override the protocol's learning rate")
     p.add_argument("--img-size", type=int, help="override the protocol's input size")
     p.add_argument("--linear-probe", action="store_true", help="train the head only")
+    p.add_argument("--cifar-stem", action="store_true", help="random:<resnet> only: MedMNIST's CIFAR-style stem")
     p.add_argument(
         "--executor", choices=["local", "ray"], default="local", help="local processes or Ray (default local)"
     )
@@ -86,6 +87,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "img_size": args.img_size,
         "linear_probe": args.linear_probe,
+        "cifar_stem": args.cifar_stem,
     }
     cells = expand_grid(
         resolve_models(args.models),

@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=1, help="independent runs (seeds seed..seed+runs-1)")
     p.add_argument("--label-fraction", type=float, default=1.0, help="fraction of the training labels to use")
     p.add_argument("--linear-probe", action="store_true", help="train the classifier only (frozen backbone)")
+    p.add_argument("--cifar-stem", action="store_true", help="random:<resnet> only: MedMNIST v2's CIFAR-style "
+                   "stem (3x3 stride-1 first conv, no max-pool), the network behind its 28 px numbers")
     p.add_argument("--out", help="output folder")
     _common(p)
     p.set_defaults(func=cmd_reproduce)
@@ -73,7 +75,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         args.model, args.task, data_dir=args.data_dir, runs=args.runs, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, label_fraction=args.label_fraction,
         linear_probe=args.linear_probe, device=args.device, seed=args.seed, out=args.out, resume=args.resume,
-        arch=args.arch, progress=_progress(args),
+        arch=args.arch, progress=_progress(args), cifar_stem=args.cifar_stem,
     )
     if args.json:
         print_json(report)

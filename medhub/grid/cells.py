@@ -17,7 +17,7 @@ from medhub.schema import RANDOM_PREFIX
 
 _WILDCARDS = re.compile(r"[*?\[]")
 # reproduce() overrides that change what a cell measures, so they are part of its identity
-SETTING_NAMES = ("epochs", "batch_size", "lr", "img_size", "linear_probe")
+SETTING_NAMES = ("epochs", "batch_size", "lr", "img_size", "linear_probe", "cifar_stem")
 
 
 @dataclass(frozen=True)

@@ -2,18 +2,27 @@
 
 Model creation goes through :func:`medhub.build.create_model` (random init) or :func:`medhub.load`
 (pretrained weights); segmentation wraps the backbone in :class:`medhub.train.unet.UNet`.
+
+``stem="cifar"`` gives a ``random:`` ResNet the CIFAR-style stem of MedMNIST v2's 28 px experiments (3x3
+stride-1 first conv, no max-pool): 4x less downsampling than timm's 7x7 stride-2 conv plus max-pool. A run's
+``best.safetensors`` of such a network loads back with the same ``stem="cifar"`` (and ``arch``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
+import torch
 from torch import nn
 
-from medhub.errors import UsageError
+from medhub.errors import ConversionError, UsageError
 from medhub.schema import RANDOM_PREFIX
 
 log = logging.getLogger(__name__)
+
+STEMS = ("cifar",)
 
 
 def is_random(model: str) -> bool:
@@ -22,7 +31,7 @@ def is_random(model: str) -> bool:
 
 
 def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: str | None = None,
-                  segmentation: bool = False, linear_probe: bool = False) -> nn.Module:
+                  segmentation: bool = False, linear_probe: bool = False, stem: str | None = None) -> nn.Module:
     """Create the network for one run.
 
     Args:
@@ -32,16 +41,27 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
         arch: timm architecture of a bare checkpoint file.
         segmentation: build a U-Net on the backbone instead of a classifier.
         linear_probe: freeze everything except the classifier.
+        stem: ``"cifar"``: a ResNet with a 3x3 stride-1 first conv and no max-pool, for ``random:`` ResNets
+            or a checkpoint saved from one (``best.safetensors`` with ``arch``, or a model folder).
+
+    Raises:
+        UsageError: a ``stem`` the model cannot take, or a CIFAR-stem checkpoint loaded without ``stem``.
     """
     classes = 0 if segmentation else num_outputs
+    if stem and segmentation:
+        raise UsageError("--cifar-stem applies to classification tasks only; drop it for segmentation")
+    check_stem(model, arch=arch, stem=stem)
     if is_random(model):
-        from medhub.build import create_model
-
         name = model[len(RANDOM_PREFIX):]
         if not name:
             raise UsageError("random: needs a timm architecture, e.g. random:resnet18")
-        network, _ = create_model(name, None, num_classes=classes, in_chans=in_chans)
+        network = _random_network(name, classes, in_chans, stem)
+    elif stem:
+        network = _load_cifar_checkpoint(model, arch, classes, in_chans)
     else:
+        if _saved_stem(model, arch) == "cifar":
+            raise UsageError(f"{model} holds a CIFAR-stem ResNet (3x3 first conv, no max-pool); load it with "
+                             "--cifar-stem (reproduce(..., cifar_stem=True))")
         import medhub
 
         network = medhub.load(model, num_classes=classes, in_chans=in_chans, arch=arch)
@@ -54,6 +74,144 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
     if linear_probe:
         freeze_backbone(network)
     return network
+
+
+def _random_network(name: str, classes: int, in_chans: int | None, stem: str | None) -> nn.Module:
+    from medhub.build import create_model
+
+    network, _ = create_model(name, None, num_classes=classes, in_chans=in_chans)
+    if stem == "cifar":
+        use_cifar_stem(network, model=RANDOM_PREFIX + name)
+    return network
+
+
+def use_cifar_stem(network: nn.Module, *, model: str = "this model") -> nn.Module:
+    """Swap a timm ResNet's stem, in place, for MedMNIST's CIFAR-style one; ``pretrained_cfg["stem"]`` says so.
+
+    ``conv1`` becomes a 3x3 stride-1 padding-1 conv without bias (kaiming normal, fan_out, as timm's ResNet
+    initialises convs) and ``maxpool`` an Identity. The first conv keeps its name, so ``first_conv`` holds.
+    """
+    conv = getattr(network, "conv1", None)
+    if not (isinstance(conv, nn.Conv2d) and hasattr(network, "bn1") and hasattr(network, "maxpool")):
+        raise UsageError(_not_resnet(model))
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    new.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    network.conv1 = new
+    network.maxpool = nn.Identity()
+    cfg = dict(getattr(network, "pretrained_cfg", None) or {})
+    cfg["stem"] = "cifar"
+    network.pretrained_cfg = network.default_cfg = cfg
+    return network
+
+
+def check_stem(model: str, *, arch: str | None = None, stem: str | None = None) -> None:
+    """Refuse, before any data is read, a ``stem`` that ``model`` cannot take (a one-line UsageError).
+
+    ``stem="cifar"`` fits a ``random:`` timm ResNet with a single-conv stem, or a local ``.safetensors`` file
+    (with ``arch``) or model folder saved from one; a pretrained stem would be discarded, so others are refused.
+    """
+    if stem is None:
+        return
+    if stem not in STEMS:
+        raise UsageError(f"unknown stem '{stem}'; use stem='cifar' or leave it out")
+    if is_random(model):
+        from medhub.build import architecture_spec
+
+        name = model[len(RANDOM_PREFIX):]
+        shapes = architecture_spec(name).shapes if name else {}
+        if name and not ({"conv1.weight", "bn1.weight"} <= set(shapes) and any(k.startswith("layer4.") for k in shapes)):
+            raise UsageError(_not_resnet(model))
+        return
+    path = Path(model).expanduser()
+    if not (path.is_dir() or (path.is_file() and path.suffix == ".safetensors")):
+        raise UsageError(f"--cifar-stem applies to random:<resnet> (or a .safetensors/model folder saved from one); "
+                         f"it would discard the pretrained stem of '{model}': use random:<arch> or drop --cifar-stem")
+    if path.is_file() and not arch:
+        raise UsageError(f"{model} is a bare checkpoint: pass --arch <timm architecture> (e.g. --arch resnet18)")
+    if _saved_stem(model, arch) != "cifar":
+        raise UsageError(f"{model} has no CIFAR-style stem (3x3 conv1); its pretrained stem would be discarded: "
+                         "drop --cifar-stem")
+
+
+def _not_resnet(model: str) -> str:
+    return (f"--cifar-stem needs a timm ResNet with a single-conv stem (conv1, bn1, maxpool), which {model} is "
+            "not; use e.g. random:resnet18 or random:resnet50, or drop --cifar-stem")
+
+
+def _local_state(model: str, arch: str | None) -> tuple[dict[str, torch.Tensor], str, dict]:
+    """``(state_dict, arch, pretrained_cfg)`` of a local ``.safetensors`` file or model folder."""
+    from medhub.export import read_model_folder
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        state, config = read_model_folder(path)
+        return state, arch or config.get("architecture") or "", dict(config.get("pretrained_cfg") or {})
+    if path.is_file() and path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path)), arch or "", {}
+    raise UsageError(f"{model}: --cifar-stem loads a .safetensors file or a model folder")
+
+
+def _saved_stem(model: str, arch: str | None) -> str | None:
+    """``"cifar"`` when a local safetensors file or model folder holds a CIFAR-stem ResNet (header reads only)."""
+    path = Path(model).expanduser()
+    try:
+        if path.is_dir() and (path / "config.json").is_file():
+            config = json.loads((path / "config.json").read_text())
+            return (config.get("pretrained_cfg") or {}).get("stem")
+        if path.is_file() and path.suffix == ".safetensors" and arch:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as handle:
+                keys = handle.keys()
+                if "conv1.weight" not in keys:
+                    return None
+                kernel = tuple(handle.get_slice("conv1.weight").get_shape()[2:])
+            return "cifar" if kernel == (3, 3) and _timm_kernel(arch) == (7, 7) else None
+    except (OSError, ValueError):  # unreadable here: medhub.load reports it properly
+        return None
+    return None
+
+
+def _timm_kernel(arch: str) -> tuple[int, ...] | None:
+    from medhub.build import architecture_spec
+
+    shape = architecture_spec(arch).shapes.get("conv1.weight")
+    return tuple(shape[2:]) if shape else None
+
+
+def _load_cifar_checkpoint(model: str, arch: str | None, classes: int, in_chans: int | None) -> nn.Module:
+    """A CIFAR-stem ResNet rebuilt and loaded strictly from a saved state (the head re-made if it differs)."""
+    state, name, cfg = _local_state(model, arch)
+    conv = state.get("conv1.weight")
+    if not name or conv is None or tuple(conv.shape[2:]) != (3, 3):
+        raise UsageError(f"{model} is not a CIFAR-stem ResNet with a known architecture; pass --arch, or drop "
+                         "--cifar-stem")
+    if in_chans is not None and in_chans != conv.shape[1]:
+        raise UsageError(f"{model} takes {conv.shape[1]} input channel(s), not {in_chans}")
+    network = _random_network(name, classes, int(conv.shape[1]), "cifar")
+    own = network.state_dict()
+    head = {k for k in own if k.startswith(_classifier_prefixes(network))}
+    saved_head = {k for k in state if k.startswith(_classifier_prefixes(network))}
+    if saved_head != head or any(state[k].shape != own[k].shape for k in head):
+        state = {k: v for k, v in state.items() if k not in saved_head}  # another task: a fresh head
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    blocking = sorted(set(missing) - head)
+    if unexpected or blocking:
+        raise ConversionError(f"{model} does not fit a CIFAR-stem {name} ({len(unexpected)} unexpected, "
+                              f"{len(blocking)} missing keys, e.g. {(unexpected or blocking)[0]}); check --arch")
+    keep = {k: v for k, v in cfg.items() if k not in ("num_classes", "input_size", "architecture")}
+    network.pretrained_cfg = network.default_cfg = {**network.pretrained_cfg, **keep, "stem": "cifar"}
+    log.info("loaded %s as a CIFAR-stem %s (%s)", model, name, "head kept" if not missing else "fresh head")
+    return network
+
+
+def _classifier_prefixes(network: nn.Module) -> tuple[str, ...]:
+    names = (getattr(network, "pretrained_cfg", None) or {}).get("classifier") or "fc"
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{n}." for n in names)
 
 
 def freeze_backbone(network: nn.Module) -> list[str]:

@@ -21,6 +21,8 @@ from medhub.errors import UsageError
 # at least QUICK_MEDMNIST_EPOCHS epochs and about QUICK_MEDMNIST_STEPS optimizer steps (small sets get more epochs).
 QUICK_MEDMNIST_EPOCHS = 10
 QUICK_MEDMNIST_STEPS = 360
+CIFAR_STEM_NOTE = ("MedMNIST v2's reported 28 px ResNet numbers come from a CIFAR-style ResNet (3x3 stride-1 first "
+                   "conv, no max-pool); timm's stem downsamples 4x more: --cifar-stem reproduces that network")
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Plan:
     label_fraction: float
     linear_probe: bool
     num_outputs: int
+    stem: str | None = None  # None: timm's stem; "cifar": 3x3 stride-1 first conv, no max-pool
     overrides: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -75,10 +78,12 @@ def quick_epochs(protocol, train_size: int | None, batch_size: int) -> int:
 
 def make_plan(task, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
               img_size: int | None = None, label_fraction: float = 1.0, linear_probe: bool = False,
-              train_size: int | None = None) -> Plan:
+              train_size: int | None = None, cifar_stem: bool = False, random_model: bool = False) -> Plan:
     """The plan for ``task`` with the given overrides (None keeps the protocol's value).
 
     ``train_size`` (training samples after the label fraction) sizes the default short MedMNIST run.
+    ``cifar_stem`` builds the ResNet with MedMNIST's CIFAR-style stem; ``random_model`` (a ``random:`` network)
+    adds a note pointing to it on a 28 px MedMNIST run without it.
     """
     protocol = task.protocol
     if not 0.0 < label_fraction <= 1.0:
@@ -106,6 +111,11 @@ def make_plan(task, *, epochs: int | None = None, batch_size: int | None = None,
     if linear_probe:
         overrides["linear_probe"] = {"value": True, "protocol": False}
     size = img_size or protocol.img_size
+    if cifar_stem:
+        overrides["stem"] = {"value": "cifar", "default": "timm", "why": "3x3 stride-1 first conv, no max-pool "
+                             "(the CIFAR-style ResNet of MedMNIST v2's 28 px experiments)"}
+    elif random_model and protocol.recipe == "medmnist_v2" and size == 28:
+        notes.append(CIFAR_STEM_NOTE)
     segmentation = task.type == "segmentation"
     crops = protocol.recipe.startswith("benchmark") and not segmentation
     cache_size = round(size * _crop_ratio(protocol)) if crops else size
@@ -132,5 +142,6 @@ def make_plan(task, *, epochs: int | None = None, batch_size: int | None = None,
         scheduler_kwargs=dict(protocol.scheduler_kwargs), patience=protocol.early_stopping_patience,
         loss=protocol.loss, selection=selection, normalization=protocol.normalization, train_augment=augment,
         center_crop=size if crops else None, ten_crop=ten_crop, label_fraction=label_fraction,
-        linear_probe=linear_probe, num_outputs=outputs, overrides=overrides, notes=notes,
+        linear_probe=linear_probe, num_outputs=outputs, stem="cifar" if cifar_stem else None, overrides=overrides,
+        notes=notes,
     )

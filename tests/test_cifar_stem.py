@@ -1,0 +1,87 @@
+"""The opt-in CIFAR-style ResNet stem (MedMNIST v2's 28 px network): shape, training record, reload, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from medhub.cli import main
+from medhub.errors import UsageError
+from medhub.registry import load_registry
+from medhub.reproduce import reproduce
+from medhub.train.network import build_network
+from medhub.train.protocol import CIFAR_STEM_NOTE, make_plan
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cifar_stem_keeps_28px_resolution():
+    network = build_network("random:resnet18", num_outputs=2, in_chans=1, stem="cifar")
+    conv = network.conv1
+    assert (conv.kernel_size, conv.stride, conv.padding, conv.bias) == ((3, 3), (1, 1), (1, 1), None)
+    assert conv.in_channels == 1 and conv.out_channels == 64
+    assert isinstance(network.maxpool, nn.Identity)
+    # timm's ResNet init: kaiming normal, fan_out (64 * 3 * 3), relu gain -> std sqrt(2 / 576) ~ 0.059
+    assert 0.045 < float(conv.weight.detach().std()) < 0.075
+    assert network.pretrained_cfg["stem"] == "cifar" and network.pretrained_cfg["first_conv"] == "conv1"
+    network.eval()
+    with torch.no_grad():
+        assert network.forward_features(torch.zeros(2, 1, 28, 28)).shape == (2, 512, 4, 4)
+        plain = build_network("random:resnet18", num_outputs=2, in_chans=1).eval()
+        assert plain.forward_features(torch.zeros(2, 1, 28, 28)).shape == (2, 512, 1, 1)
+
+
+def test_plan_records_stem_and_notes_its_absence():
+    task = load_registry().get_task("breastmnist")
+    with_stem = make_plan(task, epochs=1, cifar_stem=True, random_model=True)
+    assert with_stem.stem == "cifar" and with_stem.overrides["stem"]["value"] == "cifar"
+    assert CIFAR_STEM_NOTE not in with_stem.notes
+    without = make_plan(task, epochs=1, random_model=True)
+    assert without.stem is None and "stem" not in without.overrides and CIFAR_STEM_NOTE in without.notes
+    assert CIFAR_STEM_NOTE not in make_plan(task, epochs=1, img_size=64, random_model=True).notes
+
+
+def test_reproduce_with_cifar_stem_and_reload(tmp_path, shared_data):
+    out = tmp_path / "out"
+    report = reproduce("random:resnet18", "breastmnist", data_dir=shared_data / "breastmnist", epochs=1,
+                       label_fraction=0.1, out=out, progress=False, device="cpu", cifar_stem=True)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["protocol"]["stem"] == "cifar" and on_disk["protocol"]["overrides"]["stem"]["value"] == "cifar"
+    assert report["runs"][0]["epochs"] == 1
+    assert '"stem": "cifar"' in (out / "report.md").read_text()
+    best = out / "run0" / "best.safetensors"
+    reloaded = build_network(str(best), num_outputs=2, in_chans=None, arch="resnet18", stem="cifar").eval()
+    assert reloaded.conv1.kernel_size == (3, 3) and isinstance(reloaded.maxpool, nn.Identity)
+    reference = build_network("random:resnet18", num_outputs=2, in_chans=1, stem="cifar")
+    reference.load_state_dict(load_file(str(best)), strict=True)
+    batch = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(reloaded(batch), reference.eval()(batch))
+    with pytest.raises(UsageError, match="--cifar-stem"):  # without the stem it must not load into timm's stem
+        build_network(str(best), num_outputs=2, in_chans=None, arch="resnet18")
+
+
+@pytest.mark.parametrize("model, words", [("random:test_vit", "needs a timm ResNet"),
+                                          ("resnet50_imagenet1k", "discard the pretrained stem")])
+def test_cli_refuses_cifar_stem(model, words, tmp_path, capsys):
+    assert main(["reproduce", model, "breastmnist", "--cifar-stem", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "--cifar-stem" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_benchmark_grid_forwards_the_stem():
+    from medhub.grid.cells import expand_grid
+
+    cell = expand_grid(["random:resnet18"], ["breastmnist"], [1.0], runs=1, settings={"cifar_stem": True})[0]
+    assert cell.settings == {"cifar_stem": True} and cell.key.endswith("cifar_stem=true")
