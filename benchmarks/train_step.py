@@ -51,7 +51,7 @@ def make_data(count: int, size: int, seed: int = 0):
     return images.numpy(), labels.numpy(), floats, labels
 
 
-def medhub_side(model, images, labels, batch_size: int, device, amp: bool):
+def medhub_side(model, images, labels, batch_size: int, device, amp: bool, workers: int):
     """A callable running one medhub training epoch over the in-memory cached split."""
     from medhub.data.cache import CachedSplit
     from medhub.data.loader import make_loader, set_epoch
@@ -73,6 +73,7 @@ def medhub_side(model, images, labels, batch_size: int, device, amp: bool):
         batch_size=batch_size,
         shuffle=True,
         seed=0,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
     )
     optimizer = make_optimizer(model.parameters(), config)
@@ -128,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         "--batches", type=int, default=None, help="batches per timed run (default 5; 3 with --quick)"
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="medhub's loader workers (default: what medhub reproduce uses, 0 on a CPU, up to 8 on a GPU)",
+    )
     args = p.parse_args(argv)
     setup_torch(args.threads)
     import timm
@@ -139,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or 5
     device = torch.device(args.device)
     amp = device.type == "cuda"
+    from medhub.data.loader import default_workers
+
+    workers = default_workers(device) if args.workers is None else args.workers
     torch.manual_seed(0)
     model_a = timm.create_model(args.arch, num_classes=NUM_CLASSES).to(device)
     model_b = copy.deepcopy(model_a)
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     times = interleaved(
         {
-            "medhub": medhub_side(model_a, images, labels, batch, device, amp),
+            "medhub": medhub_side(model_a, images, labels, batch, device, amp, workers),
             "bare": bare_side(model_b, floats, labels_t, batch, device, amp),
         },
         repeats,
@@ -167,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "batches_per_run": batches,
         "repeats": repeats,
         "device": str(device),
+        "workers": workers,
         "precision": "bfloat16 autocast" if amp else "float32",
         "optimizer": "adam",
         "medhub_images_per_s": round(median(rates["medhub"]), 2),

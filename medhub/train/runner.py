@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import torch
 
 from medhub._io import atomic_write_text
 from medhub.data.cache import CachedSplit, cached_split
-from medhub.data.loader import make_loader, train_transform
+from medhub.data.loader import default_workers, make_loader, train_transform
 from medhub.data.progress import Progress
 from medhub.train import metrics
 from medhub.train.loop import FitConfig, evaluate, fit
@@ -93,7 +92,7 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         network = network.to(memory_format=torch.channels_last)
     config = fit_config(task, plan, channels=_input_channels(network), normalization=_normalization(network, plan,
                         model), device=device, seed=seed)
-    workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    workers = default_workers(device)
     common = dict(batch_size=plan.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     augment = train_transform(plan.train_augment, plan.img_size, segmentation=config.segmentation)
     train_loader = make_loader(splits["train"], shuffle=True, seed=seed, transform=augment,
