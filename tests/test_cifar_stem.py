@@ -69,6 +69,9 @@ def test_reproduce_with_cifar_stem_and_reload(tmp_path, shared_data):
         assert torch.equal(reloaded(batch), reference.eval()(batch))
     with pytest.raises(UsageError, match="--cifar-stem"):  # without the stem it must not load into timm's stem
         build_network(str(best), num_outputs=2, in_chans=None, arch="resnet18")
+    again = tmp_path / "again"
+    assert main(["reproduce", str(best), "breastmnist", "--arch", "resnet18", "--out", str(again)]) == 2
+    assert not again.exists()
 
 
 @pytest.mark.parametrize("model, words", [("random:test_vit", "needs a timm ResNet"),

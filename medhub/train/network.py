@@ -59,9 +59,6 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
     elif stem:
         network = _load_cifar_checkpoint(model, arch, classes, in_chans)
     else:
-        if _saved_stem(model, arch) == "cifar":
-            raise UsageError(f"{model} holds a CIFAR-stem ResNet (3x3 first conv, no max-pool); load it with "
-                             "--cifar-stem (reproduce(..., cifar_stem=True))")
         import medhub
 
         network = medhub.load(model, num_classes=classes, in_chans=in_chans, arch=arch)
@@ -106,12 +103,15 @@ def use_cifar_stem(network: nn.Module, *, model: str = "this model") -> nn.Modul
 
 
 def check_stem(model: str, *, arch: str | None = None, stem: str | None = None) -> None:
-    """Refuse, before any data is read, a ``stem`` that ``model`` cannot take (a one-line UsageError).
+    """Refuse, before any data is read, a ``stem`` that ``model`` cannot take, or a CIFAR-stem checkpoint without it.
 
     ``stem="cifar"`` fits a ``random:`` timm ResNet with a single-conv stem, or a local ``.safetensors`` file
     (with ``arch``) or model folder saved from one; a pretrained stem would be discarded, so others are refused.
     """
     if stem is None:
+        if not is_random(model) and _saved_stem(model, arch) == "cifar":
+            raise UsageError(f"{model} holds a CIFAR-stem ResNet (3x3 first conv, no max-pool); load it with "
+                             "--cifar-stem (reproduce(..., cifar_stem=True))")
         return
     if stem not in STEMS:
         raise UsageError(f"unknown stem '{stem}'; use stem='cifar' or leave it out")
