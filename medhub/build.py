@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from medhub.convert._core import stem_hint
 from medhub.errors import ConversionError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -294,7 +295,8 @@ def _check_strictly(
         ]
         raise ConversionError(
             f"weights do not fit '{report.arch}' ({'; '.join(p for p in parts if p)}); check the architecture "
-            "(and its depth/width/heads/window) or the checkpoint format",
+            "(and its depth/width/heads/window) or the checkpoint format"
+            + stem_hint({k: (state[k].shape, own[k].shape) for k in wrong}),
             arch=report.arch,
             unexpected=unexpected,
             missing=blocking,

@@ -95,7 +95,8 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     entry = load_registry().get_task(task)
     check_stem(model, arch=arch, stem="cifar" if cifar_stem else None)
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size, label_fraction=label_fraction,
-                   linear_probe=linear_probe, cifar_stem=cifar_stem, random_model=is_random(model))
+                   linear_probe=linear_probe, cifar_stem=cifar_stem,
+                   random_model=is_random(model) and "resnet" in model.lower())
     plan = make_plan(entry, **options)  # checks the overrides before any data is read
     torch_device = pick_device(device)
     out_dir = Path(out) if out is not None else default_out(model, entry.id, resume)

@@ -49,6 +49,7 @@ def test_plan_records_stem_and_notes_its_absence():
     without = make_plan(task, epochs=1, random_model=True)
     assert without.stem is None and "stem" not in without.overrides and CIFAR_STEM_NOTE in without.notes
     assert CIFAR_STEM_NOTE not in make_plan(task, epochs=1, img_size=64, random_model=True).notes
+    assert CIFAR_STEM_NOTE not in make_plan(task, epochs=1).notes  # not a random: ResNet
 
 
 def test_reproduce_with_cifar_stem_and_reload(tmp_path, shared_data):
@@ -72,6 +73,11 @@ def test_reproduce_with_cifar_stem_and_reload(tmp_path, shared_data):
     again = tmp_path / "again"
     assert main(["reproduce", str(best), "breastmnist", "--arch", "resnet18", "--out", str(again)]) == 2
     assert not again.exists()
+    import medhub
+    from medhub.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="CIFAR-style stem"):  # the plain loader names the way out
+        medhub.load(str(best), arch="resnet18")
 
 
 @pytest.mark.parametrize("model, words", [("random:test_vit", "needs a timm ResNet"),

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from medhub.convert import foreign, official, resnet_family, ssl
-from medhub.convert._core import ConversionReport, Rules, Target, listed
+from medhub.convert._core import ConversionReport, Rules, Target, listed, stem_hint
 from medhub.convert._detect import detect_format, detect_path_format
 from medhub.convert._read import read_checkpoint
 from medhub.errors import ConversionError
@@ -177,7 +177,7 @@ def check_keys(state: dict[str, torch.Tensor], shapes: Target, classifier_keys: 
             )
         raise ConversionError(
             f"the converted weights do not fit '{arch}' ({'; '.join(parts)}); check --arch (and its depth, "
-            "width, heads or window) or --format",
+            "width, heads or window) or --format" + stem_hint({k: (state[k].shape, shapes[k]) for k in wrong}),
             arch=arch,
             unexpected=sorted(unexpected),
             missing=sorted(missing),

@@ -48,6 +48,17 @@ def listed(keys: Any, limit: int = _MAX_LISTED) -> str:
     return text + (f" … (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def stem_hint(wrong: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> str:
+    """A pointer to the CIFAR-style stem when a conv is 3x3 in the weights but 7x7 in the arch (else "").
+
+    ``wrong`` maps each key of another shape to ``(shape in the weights, shape in the arch)``.
+    """
+    if any(tuple(got[2:]) == (3, 3) and tuple(want[2:]) == (7, 7) for got, want in wrong.values()):
+        return ("; a 3x3 first conv where the arch has 7x7 is a CIFAR-style stem (medhub reproduce --cifar-stem):"
+                " build it with medhub.train.network.build_network(..., stem='cifar')")
+    return ""
+
+
 @dataclass
 class ConversionReport:
     """What a conversion did, for the caller, the log and ``medhub convert``.

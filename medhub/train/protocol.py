@@ -82,8 +82,8 @@ def make_plan(task, *, epochs: int | None = None, batch_size: int | None = None,
     """The plan for ``task`` with the given overrides (None keeps the protocol's value).
 
     ``train_size`` (training samples after the label fraction) sizes the default short MedMNIST run.
-    ``cifar_stem`` builds the ResNet with MedMNIST's CIFAR-style stem; ``random_model`` (a ``random:`` network)
-    adds a note pointing to it on a 28 px MedMNIST run without it.
+    ``cifar_stem`` builds the ResNet with MedMNIST's CIFAR-style stem; ``random_model`` (a ``random:`` ResNet,
+    the only kind that option applies to) adds a note pointing to it on a 28 px MedMNIST run without it.
     """
     protocol = task.protocol
     if not 0.0 < label_fraction <= 1.0:
