@@ -47,3 +47,14 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
 
     clear_cache()
     return home
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Training tests run on one torch thread (steadier on a shared 2-core machine); restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,13 +16,7 @@ from medhub.reproduce import reproduce
 from medhub.train.network import build_network
 from medhub.train.protocol import CIFAR_STEM_NOTE, make_plan
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_cifar_stem_keeps_28px_resolution():

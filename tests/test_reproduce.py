@@ -15,13 +15,7 @@ from medhub.cli import main
 from medhub.registry import load_registry
 from medhub.reproduce import reproduce
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_report_shape_and_comparison(tmp_path, shared_data):
