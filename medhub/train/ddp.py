@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import NamedTuple
 
 import torch
@@ -118,6 +119,13 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Leave the process group (call once at the end, also after an error)."""
+    """Leave the process group (call once at the end, also after an error, e.g. in a ``finally``).
+
+    On a normal exit it first waits for every process, so none tears its connections down while another
+    still uses them (with Gloo that race can abort a process at exit). While an exception is propagating
+    it does not wait: the other processes may never arrive.
+    """
     if dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
