@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,7 @@ def create_model(
     pretrained_cfg: dict[str, Any] | None = None,
     conversion: Any = None,
     fast_init: bool = True,
+    prepare: Callable[[torch.nn.Module], Any] | None = None,
     **timm_kwargs: Any,
 ) -> tuple[torch.nn.Module, LoadReport]:
     """Build ``timm.create_model(arch)`` and load ``state_dict`` into it under the strict contract.
@@ -158,6 +160,9 @@ def create_model(
         fast_init: with ``state_dict``, skip the random initialisation the weights overwrite (build on the
             meta device, initialise only fresh keys; see :mod:`medhub._fastinit`). Falls back to the
             ordinary build where that is not safe.
+        prepare: called on the freshly built model before the weights are loaded, to change its layout in
+            place (e.g. :func:`medhub.train.network.use_cifar_stem`); the contract then checks against the
+            changed model. Implies the ordinary build (no fast init).
         **timm_kwargs: passed to ``timm.create_model`` (``depths``, ``img_size``, ``drop_path_rate``...).
 
     Returns:
@@ -194,8 +199,10 @@ def create_model(
     kwargs = dict(pretrained=False, num_classes=target_classes, in_chans=target_chans, **timm_kwargs)
     if state_dict is None:
         model = timm.create_model(arch, **kwargs)
+        if prepare is not None:
+            prepare(model)
     else:
-        model = _build_and_load(arch, kwargs, state, (heads, conv, source_classes), report, fast_init)
+        model = _build_and_load(arch, kwargs, state, (heads, conv, source_classes), report, fast_init, prepare)
     report.loaded = len(state) + len(report.missing)  # fresh keys count as loaded, as they always have
     model.pretrained_cfg = model.default_cfg = _fill_cfg(
         model, pretrained_cfg, target_classes, target_chans, keep_labels=report.classifier.startswith("kept"),
@@ -219,15 +226,18 @@ def _head_keys(keys: Any, heads: tuple[str, ...]) -> set[str]:
 
 
 def _build_and_load(
-    arch: str, kwargs: dict[str, Any], state: dict, layout: tuple, report: LoadReport, fast: bool
+    arch: str, kwargs: dict[str, Any], state: dict, layout: tuple, report: LoadReport, fast: bool,
+    prepare: Callable[[torch.nn.Module], Any] | None = None,
 ) -> torch.nn.Module:
     """Build ``arch`` and load ``state`` strictly; with ``fast``, without the init the load overwrites."""
     import timm
 
     from medhub import _fastinit
 
-    meta = _fastinit.build_on_meta(lambda: timm.create_model(arch, **kwargs)) if fast else None
+    meta = _fastinit.build_on_meta(lambda: timm.create_model(arch, **kwargs)) if fast and not prepare else None
     model = meta.model if meta else timm.create_model(arch, **kwargs)
+    if prepare is not None:
+        prepare(model)
     fresh = _check_strictly(model, state, *layout, report)
     if meta:
         loaded = _fastinit.materialize(meta, state, fresh)

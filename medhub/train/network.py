@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medhub.errors import ConversionError, UsageError
+from medhub.errors import UsageError
 from medhub.schema import RANDOM_PREFIX
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,8 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
 def _random_network(name: str, classes: int, in_chans: int | None, stem: str | None) -> nn.Module:
     from medhub.build import create_model
 
-    network, _ = create_model(name, None, num_classes=classes, in_chans=in_chans)
-    if stem == "cifar":
-        use_cifar_stem(network, model=RANDOM_PREFIX + name)
+    prepare = (lambda network: use_cifar_stem(network, model=RANDOM_PREFIX + name)) if stem == "cifar" else None
+    network, _ = create_model(name, None, num_classes=classes, in_chans=in_chans, prepare=prepare)
     return network
 
 
@@ -183,35 +182,19 @@ def _timm_kernel(arch: str) -> tuple[int, ...] | None:
 
 
 def _load_cifar_checkpoint(model: str, arch: str | None, classes: int, in_chans: int | None) -> nn.Module:
-    """A CIFAR-stem ResNet rebuilt and loaded strictly from a saved state (the head re-made if it differs)."""
+    """A CIFAR-stem ResNet rebuilt and loaded under :func:`medhub.build.create_model`'s strict contract."""
+    from medhub.build import create_model
+
     state, name, cfg = _local_state(model, arch)
     conv = state.get("conv1.weight")
     if not name or conv is None or tuple(conv.shape[2:]) != (3, 3):
         raise UsageError(f"{model} is not a CIFAR-stem ResNet with a known architecture; pass --arch, or drop "
                          "--cifar-stem")
-    if in_chans is not None and in_chans != conv.shape[1]:
-        raise UsageError(f"{model} takes {conv.shape[1]} input channel(s), not {in_chans}")
-    network = _random_network(name, classes, int(conv.shape[1]), "cifar")
-    own = network.state_dict()
-    head = {k for k in own if k.startswith(_classifier_prefixes(network))}
-    saved_head = {k for k in state if k.startswith(_classifier_prefixes(network))}
-    if saved_head != head or any(state[k].shape != own[k].shape for k in head):
-        state = {k: v for k, v in state.items() if k not in saved_head}  # another task: a fresh head
-    missing, unexpected = network.load_state_dict(state, strict=False)
-    blocking = sorted(set(missing) - head)
-    if unexpected or blocking:
-        raise ConversionError(f"{model} does not fit a CIFAR-stem {name} ({len(unexpected)} unexpected, "
-                              f"{len(blocking)} missing keys, e.g. {(unexpected or blocking)[0]}); check --arch")
     keep = {k: v for k, v in cfg.items() if k not in ("num_classes", "input_size", "architecture")}
-    network.pretrained_cfg = network.default_cfg = {**network.pretrained_cfg, **keep, "stem": "cifar"}
-    log.info("loaded %s as a CIFAR-stem %s (%s)", model, name, "head kept" if not missing else "fresh head")
+    network, report = create_model(name, state, num_classes=classes, in_chans=in_chans, pretrained_cfg=keep,
+                                   prepare=lambda built: use_cifar_stem(built, model=model))
+    log.info("loaded %s as a CIFAR-stem %s; classifier %s", model, name, report.classifier)
     return network
-
-
-def _classifier_prefixes(network: nn.Module) -> tuple[str, ...]:
-    names = (getattr(network, "pretrained_cfg", None) or {}).get("classifier") or "fc"
-    names = (names,) if isinstance(names, str) else tuple(names)
-    return tuple(f"{n}." for n in names)
 
 
 def freeze_backbone(network: nn.Module) -> list[str]:
