@@ -43,6 +43,14 @@ def setup_torch(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
+def sync(device) -> None:
+    """Wait for a GPU's queued work, so that a timed run includes it (no-op on a CPU)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def median(values: list[float]) -> float:
     """Median of a non-empty list."""
     return float(statistics.median(values))

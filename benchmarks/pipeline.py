@@ -46,6 +46,7 @@ from _common import (
     parser,
     ratio,
     setup_torch,
+    sync,
 )
 
 SHARED = Path(
@@ -126,7 +127,7 @@ def recipe_side(model, paths, labels, batch_size: int, workers: int, with_model:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        _sync(device)
+        sync(device)
 
     def run() -> dict[str, float]:
         started = time.perf_counter()
@@ -147,14 +148,6 @@ def recipe_side(model, paths, labels, batch_size: int, workers: int, with_model:
         return {"first": first, "later": later}
 
     return run
-
-
-def _sync(device) -> None:
-    """Wait for the GPU's queued work, so that an epoch's time includes it."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def medhub_side(model, paths, labels, batch_size: int, workers: int, with_model: bool, scratch: Path, device,
@@ -192,7 +185,7 @@ def medhub_side(model, paths, labels, batch_size: int, workers: int, with_model:
         else:
             for images, _ in loader:
                 to_model_input(images, device, config.channels, config.normalization)
-        _sync(device)
+        sync(device)
 
     def run() -> dict[str, float]:
         rounds[0] += 1

@@ -33,6 +33,7 @@ from _common import (
     ratio,
     setup_torch,
     summary,
+    sync,
 )
 
 NUM_CLASSES = 2
@@ -83,7 +84,7 @@ def medhub_side(model, images, labels, batch_size: int, device, amp: bool, worke
         set_epoch(loader, epoch[0])
         epoch[0] += 1
         train_epoch(model, loader, optimizer, device, config, progress=False, desc="")
-        _sync(device)
+        sync(device)
 
     return run
 
@@ -108,16 +109,9 @@ def bare_side(model, floats, labels, batch_size: int, device, amp: bool):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        _sync(device)
+        sync(device)
 
     return run
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,16 +55,14 @@ class GeometricAugment:
         theta[:, 0] *= width / (width + 2)
         theta[:, 1] *= height / (height + 2)
         grid = _sampling_grid(theta, self.size)
-        framed = F.pad(images.float(), (1, 1, 1, 1), mode="replicate")
-        out = F.grid_sample(framed, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out = _warp(images, grid, "bilinear")
         if not images.is_floating_point():
             out = out.add_(0.5).clamp_(0, 255).to(images.dtype)  # round half up, back to the input's type
         if masks is None:
             return out, None
         flat = masks.unsqueeze(1) if masks.ndim == 3 else masks
-        framed = F.pad(flat.float(), (1, 1, 1, 1), mode="replicate")
-        warped = F.grid_sample(framed, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        return out, (warped.to(masks.dtype).squeeze(1) if masks.ndim == 3 else warped.to(masks.dtype))
+        warped = _warp(flat, grid, "nearest").to(masks.dtype)
+        return out, (warped.squeeze(1) if masks.ndim == 3 else warped)
 
     def matrices(self, batch: int, height: int, width: int,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -119,6 +117,12 @@ class GeometricAugment:
             keep = torch.rand(batch, generator=generator, dtype=torch.float64) < self.crop_p
             left, top, w, h = (torch.where(keep, a, b) for a, b in zip((left, top, w, h), full, strict=True))
         return left, top, w, h
+
+
+def _warp(batch: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    """Float resample of ``batch`` (B, C, H, W) inside a one-pixel replicated frame (zeros beyond it)."""
+    framed = F.pad(batch.float(), (1, 1, 1, 1), mode="replicate")
+    return F.grid_sample(framed, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def _sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:

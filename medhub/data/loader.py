@@ -9,6 +9,7 @@ lets ``--resume`` end where an uninterrupted run would.
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import numpy as np
@@ -193,8 +194,6 @@ def default_workers(device: torch.device) -> int:
     On a CPU the model's own threads use every core and the cached pipeline costs well under a millisecond
     per image, so worker processes would only compete with the model.
     """
-    import os
-
     return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
 
 
