@@ -15,6 +15,7 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9_.\-]*$"
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 RANDOM_PREFIX = "random:"
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 TaskType = Literal["multi-label", "binary", "multi-class", "ordinal", "segmentation"]
 SourceKind = Literal["medhub_hf", "timm_hf", "url", "manual", "local"]
@@ -209,6 +210,37 @@ class Protocol(Frozen):
     test_transform: str | None = None
     selection: str = Field("val_loss", description="what picks the best epoch: val_loss or val_auc")
     decoder: str | None = Field(None, description="segmentation decoder, e.g. unet")
+    warmup_epochs: int = Field(0, description="linear warm-up epochs before the scheduler (0: none)")
+    precision: str = Field("fp32", description="the released code's arithmetic: fp32, fp16 (autocast) or bf16")
+    head_init: dict[str, dict[str, float | str]] = Field(
+        default_factory=dict,
+        description="how the released code initialises a fresh classifier, per model family ('*': any other), "
+                    "e.g. {resnet: {kind: normal, std: 0.01, bias: 0}}; empty: the network's own init")
+    code: str | None = Field(None, description="the released code these values come from: owner/repo@commit")
+    sources: dict[str, str] = Field(
+        default_factory=dict,
+        description="per protocol value, where the released code sets it: 'path:line' in ``code`` (or "
+                    "'owner/repo@commit path:line' for another repository)")
+    unknown: tuple[str, ...] = Field((), description="values the released code leaves unknown or ambiguous")
+    source: str | None = None
+    notes: str | None = None
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+        return value
+
+
+class LabelSubset(Frozen):
+    """How the released code cuts a labelled subset at a label fraction (``--anno_percent``)."""
+
+    rule: str = Field("random99_first_int", description="random99_first_int: Python random.Random(seed).shuffle "
+                      "of the indexes in list-file order, then the first int(N * fraction)")
+    seed: int = 99
+    splits: tuple[str, ...] = Field(("train",), description="the splits cut (each with its own shuffle)")
+    sizes: dict[str, int] = Field(default_factory=dict, description="published subset sizes, e.g. {'0.1': 9000}")
     source: str | None = None
     notes: str | None = None
 
@@ -232,18 +264,33 @@ class Task(Frozen):
     modality: str
     type: TaskType
     labels: tuple[str, ...]
+    labels_trained: tuple[str, ...] | None = Field(
+        None, description="the head's outputs when they differ from ``labels`` (the evaluated ones, a subset)")
     metric: str = Field(description="auc, acc or dice")
     splits: tuple[Split, ...]
     protocol: Protocol
+    label_subset: LabelSubset = LabelSubset()
     layout: DataLayout
     licence: Licence = Licence()
     paper: Paper | None = None
     notes: tuple[str, ...] = ()
 
+    @model_validator(mode="after")
+    def _evaluated_are_trained(self) -> Task:
+        if self.labels_trained is not None and not set(self.labels) <= set(self.labels_trained):
+            missing = sorted(set(self.labels) - set(self.labels_trained))
+            raise ValueError(f"labels {missing} are evaluated but not in labels_trained")
+        return self
+
+    @property
+    def trained_labels(self) -> tuple[str, ...]:
+        """The labels the head learns (``labels_trained`` or ``labels``)."""
+        return self.labels_trained or self.labels
+
     @property
     def num_classes(self) -> int:
         """Outputs of the network's head for this task."""
-        return 1 if self.type == "binary" else len(self.labels)
+        return 1 if self.type == "binary" else len(self.trained_labels)
 
 
 class ReportedResult(Frozen):

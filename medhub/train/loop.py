@@ -54,9 +54,15 @@ class FitConfig:
     channels: int = 3
     normalization: Any = "imagenet"
     ten_crop: int | None = None
-    amp: bool = False
+    precision: str = "fp32"  # fp32, or autocast to fp16/bf16 (an override of the released recipes)
     channels_last: bool = False
     seed: int = 0
+    evaluated: tuple[str, ...] = ()  # labels the metric averages (a subset of label_names); () = all
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or None for fp32."""
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
 
     @property
     def segmentation(self) -> bool:
@@ -138,7 +144,8 @@ def _freeze_norms(model: torch.nn.Module) -> None:
 
 def _forward(model, images, device, config: FitConfig) -> torch.Tensor:
     x = to_model_input(images, device, config.channels, config.normalization, config.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+    dtype = config.autocast_dtype
+    with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         return model(x).float()
 
 
@@ -148,6 +155,7 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
 
     model.train()
     _freeze_norms(model)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16" and device.type == "cuda")
     total, count = 0.0, 0
     with tqdm(loader, desc=desc, unit="batch", disable=progress_mode(progress) != BAR,
               leave=False) as bar:
@@ -155,8 +163,9 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
             logits = _forward(model, images, device, config)
             loss = compute_loss(logits, targets.to(device, non_blocking=True), config)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             total += float(loss.detach()) * len(images)
             count += len(images)
             bar.set_postfix(loss=f"{total / count:.4f}")
@@ -188,7 +197,11 @@ def evaluate(model, loader, device, config: FitConfig, *, ten_crop: int | None =
     if config.segmentation:
         value = metrics.dice(scores[:, 0] >= 0.5, truth)
         return Evaluation(total / max(count, 1), value, {"dice": value})
-    per_class = metrics.per_class_auc(truth, scores, config.task_type, config.label_names)
+    names = config.label_names
+    if config.evaluated and tuple(config.evaluated) != tuple(names):  # e.g. CheXpert: 14 trained, 5 evaluated
+        keep = [names.index(name) for name in config.evaluated]
+        scores, truth, names = scores[:, keep], truth[:, keep], tuple(config.evaluated)
+    per_class = metrics.per_class_auc(truth, scores, config.task_type, names)
     return Evaluation(total / max(count, 1), metrics.mean_of(per_class), per_class, scores, truth,
                       metrics.accuracy(truth, scores, config.task_type))
 
