@@ -299,6 +299,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         started = time.perf_counter()
         torch.manual_seed(epoch_seed(config.seed, epoch))
         set_epoch(train_loader, epoch)
+        set_epoch(val_loader, epoch)  # an augmented validation split (segmentation recipes) draws anew each epoch
         desc = f"epoch {epoch + 1}/{config.epochs}"
         train_loss = train_epoch(model, train_loader, optimizer, device, config, progress, desc, scaler)
         val = evaluate(model, val_loader, device, config)
