@@ -101,7 +101,9 @@ def checkpoint_identity(model: str, arch: str | None) -> dict:
     from medhub.schema import RANDOM_PREFIX
 
     if model.startswith(RANDOM_PREFIX):
-        return {"random": model[len(RANDOM_PREFIX):], "seed": RANDOM_SEED}
+        import timm
+
+        return {"random": model[len(RANDOM_PREFIX):], "seed": RANDOM_SEED, "timm": timm.__version__}
     if model.startswith(HF_PREFIX):
         return {"hub": model}
     path = Path(model).expanduser()
