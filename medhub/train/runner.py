@@ -99,6 +99,7 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         network = network.to(memory_format=torch.channels_last)
     config = fit_config(task, plan, channels=_input_channels(network), normalization=_normalization(network, plan,
                         model), device=device, seed=seed)
+    _check_last_batch(network, len(splits["train"]), plan.batch_size)
     workers = default_workers(device)
     common = dict(batch_size=plan.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     augment = _train_augment(plan, config.segmentation)
@@ -128,6 +129,20 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     }
     atomic_write_text(result_path, json.dumps(result, indent=1, default=lambda v: None))
     return result
+
+
+def _check_last_batch(network: torch.nn.Module, count: int, batch_size: int) -> None:
+    """A last training batch of one sample cannot pass BatchNorm in training mode (e.g. UperNet's 1x1 pyramid bin).
+
+    Raises:
+        UsageError: ``count % batch_size == 1`` for a network with BatchNorm layers.
+    """
+    if count > 1 and count % batch_size == 1 and any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in network.modules()):
+        from medhub.errors import UsageError
+
+        raise UsageError(f"{count} training samples in batches of {batch_size} leave a last batch of 1, which "
+                         f"BatchNorm cannot train on; pass --batch-size {batch_size + 1} (or another size)")
 
 
 def _train_augment(plan, segmentation: bool):
