@@ -76,6 +76,9 @@ def test_resume_and_results_on_postgres(pg_url, capsys):
         cells[0].key, {"metric": "auc", "runs": [{"metric": 0.0}]}
     )  # never overwritten
     assert plan_grid(store, cells, resume=True) == []
+    picked = {r["key"]: r["report"] for r in store.rows(report_keys=("mean", "runs", "absent"))}
+    full = {r["key"]: r["report"] for r in store.rows()}
+    assert picked == {k: {"mean": v["mean"], "runs": v["runs"], "absent": None} for k, v in full.items()}
     assert main(["results", "--db", pg_url, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [(e["model"], e["n"]) for e in data["matrix"]] == [("random:a", 2), ("random:b", 2)]
