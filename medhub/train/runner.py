@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from medhub._io import atomic_write_text
+from medhub.cpu import torch_threads
 from medhub.data.cache import CachedSplit, cached_split
 from medhub.data.loader import default_workers, make_loader, train_transform
 from medhub.data.progress import Progress
@@ -19,7 +20,7 @@ from medhub.train import metrics
 from medhub.train.loop import FitConfig, evaluate, fit
 from medhub.train.network import build_network, is_random
 from medhub.train.report import build_report, plot_learning_curves, plot_roc, write_json, write_markdown
-from medhub.train.state import deterministic
+from medhub.train.state import deterministic, run_threads
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,10 @@ def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, se
     if resume and result_path.is_file():
         log.info("%s already finished; kept", run_dir)
         return json.loads(result_path.read_text())
-    with deterministic(device, seed):
+    threads = run_threads(run_dir, resume)
+    log.info("%s: %d torch threads (%s; %d usable cores, %.1f busy elsewhere)", run_dir.name, threads.threads,
+             threads.source, threads.usable, threads.busy)
+    with deterministic(device, seed), torch_threads(threads.threads):
         return _run(model, task, data, splits, plan, seed=seed, run_dir=run_dir, device=device, resume=resume,
                     arch=arch, progress=progress, in_chans=in_chans, label=label or run_dir.name)
 
@@ -120,7 +124,8 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         "seconds": sum(h["seconds"] for h in outcome.history) + time.perf_counter() - started,
         "resumed_after_epoch": outcome.resumed_from, "history": outcome.history,
         "checkpoint": str(run_dir / "best.safetensors"),
-        "input": {"channels": config.channels, "normalization": config.normalization, "device": str(device)},
+        "input": {"channels": config.channels, "normalization": config.normalization, "device": str(device),
+                  "threads": torch.get_num_threads()},
     }
     atomic_write_text(result_path, json.dumps(result, indent=1, default=lambda v: None))
     return result
