@@ -494,3 +494,11 @@ def test_dicoms_without_dcm_suffix_are_found_and_read(tmp_path, shared_data):
     paths = data.split("test").paths
     assert len(paths) == 4 and {p.name for p in paths} == {"IM000001", "1.2.840.10008.5.1.4.1234"}
     assert all(np.array_equal(read_image(p), read_image(mr)) for p in paths)
+
+
+def test_jsrt_raw_is_12_bit_with_high_values_dark(tmp_path):
+    """JSRT .IMG: 2048x2048 big-endian 12-bit; 0..4095 onto 255..0, the same for every image."""
+    values = (np.arange(2048 * 2048) % 4096).astype(">u2").reshape(2048, 2048)
+    values.tofile(tmp_path / "JPCLN001.IMG")
+    got = read_image(tmp_path / "JPCLN001.IMG")
+    assert np.array_equal(got, 255 - np.round(values.astype(float) * 255 / 4095).astype(np.uint8))
