@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hub_fixture import start_server
 from http_files import FileServer
+from hub_fixture import start_server
 from original_models import moco_checkpoint
 from PIL import Image
 
@@ -37,12 +37,26 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 MOCO_ID = "resnet18_mocov2_packtest"
 HUB_ID = "test_resnet_packtest"
-PREP = {"input_size": [3, 64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear", "crop_pct": 1.0}
-OPEN = {"weights": "Apache-2.0", "data_terms": "NIH ChestX-ray14: no restrictions on use, attribution required"}
-NC = {"weights": "CC-BY-NC-4.0", "data_terms": "ImageNet terms of access: non-commercial research and educational use"}
+PREP = {
+    "input_size": [3, 64, 64],
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+    "interpolation": "bilinear",
+    "crop_pct": 1.0,
+}
+OPEN = {
+    "weights": "Apache-2.0",
+    "data_terms": "NIH ChestX-ray14: no restrictions on use, attribution required",
+}
+NC = {
+    "weights": "CC-BY-NC-4.0",
+    "data_terms": "ImageNet terms of access: non-commercial research and educational use",
+}
 
 
-def body(arch: str, sources: list[dict], *, num_classes: int, licence: dict, first_conv: str = "conv1") -> dict:
+def body(
+    arch: str, sources: list[dict], *, num_classes: int, licence: dict, first_conv: str = "conv1"
+) -> dict:
     return {
         "arch": arch, "family": "resnet", "objective": "mocov2" if arch == "resnet18" else "supervised",
         "lineage": [{"dataset": "testdata", "objective": "mocov2" if arch == "resnet18" else "supervised"}],
@@ -115,7 +129,9 @@ def xray() -> torch.Tensor:
     from conftest import DATA
 
     image = Image.open(sorted((DATA / "nih_cxr14_1000_64px").rglob("*.png"))[0])
-    return medhub.transforms({"input_size": (3, 64, 64), **{k: PREP[k] for k in ("mean", "std", "crop_pct")}})(image).unsqueeze(0)
+    return medhub.transforms(
+        {"input_size": (3, 64, 64), **{k: PREP[k] for k in ("mean", "std", "crop_pct")}}
+    )(image).unsqueeze(0)
 
 
 def outputs(names: list[str]) -> dict[str, torch.Tensor]:
@@ -136,7 +152,9 @@ def machine(root: Path, **extra: str) -> dict[str, str]:
 
 
 def run_medhub(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medhub", *args], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "medhub", *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 LOAD = r"""
@@ -184,7 +202,11 @@ def members(path: Path) -> dict[str, bytes]:
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``root`` with its size and mtime (to show that nothing changed)."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ---- the round trips ---------------------------------------------------------------------------------------
@@ -204,7 +226,10 @@ def test_pack_on_a_unpack_offline_on_b_loads_bit_for_bit(site_a, tmp_path, monke
     assert list(content)[0] == "manifest.json" and manifest["medhub_version"] == medhub.__version__
     assert manifest["created_from"] == "newest input file"
     for m in manifest["members"]:  # every member's size and sha256, and nothing else in the archive
-        assert hashlib.sha256(content[m["path"]]).hexdigest() == m["sha256"] and len(content[m["path"]]) == m["size"]
+        assert (
+            hashlib.sha256(content[m["path"]]).hexdigest() == m["sha256"]
+            and len(content[m["path"]]) == m["size"]
+        )
     assert sorted(content) == sorted(["manifest.json", *(m["path"] for m in manifest["members"])])
     for model_id in ids:
         for name in ("model.safetensors", "config.json", "README.md", "registry.yaml"):
@@ -212,7 +237,10 @@ def test_pack_on_a_unpack_offline_on_b_loads_bit_for_bit(site_a, tmp_path, monke
     assert "tasks/chestxray14.yaml" in content and not any(p.endswith((".npz", ".png")) for p in content)
     moco = manifest["checkpoints"][0]
     assert moco["terms_accepted"] and "weights licence 'CC-BY-NC-4.0'" in moco["redistribution_limits"]
-    assert moco["registry_entry"]["licence"] == NC and moco["registry_entry"]["lineage"][0]["objective"] == "mocov2"
+    assert (
+        moco["registry_entry"]["licence"] == NC
+        and moco["registry_entry"]["lineage"][0]["objective"] == "mocov2"
+    )
     assert not manifest["checkpoints"][1]["redistribution_limits"] and manifest["terms_accepted"]
     card = content[f"checkpoints/{MOCO_ID}/README.md"].decode()
     assert "CC-BY-NC-4.0" in card and "not a medical device" in card
@@ -234,7 +262,9 @@ def test_pack_on_a_unpack_offline_on_b_loads_bit_for_bit(site_a, tmp_path, monke
     for name, value in expected.items():
         assert torch.equal(got[name], value), name
     assert f"{MOCO_ID} local " in stdout  # the unpacked file, not the (unreachable) original source
-    overlay = yaml.safe_load((tmp_path / "b" / ".config" / "medhub" / "registry.d" / "packs.yaml").read_text())
+    overlay = yaml.safe_load(
+        (tmp_path / "b" / ".config" / "medhub" / "registry.d" / "packs.yaml").read_text()
+    )
     assert set(overlay["mirrors"]) == set(site_a["ids"]) and set(overlay["checkpoints"]) == {folder_id, hf_id}
     assert overlay["checkpoints"][folder_id]["licence"] == OPEN
 
@@ -264,7 +294,9 @@ def test_pack_is_identical_on_another_machine_with_source_date_epoch(site_a, tmp
     manifest = json.loads(members(first)["manifest.json"])
     assert manifest["created"] == "2025-11-30T00:00:00Z" and manifest["created_from"] == "SOURCE_DATE_EPOCH"
     with tarfile.open(first) as tar:
-        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in tar} == {(1764460800, 0, 0, "", "", 0o644)}
+        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in tar} == {
+            (1764460800, 0, 0, "", "", 0o644)
+        }
 
 
 def test_unpack_to_store_then_load_through_medhub_serve(site_a, tmp_path):
@@ -275,7 +307,9 @@ def test_unpack_to_store_then_load_through_medhub_serve(site_a, tmp_path):
 
     admin = machine(tmp_path / "admin", MEDHUB_REGISTRY=str(site_a["overlay"]))
     store, site_overlay = tmp_path / "store", tmp_path / "medhub-site.yaml"
-    done = run_medhub(admin, "unpack", str(archive), "--to-store", str(store), "--overlay", str(site_overlay), "--json")
+    done = run_medhub(
+        admin, "unpack", str(archive), "--to-store", str(store), "--overlay", str(site_overlay), "--json"
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     pinned = yaml.safe_load(site_overlay.read_text())
@@ -287,7 +321,9 @@ def test_unpack_to_store_then_load_through_medhub_serve(site_a, tmp_path):
 
     server = start_server(store)
     try:
-        again = run_medhub(admin, "unpack", str(archive), "--to-store", str(store), "--overlay", str(site_overlay), "--json")
+        again = run_medhub(
+            admin, "unpack", str(archive), "--to-store", str(store), "--overlay", str(site_overlay), "--json"
+        )
         assert json.loads(again.stdout)["written"] == 0 and not json.loads(again.stdout)["overlay_changed"]
         assert json.loads((store / "repos" / "models" / "medhub" / MOCO_ID / "refs.json").read_text()) == refs
         # a workstation of the site: online to the site's Hub only, the overlay copied in, empty caches
@@ -399,7 +435,9 @@ def test_hostile_or_damaged_archive_is_refused_and_nothing_is_written(small_pack
         data = small_pack.read_bytes()
         with tarfile.open(small_pack) as tar:
             last = tar.getmembers()[-1]
-        end = last.offset_data + -(-last.size // 512) * 512  # where the zero blocks that end the archive begin
+        end = (
+            last.offset_data + -(-last.size // 512) * 512
+        )  # where the zero blocks that end the archive begin
         header = tarfile.TarInfo("checkpoints/huge.bin")
         header.size = 10**15
         bad.write_bytes(data[:end] + header.tobuf(tarfile.PAX_FORMAT) + b"\0" * 512)
@@ -418,7 +456,12 @@ def test_hostile_or_damaged_archive_is_refused_and_nothing_is_written(small_pack
         assert done.returncode == 2, done.stdout
         assert expected in done.stderr and "nothing was written" in done.stderr, done.stderr
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
-        nothing_written(root, root / "store", tmp_path / "evil.txt", Path("/tmp/evil.txt") if kind == "absolute" else root / "x")
+        nothing_written(
+            root,
+            root / "store",
+            tmp_path / "evil.txt",
+            Path("/tmp/evil.txt") if kind == "absolute" else root / "x",
+        )
 
 
 # ---- mirror ------------------------------------------------------------------------------------------------
@@ -446,7 +489,9 @@ def test_mirror_publishes_skips_unchanged_and_reports_failures(site_a, tmp_path,
         assert set(pinned) == {MOCO_ID, HUB_ID}
         api = HfApi(endpoint=site.endpoint, token=site.token)
         commits = len(api.list_repo_commits(f"medhub/{MOCO_ID}"))
-        assert {"model.safetensors", "config.json", "README.md"} <= set(api.list_repo_files(f"medhub/{MOCO_ID}"))
+        assert {"model.safetensors", "config.json", "README.md"} <= set(
+            api.list_repo_files(f"medhub/{MOCO_ID}")
+        )
 
         assert cli(args) == 1  # the same run again: nothing new is uploaded
         assert "2 mirrored (0 uploaded, 2 unchanged), 1 failed" in capsys.readouterr()[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,9 +21,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(sizes and sha256 of every member). The same inputs give the same bytes; the creation time is "
         "SOURCE_DATE_EPOCH when set, else the newest input file's time.",
     )
-    p.add_argument("names", nargs="+", metavar="ID|FOLDER|hf-hub:REPO", help="registry ids, model folders, Hub repos")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="FILE", help="the archive to write (.tar)")
-    p.add_argument("--with-tasks", action="store_true", help="add every task's layout, splits and protocol (never data)")
+    p.add_argument(
+        "names", nargs="+", metavar="ID|FOLDER|hf-hub:REPO", help="registry ids, model folders, Hub repos"
+    )
+    p.add_argument(
+        "-o", "--output", required=True, type=Path, metavar="FILE", help="the archive to write (.tar)"
+    )
+    p.add_argument(
+        "--with-tasks", action="store_true", help="add every task's layout, splits and protocol (never data)"
+    )
     p.add_argument(
         "--accept-terms",
         action="store_true",
@@ -42,8 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     u.add_argument("archive", type=Path, metavar="FILE", help="a file written by medhub pack")
     where = u.add_mutually_exclusive_group()
-    where.add_argument("--cache", action="store_true", help="install into this machine's medhub cache (default)")
-    where.add_argument("--to-store", type=Path, metavar="DIR", help="import into the folder of medhub serve --root DIR")
+    where.add_argument(
+        "--cache", action="store_true", help="install into this machine's medhub cache (default)"
+    )
+    where.add_argument(
+        "--to-store", type=Path, metavar="DIR", help="import into the folder of medhub serve --root DIR"
+    )
     u.add_argument(
         "--overlay", type=Path, metavar="FILE",
         help="registry overlay to write (default: registry.d/packs.yaml with --cache, ./medhub-site.yaml with --to-store)",
@@ -61,11 +72,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "others; they are listed at the end and the exit code is 1.",
     )
     m.add_argument("pattern", metavar="PATTERN", help="an id, or a pattern such as 'resnet50_*'")
-    m.add_argument("--endpoint", required=True, metavar="URL", help="the site Hub (a medhub serve), e.g. http://hub:8080")
-    m.add_argument("--namespace", default="medhub", help="where the repos go on the site Hub (default medhub)")
-    m.add_argument("--overlay", type=Path, metavar="FILE", help="overlay to write (default ./medhub-site.yaml)")
-    m.add_argument("--token-file", type=Path, metavar="FILE", help="file whose first word is the site's write token (default: HF_TOKEN)")
-    m.add_argument("--accept-terms", action="store_true", help="confirm you may copy checkpoints with limiting terms")
+    m.add_argument(
+        "--endpoint", required=True, metavar="URL", help="the site Hub (a medhub serve), e.g. http://hub:8080"
+    )
+    m.add_argument(
+        "--namespace", default="medhub", help="where the repos go on the site Hub (default medhub)"
+    )
+    m.add_argument(
+        "--overlay", type=Path, metavar="FILE", help="overlay to write (default ./medhub-site.yaml)"
+    )
+    m.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="file whose first word is the site's write token (default: HF_TOKEN)",
+    )
+    m.add_argument(
+        "--accept-terms", action="store_true", help="confirm you may copy checkpoints with limiting terms"
+    )
     m.add_argument("--json", action="store_true", help="print the result as JSON")
     m.set_defaults(func=cmd_mirror)
 
@@ -74,14 +98,25 @@ def cmd_pack(args: argparse.Namespace) -> int:
     """Write the archive and print its sha256."""
     from medhub.pack import pack
 
-    result = pack(args.names, args.output, with_tasks=args.with_tasks, accept_terms=args.accept_terms)
+    def show(model_id: str) -> None:
+        print(f"loading {model_id} as medhub.load builds it ...", file=sys.stderr, flush=True)
+
+    result = pack(
+        args.names,
+        args.output,
+        with_tasks=args.with_tasks,
+        accept_terms=args.accept_terms,
+        on_checkpoint=show,
+    )
     if args.json:
         print_json({"path": str(result.path), "sha256": result.sha256, "size": result.size, "ids": list(result.ids),
                     "created": result.created, "created_from": result.created_from, "sources": result.sources})  # fmt: skip
         return 0
     for model_id in result.ids:
         print(f"packed {model_id} (weights from {result.sources[model_id]})")
-    print(f"wrote {result.path} ({result.size / 1e6:.1f} MB, created {result.created} from {result.created_from})")
+    print(
+        f"wrote {result.path} ({result.size / 1e6:.1f} MB, created {result.created} from {result.created_from})"
+    )
     print(f"sha256 {result.sha256}  (check it on the other side: sha256sum {result.path.name})")
     return 0
 
@@ -117,6 +152,8 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     """Mirror every match; list failures at the end; exit 1 when any failed."""
     from medhub.pack import mirror
 
+    # a medhub serve answers Xet with 501: plain LFS uploads work with every Hub (read at huggingface_hub import)
+    os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
     token = _read_token(args.token_file) if args.token_file else None
 
     def show(model_id: str, outcome: str) -> None:

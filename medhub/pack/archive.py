@@ -124,7 +124,9 @@ def verify_archive(path: str | os.PathLike) -> VerifiedArchive:
         with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
             return _verify(path, raw, tar)
     except (tarfile.TarError, EOFError) as exc:
-        raise _refused(path, f"it is not a readable tar archive ({exc}); it may be truncated or damaged") from None
+        raise _refused(
+            path, f"it is not a readable tar archive ({exc}); it may be truncated or damaged"
+        ) from None
 
 
 def _verify(path: Path, raw: IO[bytes], tar: tarfile.TarFile) -> VerifiedArchive:
@@ -151,11 +153,15 @@ def _verify(path: Path, raw: IO[bytes], tar: tarfile.TarFile) -> VerifiedArchive
         if size != info.size:
             raise _refused(path, f"member '{info.name}' is truncated ({size} of {info.size} bytes)")
         if digest != expected["sha256"]:
-            raise _refused(path, f"member '{info.name}' has sha256 {digest}, the manifest says {expected['sha256']}")
+            raise _refused(
+                path, f"member '{info.name}' has sha256 {digest}, the manifest says {expected['sha256']}"
+            )
         members[info.name] = Member(info.name, info.size, digest, info.offset_data)
     missing = sorted(set(listed) - set(members))
     if missing:
-        raise _refused(path, f"members listed in the manifest are missing (truncated archive?): {', '.join(missing[:5])}")
+        raise _refused(
+            path, f"members listed in the manifest are missing (truncated archive?): {', '.join(missing[:5])}"
+        )
     return VerifiedArchive(path, manifest, members)
 
 
@@ -169,7 +175,9 @@ def _iter_members(path: Path, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]
         if reason:
             raise _refused(path, f"member '{info.name}' {reason}")
         if not info.isreg():
-            raise _refused(path, f"member '{info.name}' is {_kind(info)}; a medhub pack holds regular files only")
+            raise _refused(
+                path, f"member '{info.name}' is {_kind(info)}; a medhub pack holds regular files only"
+            )
         _check_size(path, info.name, info.size, MAX_MEMBER_BYTES)
         yield info
 
@@ -206,7 +214,9 @@ def _kind(info: tarfile.TarInfo) -> str:
 
 def _check_size(path: Path, name: str, size: int, limit: int) -> None:
     if size < 0 or size > limit:
-        raise _refused(path, f"member '{name}' declares {size} bytes, more than the {limit} a member may have")
+        raise _refused(
+            path, f"member '{name}' declares {size} bytes, more than the {limit} a member may have"
+        )
 
 
 def _read_member(path: Path, raw: IO[bytes], info: tarfile.TarInfo) -> bytes:
@@ -303,4 +313,3 @@ def member_bytes(archive: VerifiedArchive, name: str) -> bytes:
     buffer = io.BytesIO()
     copy_member(archive, name, buffer)
     return buffer.getvalue()
-

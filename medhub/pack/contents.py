@@ -95,7 +95,9 @@ def check_terms(specs: list[Spec], accept_terms: bool) -> dict[str, list[str]]:
     limited = {k: v for k, v in limits.items() if v}
     if limited and not accept_terms:
         first, reasons = next(iter(limited.items()))
-        others = f" (and {len(limited) - 1} more: {', '.join(list(limited)[1:4])})" if len(limited) > 1 else ""
+        others = (
+            f" (and {len(limited) - 1} more: {', '.join(list(limited)[1:4])})" if len(limited) > 1 else ""
+        )
         raise UsageError(
             f"'{first}' may not be passed on freely: {'; '.join(reasons)}{others}. Read the terms (medhub "
             "card ID), then add --accept-terms to confirm that you may copy it; the acceptance is recorded"
@@ -125,7 +127,9 @@ def resolve(name: str, registry: Registry, *, revision: str | None = None) -> Sp
         raise recipe_error(entry)
     entry = entry.model_copy(update={"mirrors": ()})  # a site's own copies never travel
     defined_in = registry.origin.get(f"checkpoint:{entry.id}")
-    return Spec(name, entry.id, "registry", entry, None, None, entry.licence, (defined_in,) if defined_in else ())
+    return Spec(
+        name, entry.id, "registry", entry, None, None, entry.licence, (defined_in,) if defined_in else ()
+    )
 
 
 def _hub_spec(name: str) -> Spec:
@@ -141,25 +145,33 @@ def _hub_spec(name: str) -> Spec:
     return _folder_spec(name, folder, origin=f"{HF_PREFIX}{repo}@{commit}", source=source, repo=repo)
 
 
-def _folder_spec(name: str, folder: Path, *, origin: str, source: WeightSource | None, repo: str | None = None) -> Spec:
+def _folder_spec(
+    name: str, folder: Path, *, origin: str, source: WeightSource | None, repo: str | None = None
+) -> Spec:
     import json
 
     from medhub.push import _recorded_licence, default_id
 
     config_path = folder / "config.json"
     if not config_path.is_file() or not (folder / WEIGHTS).is_file():
-        raise UsageError(f"{name}: a model folder needs config.json and {WEIGHTS} (write one with medhub convert)")
+        raise UsageError(
+            f"{name}: a model folder needs config.json and {WEIGHTS} (write one with medhub convert)"
+        )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{config_path} is not valid JSON ({exc.msg}); fix or re-export the folder") from None
+        raise UsageError(
+            f"{config_path} is not valid JSON ({exc.msg}); fix or re-export the folder"
+        ) from None
     recorded = config.get("medhub") or {}
     model_id = recorded.get("id") if isinstance(recorded.get("id"), str) else None
     model_id = model_id or default_id(repo or folder.resolve().name)
     if source is None:
         source = WeightSource(kind="local", filename=str(folder.resolve() / WEIGHTS), format="timm")
     inputs = tuple(p.resolve() for p in (config_path, folder / WEIGHTS))
-    return Spec(name, model_id, origin, None, folder, source, _recorded_licence(recorded.get("licence")), inputs)
+    return Spec(
+        name, model_id, origin, None, folder, source, _recorded_licence(recorded.get("licence")), inputs
+    )
 
 
 def prepare(spec: Spec, out: Path) -> Prepared:

@@ -144,16 +144,26 @@ def _item(verified: VerifiedArchive, raw: Any, registry) -> Item:
     try:
         entry = Checkpoint(**raw["registry_entry"])
     except (ValidationError, TypeError) as exc:
-        raise _bad(verified, f"the registry entry of '{raw.get('id')}' does not validate ({str(exc).splitlines()[0]})") from None
+        raise _bad(
+            verified,
+            f"the registry entry of '{raw.get('id')}' does not validate ({str(exc).splitlines()[0]})",
+        ) from None
     files = raw.get("files") or {}
     members = {name: files.get(name) for name in (*CHECKPOINT_FILES, ENTRY_FILE)}
     absent = [name for name, member in members.items() if member not in verified.members]
     if absent or raw.get("id") != entry.id:
-        raise _bad(verified, f"checkpoint '{entry.id}' lacks {', '.join(absent) or 'a matching id'} in the archive")
+        raise _bad(
+            verified, f"checkpoint '{entry.id}' lacks {', '.join(absent) or 'a matching id'} in the archive"
+        )
     packed = yaml.safe_load(member_bytes(verified, members[ENTRY_FILE]).decode("utf-8"))
     body = raw["registry_entry"]
-    if not isinstance(packed, dict) or (packed.get("checkpoints") or {}).get(entry.id) != {k: v for k, v in body.items() if k != "id"}:
-        raise _bad(verified, f"the registry entry of '{entry.id}' differs between manifest.json and its registry.yaml")
+    if not isinstance(packed, dict) or (packed.get("checkpoints") or {}).get(entry.id) != {
+        k: v for k, v in body.items() if k != "id"
+    }:
+        raise _bad(
+            verified,
+            f"the registry entry of '{entry.id}' differs between manifest.json and its registry.yaml",
+        )
     known = entry.id in registry.checkpoints or entry.id in registry.aliases
     if known:
         local = registry.get_model(entry.id)
@@ -179,7 +189,9 @@ def _tasks(verified: VerifiedArchive, registry) -> list[Task]:
         try:
             found.append(Task(id=task_id, **(data.get("tasks") or {})[task_id]))
         except (ValidationError, TypeError, KeyError, AttributeError) as exc:
-            raise _bad(verified, f"{member} does not describe task '{task_id}' ({str(exc).splitlines()[0]})") from None
+            raise _bad(
+                verified, f"{member} does not describe task '{task_id}' ({str(exc).splitlines()[0]})"
+            ) from None
     return found
 
 
@@ -196,12 +208,20 @@ def _repo_ref(namespace: str, model_id: str):
     try:
         return make_repo("models", namespace, model_id)
     except ProtocolError as exc:
-        raise UsageError(f"cannot make store repo {namespace}/{model_id}: {exc.message}; pass another --namespace") from None
+        raise UsageError(
+            f"cannot make store repo {namespace}/{model_id}: {exc.message}; pass another --namespace"
+        ) from None
 
 
 def _check_store_root(root: Path) -> None:
-    if root.exists() and any(root.iterdir()) and not ((root / "blobs").is_dir() and (root / "repos").is_dir()):
-        raise UsageError(f"{root} is not a medhub serve folder (no blobs/ and repos/); give the folder of medhub serve --root")
+    if (
+        root.exists()
+        and any(root.iterdir())
+        and not ((root / "blobs").is_dir() and (root / "repos").is_dir())
+    ):
+        raise UsageError(
+            f"{root} is not a medhub serve folder (no blobs/ and repos/); give the folder of medhub serve --root"
+        )
 
 
 def _check_space(root: Path, verified: VerifiedArchive, items: list[Item]) -> None:
@@ -211,17 +231,23 @@ def _check_space(root: Path, verified: VerifiedArchive, items: list[Item]) -> No
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if need > free:
-        raise UsageError(f"unpacking needs {need / 1e9:.2f} GB but {probe} has {free / 1e9:.2f} GB free; free space and retry")
+        raise UsageError(
+            f"unpacking needs {need / 1e9:.2f} GB but {probe} has {free / 1e9:.2f} GB free; free space and retry"
+        )
 
 
 def _bad(verified: VerifiedArchive, reason: str) -> ArchiveError:
-    return ArchiveError(f"{verified.path}: refused, nothing was written: {reason}; ask for the pack again", path=verified.path)
+    return ArchiveError(
+        f"{verified.path}: refused, nothing was written: {reason}; ask for the pack again", path=verified.path
+    )
 
 
 # ---- the medhub cache ----------------------------------------------------------------------------------------
 
 
-def _into_cache(verified: VerifiedArchive, items: list[Item], root: Path) -> tuple[int, dict[str, WeightSource]]:
+def _into_cache(
+    verified: VerifiedArchive, items: list[Item], root: Path
+) -> tuple[int, dict[str, WeightSource]]:
     written, sources = 0, {}
     for item in items:
         folder = root / item.entry.id / item.weights_sha256[:16]
@@ -240,7 +266,11 @@ def _install_file(verified: VerifiedArchive, member: str, target: Path) -> int:
     from medhub.pack.archive import sha256_of
 
     expected = verified.members[member]
-    if target.is_file() and target.stat().st_size == expected.size and sha256_of(target)[1] == expected.sha256:
+    if (
+        target.is_file()
+        and target.stat().st_size == expected.size
+        and sha256_of(target)[1] == expected.sha256
+    ):
         return 0
     with atomic_open(target, "wb") as out:
         copy_member(verified, member, out)
@@ -250,7 +280,9 @@ def _install_file(verified: VerifiedArchive, member: str, target: Path) -> int:
 # ---- a medhub serve store --------------------------------------------------------------------------------------
 
 
-def _into_store(verified: VerifiedArchive, items: list[Item], root: Path, repos: dict) -> tuple[int, dict[str, WeightSource]]:
+def _into_store(
+    verified: VerifiedArchive, items: list[Item], root: Path, repos: dict
+) -> tuple[int, dict[str, WeightSource]]:
     from medhub.serve.storage import Store
 
     store = Store(root, exclusive=False)  # a running server keeps serving; repo locks order the writes
@@ -286,7 +318,9 @@ def _import_repo(store, verified: VerifiedArchive, item: Item, repo) -> tuple[st
     if tag in refs["tags"]:
         commit = refs["tags"][tag]
         if not _holds(store.commit(repo, commit).files, wanted):
-            raise UsageError(f"tag {tag} of {repo.id} points to other files; delete the tag in the store and retry")
+            raise UsageError(
+                f"tag {tag} of {repo.id} points to other files; delete the tag in the store and retry"
+            )
         return commit, writes
     head = refs["branches"]["main"]
     if _holds(store.commit(repo, head).files, wanted):
@@ -333,11 +367,17 @@ def _operation(store, verified: VerifiedArchive, member: str, name: str):
 # ---- the overlay ---------------------------------------------------------------------------------------------
 
 
-def _write_overlay(path: Path, items: list[Item], sources: dict[str, WeightSource], tasks: list[Task], *, mode: str) -> bool:
+def _write_overlay(
+    path: Path, items: list[Item], sources: dict[str, WeightSource], tasks: list[Task], *, mode: str
+) -> bool:
     from medhub.registry import write_overlay
 
     mirrors = {i.entry.id: (sources[i.entry.id],) for i in items if i.known}
-    entries = [i.entry.model_copy(update={"sources": (sources[i.entry.id],), "mirrors": ()}) for i in items if not i.known]
+    entries = [
+        i.entry.model_copy(update={"sources": (sources[i.entry.id],), "mirrors": ()})
+        for i in items
+        if not i.known
+    ]
     header = (
         "medhub unpack --cache: checkpoints unpacked into this machine's medhub cache"
         if mode == "cache"

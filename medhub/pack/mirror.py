@@ -89,23 +89,41 @@ def mirror(
     overlay_path = Path(overlay).expanduser() if overlay else Path(SITE_OVERLAY)
     mirrors = {
         m.model_id: (
-            WeightSource(kind="medhub_hf", repo=m.repo, revision=m.commit, filename=WEIGHTS, format="timm",
-                         sha256=m.sha256),
+            WeightSource(
+                kind="medhub_hf",
+                repo=m.repo,
+                revision=m.commit,
+                filename=WEIGHTS,
+                format="timm",
+                sha256=m.sha256,
+            ),
         )  # fmt: skip
         for m in done
     }
-    changed = write_overlay(overlay_path, mirrors=mirrors, header="medhub site overlay (medhub mirror): copy to each machine's registry.d") if mirrors else False
+    changed = (
+        write_overlay(
+            overlay_path,
+            mirrors=mirrors,
+            header="medhub site overlay (medhub mirror): copy to each machine's registry.d",
+        )
+        if mirrors
+        else False
+    )
     return MirrorResult(tuple(done), tuple(failed), overlay_path, changed)
 
 
-def _mirror_one(entry: Checkpoint, registry, endpoint: str, namespace: str, token: str | None, accept_terms: bool) -> Mirrored:
+def _mirror_one(
+    entry: Checkpoint, registry, endpoint: str, namespace: str, token: str | None, accept_terms: bool
+) -> Mirrored:
     from medhub.hub.upload import create_tag, remote_files, repo_head, upload_folder
     from medhub.push import REPO_RE
     from medhub.serve.protocol import git_blob_oid
 
     limits = redistribution_limits(entry.licence)
     if limits and not accept_terms:
-        raise UsageError(f"{'; '.join(limits)}: add --accept-terms to confirm that you may copy it to the site")
+        raise UsageError(
+            f"{'; '.join(limits)}: add --accept-terms to confirm that you may copy it to the site"
+        )
     repo = f"{namespace}/{entry.id}"
     if not REPO_RE.match(repo):
         raise UsageError(f"'{repo}' is not a Hub repo id; pass another --namespace")
@@ -121,7 +139,9 @@ def _mirror_one(entry: Checkpoint, registry, endpoint: str, namespace: str, toke
                 commit_message=f"medhub mirror: {entry.id} ({entry.arch})",
             )  # fmt: skip
             uploaded = True
-    create_tag(repo, content_tag({n: sha for n, (sha, _) in wanted.items()}), commit, token=token, endpoint=endpoint)
+    create_tag(
+        repo, content_tag({n: sha for n, (sha, _) in wanted.items()}), commit, token=token, endpoint=endpoint
+    )
     return Mirrored(entry.id, repo, commit, uploaded, wanted[WEIGHTS][0])
 
 

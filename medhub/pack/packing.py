@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def pack(
     *,
     with_tasks: bool = False,
     accept_terms: bool = False,
+    on_checkpoint: Callable[[str], None] | None = None,
 ) -> PackResult:
     """Write one archive holding the named checkpoints, converted as ``medhub.load`` builds them.
 
@@ -44,6 +46,7 @@ def pack(
             ``tasks/<id>.yaml``; never any data.
         accept_terms: confirm that checkpoints whose licence or data terms limit redistribution may be
             copied (recorded in the manifest).
+        on_checkpoint: called with each checkpoint's id before it is loaded (progress on a terminal).
 
     Returns:
         The archive's path, sha256 (publish it beside the file) and size in bytes.
@@ -70,8 +73,14 @@ def pack(
     epoch, created_from = creation_time(specs)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".medhub-pack-", dir=out.parent) as tmp:
-        prepared = [prepare(spec, Path(tmp) / "checkpoints") for spec in specs]
-        files = {f"checkpoints/{p.entry.id}/{name}": p.folder / name for p in prepared for name in _write_entry(p)}
+        prepared = []
+        for spec in specs:
+            if on_checkpoint:
+                on_checkpoint(spec.model_id)
+            prepared.append(prepare(spec, Path(tmp) / "checkpoints"))
+        files = {
+            f"checkpoints/{p.entry.id}/{name}": p.folder / name for p in prepared for name in _write_entry(p)
+        }
         task_ids = _write_tasks(registry, Path(tmp) / "tasks", files) if with_tasks else []
         members = []
         for name in sorted(files):
@@ -108,7 +117,9 @@ def creation_time(specs: list[Spec]) -> tuple[int, str]:
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is not None and value.strip():
         if not value.strip().isdigit():
-            raise UsageError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds; unset it or fix it")
+            raise UsageError(
+                f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds; unset it or fix it"
+            )
         return int(value.strip()), "SOURCE_DATE_EPOCH"
     times = [p.stat().st_mtime for spec in specs for p in spec.inputs if p.exists()]
     return (int(max(times)) if times else 0), "newest input file"
@@ -118,7 +129,9 @@ def _unique(specs: list[Spec]) -> list[Spec]:
     seen: dict[str, str] = {}
     for spec in specs:
         if spec.model_id in seen:
-            raise UsageError(f"'{seen[spec.model_id]}' and '{spec.name}' are both checkpoint '{spec.model_id}'; name it once")
+            raise UsageError(
+                f"'{seen[spec.model_id]}' and '{spec.name}' are both checkpoint '{spec.model_id}'; name it once"
+            )
         seen[spec.model_id] = spec.name
     return specs
 
@@ -126,7 +139,9 @@ def _unique(specs: list[Spec]) -> list[Spec]:
 def _write_entry(prepared: Prepared) -> tuple[str, ...]:
     """Write the checkpoint's registry entry beside its files (a one-entry registry file)."""
     body = prepared.entry.model_dump(mode="json", exclude_defaults=True, exclude={"id"})
-    text = yaml.safe_dump({"version": 1, "checkpoints": {prepared.entry.id: body}}, sort_keys=False, allow_unicode=True)
+    text = yaml.safe_dump(
+        {"version": 1, "checkpoints": {prepared.entry.id: body}}, sort_keys=False, allow_unicode=True
+    )
     (prepared.folder / ENTRY_FILE).write_text(text, encoding="utf-8")
     return (*CHECKPOINT_FILES, ENTRY_FILE)
 
@@ -137,7 +152,10 @@ def _write_tasks(registry, folder: Path, files: dict[str, Path]) -> list[str]:
     for task_id, task in sorted(registry.tasks.items()):
         body = task.model_dump(mode="json", exclude_defaults=True, exclude={"id"})
         path = folder / f"{task_id}.yaml"
-        path.write_text(yaml.safe_dump({"version": 1, "tasks": {task_id: body}}, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        path.write_text(
+            yaml.safe_dump({"version": 1, "tasks": {task_id: body}}, sort_keys=False, allow_unicode=True),
+            encoding="utf-8",
+        )
         files[f"tasks/{task_id}.yaml"] = path
     return sorted(registry.tasks)
 
@@ -154,4 +172,3 @@ def _manifest_entry(prepared: Prepared, limits: list[str], accept_terms: bool) -
         "redistribution_limits": limits,
         "terms_accepted": bool(limits and accept_terms),
     }
-
