@@ -94,9 +94,14 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
         raise UsageError(f"--runs must be at least 1, got {runs}")
     entry = load_registry().get_task(task)
     check_stem(model, arch=arch, stem="cifar" if cifar_stem else None)
+    from medhub.train.network import model_arch
+    from medhub.train.segnet import architecture_family
+
+    name = model_arch(model, arch)
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size, label_fraction=label_fraction,
                    linear_probe=linear_probe, cifar_stem=cifar_stem,
-                   random_model=is_random(model) and "resnet" in model.lower())
+                   random_model=is_random(model) and "resnet" in model.lower(),
+                   family=architecture_family(name) if name else None)
     plan = make_plan(entry, **options)  # checks the overrides before any data is read
     torch_device = pick_device(device)
     out_dir = Path(out) if out is not None else default_out(model, entry.id, resume)
