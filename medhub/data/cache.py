@@ -22,6 +22,7 @@ import numpy as np
 from filelock import FileLock
 
 from medhub._io import atomic_write_text, sha256_file
+from medhub.cpu import usable_cpus
 from medhub.data.images import pixel_record, read_image, read_mask, resize, resize_cv2_nearest, set_channels
 from medhub.data.paths import cache_root
 from medhub.data.progress import BAR, Progress, progress_mode, say
@@ -79,7 +80,7 @@ def _build(split: SplitData, size: int, channels: int, target: Path, mask_target
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, channels, size, size))
         masks = (np.lib.format.open_memmap(tmp_mask, mode="w+", dtype=np.uint8, shape=(count, size, size))
                  if tmp_mask else None)
-        workers = min(8, os.cpu_count() or 1) if split.paths is not None else 1
+        workers = min(8, usable_cpus()) if split.paths is not None else 1
         say(progress, f"{label}: building the decode-once cache ({count} images; later runs reuse it)")
         with ThreadPoolExecutor(workers) as pool, tqdm(total=count, desc=label, unit="img",
                                                        disable=progress_mode(progress) != BAR, leave=False) as bar:
