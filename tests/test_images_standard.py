@@ -440,3 +440,40 @@ def test_pixel_rule_schema_rejects_bad_values():
         PixelRule(bits=17)
     assert PixelRule(window=(0, 0.5), voi_function="LINEAR_EXACT").window == (0, 0.5)
 
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_reproduce_on_a_dicom_folder_task_records_the_users_window(tmp_path, shared_data, monkeypatch, capsys):
+    """medhub reproduce on class folders of CT DICOMs with --window: the rule in plan, report and manifest."""
+    from medhub.cli import main
+    from medhub.data.paths import cache_root
+    from medhub.registry import clear_cache
+
+    monkeypatch.setenv("MEDHUB_REGISTRY", str(ROOT / "examples" / "nih1000_task.yaml"))
+    clear_cache()
+    ct = pydicom.dcmread(shared_data / "dicom_pydicom" / "CT_small.dcm")
+    for split in ("train", "valid", "test"):
+        for k, label in enumerate(("0_normal", "1_abnormal")):
+            folder = tmp_path / "data" / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                ds = copy.deepcopy(ct)
+                ds.PixelData = (ct.pixel_array + 40 * (i + 3 * k)).astype(np.int16).tobytes()
+                ds.save_as(folder / f"{label}{i}.dcm")
+    out = tmp_path / "out"
+    args = ["reproduce", "random:test_resnet", "nih1000", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
+            "--out", str(out), "--no-progress"]
+    assert main([*args, "--window=-600,1500", "--voi-function", "LINEAR_EXACT"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert any("window -600/1500 LINEAR_EXACT" in n for n in report["protocol"]["data_notes"])
+    assert json.loads((out / "plan.json").read_text())["pixels"]["window"] == [-600, 1500]
+    manifests = [json.loads(p.read_text()) for p in (cache_root() / "nih1000").glob("*.json")]
+    assert len(manifests) == 3 and all(m["pixels"]["rule"]["voi_function"] == "LINEAR_EXACT" for m in manifests)
+    capsys.readouterr()
+    assert main([*args, "--window", "40"]) == 2
+    assert "--window takes CENTER,WIDTH" in capsys.readouterr().err
+    assert main([*args, "--window=40,0", "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "window width must be >= 1" in err and "\n" not in err
+    clear_cache()

@@ -233,6 +233,8 @@ def dicom_grey(ds, stored: np.ndarray, rule: PixelRule = DEFAULT_RULE) -> np.nda
         grey = window_to_uint8(values, *rule.window, rule.voi_function)
     elif ds.get("VOILUTSequence") and "LUTData" in ds.VOILUTSequence[0]:
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        if values.dtype.kind == "f" and np.array_equal(values, np.round(values)):
+            values = values.astype(np.int64)  # a LUT is indexed by integers (pydicom warns on floats)
         grey = range_to_uint8(apply_voi(values, ds), 0, 2 ** bits - 1)
     elif center is not None and width is not None:
         grey = window_to_uint8(values, center, width, str(ds.get("VOILUTFunction", "") or "LINEAR"))
