@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -477,3 +478,27 @@ def test_reproduce_on_a_dicom_folder_task_records_the_users_window(tmp_path, sha
     err = capsys.readouterr().err.strip()
     assert "window width must be >= 1" in err and "\n" not in err
     clear_cache()
+
+
+def test_dicoms_without_dcm_suffix_are_found_and_read(tmp_path, shared_data):
+    """DICOM exports named IM000001 or by their SOP Instance UID: found by the 'DICM' marker, read alike."""
+    mr = shared_data / "dicom_pydicom" / "MR_small.dcm"
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            shutil.copy(mr, folder / "IM000001")
+            shutil.copy(mr, folder / "1.2.840.10008.5.1.4.1234")
+            (folder / "README").write_text("not an image")
+    data = load_task_data(dicom_task(), tmp_path)
+    paths = data.split("test").paths
+    assert len(paths) == 4 and {p.name for p in paths} == {"IM000001", "1.2.840.10008.5.1.4.1234"}
+    assert all(np.array_equal(read_image(p), read_image(mr)) for p in paths)
+
+
+def test_jsrt_raw_is_12_bit_with_high_values_dark(tmp_path):
+    """JSRT .IMG: 2048x2048 big-endian 12-bit; 0..4095 onto 255..0, the same for every image."""
+    values = (np.arange(2048 * 2048) % 4096).astype(">u2").reshape(2048, 2048)
+    values.tofile(tmp_path / "JPCLN001.IMG")
+    got = read_image(tmp_path / "JPCLN001.IMG")
+    assert np.array_equal(got, 255 - np.round(values.astype(float) * 255 / 4095).astype(np.uint8))

@@ -43,6 +43,25 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp", ".pp
 SUPPORTED_SUFFIXES = DICOM_SUFFIXES | RAW_SUFFIXES | IMAGE_SUFFIXES
 
 DEFAULT_RULE = PixelRule()
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when ``path`` holds a DICOM Part 10 file: the bytes ``DICM`` after its 128-byte preamble (PS3.10 7.1).
+
+    For files exported without ``.dcm`` (``IM000001``, or named by their SOP Instance UID ``1.2.840...``).
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def unnamed_dicoms(root: Path) -> list[Path]:
+    """Files under ``root`` without an image suffix (none, or a number as in a UID name) that are DICOM, sorted."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and (p.suffix == "" or p.suffix[1:].isdigit()) and is_dicom_file(p))
 # The parts of the rule no task changes; recorded with the rule (a change here changes cache keys).
 FIXED_RULES = (
     "DICOM grey: modality LUT -> VOI (rule window, else file VOI LUT Sequence, else file's first window "
@@ -396,7 +415,7 @@ def read_image(path: str | Path, channels: int = 1, decoder: str | None = None,
     try:
         if decoder is not None:
             array = DECODERS[decoder](path, rule)
-        elif suffix in DICOM_SUFFIXES:
+        elif suffix in DICOM_SUFFIXES or (suffix not in SUPPORTED_SUFFIXES and is_dicom_file(path)):
             array = read_dicom(path, rule)
         elif suffix in RAW_SUFFIXES:
             array = read_jsrt_raw(path, rule)
