@@ -59,7 +59,8 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
               device: str = "auto", seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False,
               arch: str | None = None, progress: bool | str = True, cifar_stem: bool | None = None,
               keep_head: bool = False, precision: str | None = None, subset_seed: int | None = None,
-              quick: bool = False, native_size: bool = False, dry_run: bool = False) -> dict[str, Any]:
+              quick: bool = False, native_size: bool = False, dry_run: bool = False,
+              pixels: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` on ``task`` ``runs`` times (seeds ``seed..seed+runs-1``) and report the test metric.
 
     Args:
@@ -83,10 +84,13 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
         precision: fp32, fp16 or bf16 (default: the released code's, fp32 for classification); an override
             makes the run "not comparable".
         subset_seed: seed of the label-fraction subset (default 99, the released code's ``random.Random(99)``).
-        quick: MedMNIST only: a ~360-step version of the 100-epoch schedule (indicative, not a verdict).
+        quick: MedMNIST only: a ~150-step version of the 100-epoch schedule (indicative, not a verdict).
         native_size: MedMNIST only: read the native MedMNIST+ file of ``img_size`` instead of upsampling 28 px.
         dry_run: return the resolved plan (``Plan.as_dict()`` plus ``model``/``task``/``seed``/``runs``)
             without reading data, building the network or writing anything.
+        pixels: fields of :class:`medhub.schema.PixelRule` replacing the task's (e.g. ``{"window": (-600,
+            1500)}`` for a CT lung window, ``{"frame": 0}`` for multi-frame files); recorded in the plan,
+            the report's data notes and the cache manifest.
 
     Returns:
         The report (also written to ``out/report.json``), ending in ``verdict`` and ``verdict_reasons``;
@@ -96,7 +100,7 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     >>> sorted(report)[:4]  # doctest: +SKIP
     ['difference', 'environment', 'mean', 'metric']
     """
-    from medhub.data import load_task_data
+    from medhub.data import load_task_data, pixel_rule
     from medhub.registry import load_registry
     from medhub.train.network import check_stem, is_random
     from medhub.train.protocol import make_plan
@@ -109,7 +113,8 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     options = dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
                    label_fraction=label_fraction, linear_probe=linear_probe, cifar_stem=cifar_stem,
                    random_model=is_random(model) and "resnet" in model.lower(), keep_head=keep_head,
-                   precision=precision, subset_seed=subset_seed, quick=quick, native_size=native_size)
+                   precision=precision, subset_seed=subset_seed, quick=quick, native_size=native_size, arch=arch,
+                   pixels=pixels)
     known_train = next((s.size for s in entry.splits if s.name == "train" and s.size), None)
     plan = make_plan(entry, **options,  # checks the overrides before any data is read
                      train_size=int(known_train * label_fraction) if known_train else None)
@@ -121,11 +126,12 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     if out_dir.exists() and not resume and any(out_dir.glob("run*/state.pt")):
         raise UsageError(f"{out_dir} already holds runs; pass --resume to continue them or choose another --out")
     reader_options = {"native_size": native_size} if plan.recipe == "medmnist_v2" else {}
-    data = load_task_data(entry, data_dir, img_size=plan.img_size, **reader_options)
+    data = load_task_data(entry, data_dir, img_size=plan.img_size, pixels=pixels, **reader_options)
     plan = make_plan(entry, **options, train_size=int(len(data.split("train")) * label_fraction))
     splits = prepare_data(entry, data, plan, seed=seed, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
-    planned = {"model": model, "task": entry.id, "seed": seed, **plan.as_dict()}
+    planned = {"model": model, "task": entry.id, "seed": seed, **plan.as_dict(),
+               **({"pixels": pixel_rule(entry, pixels).model_dump(mode="json")} if pixels else {})}
     _check_same_plan(out_dir / "plan.json", planned, resume)
     atomic_write_text(out_dir / "plan.json", json.dumps(planned, indent=1))
     results = [run_once(model, entry, data, splits, plan, seed=seed + i, run_dir=out_dir / f"run{i}",

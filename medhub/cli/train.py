@@ -58,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "ResNets); recorded, and makes the run not comparable")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="arithmetic (default: the released "
                    "code's, fp32 for classification); any other is an override that makes the run not comparable")
-    p.add_argument("--quick", action="store_true", help="MedMNIST only: a ~360-step version of the 100-epoch "
-                   "schedule, minutes on a laptop CPU; its report says 'shortened schedule: indicative, not a "
+    p.add_argument("--quick", action="store_true", help="MedMNIST only: a ~150-step version of the 100-epoch "
+                   "schedule (a few minutes on a 2-core CPU); its report says 'shortened schedule: indicative, not a "
                    "verdict'")
     p.add_argument("--native-size", action="store_true", help="MedMNIST only: read the native MedMNIST+ file of "
                    "--img-size (64/128/224) instead of upsampling the 28 px images with NEAREST as MedMNIST v2's "
@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan (every protocol value with its "
                    "source, the overrides, the published number it will be compared with, the expected data "
                    "layout) without reading data or building the network; with --json, as one JSON object")
+    p.add_argument("--window", metavar="CENTER,WIDTH", help="DICOM VOI window replacing the files' own, in the "
+                   "units after the rescale (HU for CT), e.g. --window=-600,1500 (lung); bounds map onto 0..255")
+    p.add_argument("--voi-function", choices=["LINEAR", "LINEAR_EXACT", "SIGMOID"],
+                   help="the DICOM VOI LUT Function of --window (default LINEAR)")
+    p.add_argument("--frame", type=int, metavar="N", help="read frame N (0-based) of multi-frame DICOM/TIFF "
+                   "files (default: such files are refused)")
     p.add_argument("--out", help="output folder")
     _common(p)
     p.set_defaults(func=cmd_reproduce)
@@ -85,6 +91,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_adapt)
 
 
+def pixel_options(args: argparse.Namespace) -> dict | None:
+    """``--window C,W``, ``--voi-function`` and ``--frame`` as PixelRule fields (None when none is given)."""
+    from medhub.errors import UsageError
+
+    pixels = {}
+    if args.window is not None:
+        try:
+            center, width = (float(v) for v in args.window.split(","))
+        except ValueError:
+            raise UsageError(f"--window takes CENTER,WIDTH (e.g. --window=-600,1500), got '{args.window}'") from None
+        pixels["window"] = (center, width)
+    if args.voi_function is not None:
+        if args.window is None:
+            raise UsageError("--voi-function applies to --window; give both, e.g. --window=40,400 --voi-function SIGMOID")
+        pixels["voi_function"] = args.voi_function
+    if args.frame is not None:
+        pixels["frame"] = args.frame
+    return pixels or None
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """``medhub reproduce``."""
     from medhub.reproduce import reproduce
@@ -96,7 +122,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         linear_probe=args.linear_probe, device=args.device, seed=args.seed, out=args.out, resume=args.resume,
         arch=args.arch, progress=_progress(args), cifar_stem=args.cifar_stem, keep_head=args.keep_head,
         precision=args.precision, subset_seed=args.subset_seed, quick=args.quick, native_size=args.native_size,
-        dry_run=args.dry_run,
+        dry_run=args.dry_run, pixels=pixel_options(args),
     )
     if args.json:
         print_json(result)

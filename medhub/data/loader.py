@@ -9,7 +9,6 @@ lets ``--resume`` end where an uninterrupted run would.
 from __future__ import annotations
 
 import logging
-import os
 import re
 
 import numpy as np
@@ -158,6 +157,8 @@ class BatchDataset(torch.utils.data.Dataset):
             masks = torch.from_numpy(np.ascontiguousarray(self.split.masks[order]))[where]
         if isinstance(self.transform, GeometricAugment):  # augmentation depends on (seed, epoch, batch) only
             images, masks = self.transform(images, masks, torch.Generator().manual_seed(batch_seed))
+        elif hasattr(self.transform, "augment_batch"):  # albumentations (segmentation), seeded per batch
+            images, masks = self.transform.augment_batch(images, masks, batch_seed)
         elif self.transform is not None:
             torch.manual_seed(batch_seed)
             images, masks = self._augment(images, masks)
@@ -222,7 +223,9 @@ def default_workers(device: torch.device) -> int:
     On a CPU the model's own threads use every core and the cached pipeline costs well under a millisecond
     per image, so worker processes would only compete with the model.
     """
-    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    from medhub.cpu import usable_cpus
+
+    return min(8, usable_cpus()) if device.type == "cuda" else 0
 
 
 def set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:

@@ -1,7 +1,8 @@
 """The network a run trains: ``random:<timm arch>``, a registry id, or a local checkpoint, with the task's head.
 
 Model creation goes through :func:`medhub.build.create_model` (random init) or :func:`medhub.load`
-(pretrained weights); segmentation wraps the backbone in :class:`medhub.train.unet.UNet`.
+(pretrained weights); segmentation puts that backbone into segmentation_models_pytorch's U-Net or UperNet
+(:mod:`medhub.train.segnet`).
 
 ``stem="cifar"`` gives a ``random:`` ResNet the CIFAR-style stem of MedMNIST v2's 28 px experiments (3x3
 stride-1 first conv, no max-pool): 4x less downsampling than timm's 7x7 stride-2 conv plus max-pool. A run's
@@ -31,7 +32,8 @@ def is_random(model: str) -> bool:
 
 
 def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: str | None = None,
-                  segmentation: bool = False, linear_probe: bool = False, stem: str | None = None) -> nn.Module:
+                  segmentation: bool = False, linear_probe: bool = False, stem: str | None = None,
+                  decoder: str | None = None) -> nn.Module:
     """Create the network for one run.
 
     Args:
@@ -39,10 +41,12 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
         num_outputs: classifier outputs (ignored for segmentation: one mask channel).
         in_chans: input channels; None keeps the checkpoint's.
         arch: timm architecture of a bare checkpoint file.
-        segmentation: build a U-Net on the backbone instead of a classifier.
+        segmentation: build a segmentation network (smp U-Net or UperNet) on the backbone instead of a classifier.
         linear_probe: freeze everything except the classifier.
         stem: ``"cifar"``: a ResNet with a 3x3 stride-1 first conv and no max-pool, for ``random:`` ResNets
             or a checkpoint saved from one (``best.safetensors`` with ``arch``, or a model folder).
+        decoder: ``unet`` or ``upernet`` (segmentation); default: the released choice for the backbone's
+            family (:func:`medhub.train.segnet.default_decoder`).
 
     Raises:
         UsageError: a ``stem`` the model cannot take, or a CIFAR-stem checkpoint loaded without ``stem``.
@@ -51,6 +55,10 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
     if stem and segmentation:
         raise UsageError("--cifar-stem applies to classification tasks only; drop it for segmentation")
     check_stem(model, arch=arch, stem=stem)
+    if segmentation:
+        if linear_probe:
+            raise UsageError("--linear-probe applies to classification tasks only")
+        return _segmentation_network(model, in_chans=in_chans, arch=arch, decoder=decoder)
     if is_random(model):
         name = model[len(RANDOM_PREFIX):]
         if not name:
@@ -62,15 +70,55 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
         import medhub
 
         network = medhub.load(model, num_classes=classes, in_chans=in_chans, arch=arch)
-    if segmentation:
-        if linear_probe:
-            raise UsageError("--linear-probe applies to classification tasks only")
-        from medhub.train.unet import UNet
-
-        return UNet(network, out_channels=1)
     if linear_probe:
         freeze_backbone(network)
     return network
+
+
+def model_arch(model: str, arch: str | None = None) -> str | None:
+    """The timm architecture of ``model`` without building it: ``random:<arch>``, a registry entry's ``arch``,
+    ``arch`` for a file, or a model folder's ``config.json``; None when it cannot be told."""
+    if is_random(model):
+        return model[len(RANDOM_PREFIX):] or None
+    if arch:
+        return arch
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            return json.loads((path / "config.json").read_text()).get("architecture")
+        except (OSError, ValueError):
+            return None
+    from medhub.errors import MedhubError
+    from medhub.registry import load_registry
+
+    try:
+        return load_registry().get_model(model).arch
+    except MedhubError:
+        return None
+
+
+def _segmentation_network(model: str, *, in_chans: int | None, arch: str | None, decoder: str | None) -> nn.Module:
+    """The backbone built and loaded as everywhere else (no head), then placed in smp's U-Net or UperNet."""
+    from medhub.train.segnet import (
+        architecture_family,
+        build_segmentation_network,
+        default_decoder,
+        segmentation_spec,
+    )
+
+    name = model_arch(model, arch)
+    if name is None:
+        raise UsageError(f"cannot tell the architecture of {model}; pass --arch <timm architecture>")
+    spec = segmentation_spec(name, decoder or default_decoder(architecture_family(name)))
+    if is_random(model):
+        from medhub.build import create_model
+
+        backbone, _ = create_model(name, None, num_classes=0, in_chans=in_chans, **spec.encoder_kwargs)
+    else:
+        import medhub
+
+        backbone = medhub.load(model, num_classes=0, in_chans=in_chans, arch=arch)
+    return build_segmentation_network(backbone, spec)
 
 
 def _random_network(name: str, classes: int, in_chans: int | None, stem: str | None) -> nn.Module:

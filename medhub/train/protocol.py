@@ -70,13 +70,18 @@ class Plan:
     linear_probe: bool
     num_outputs: int
     stem: str | None = None  # None: the architecture's stem; "cifar": 3x3 stride-1 first conv, no max-pool
+    family: str | None = None  # architecture family whose recipe applies (task.family_protocols)
+    decoder: str | None = None  # segmentation: unet or upernet
+    warmup_epochs: int = 0
+    precision: str = "fp32"
+    augment_pipeline: str | None = None
+    augment_val: bool = False
+    image_resize: str = "bilinear"
     overrides: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     model: str = ""
     task: str = ""
     metric: str = "auc"
-    warmup_epochs: int = 0
-    precision: str = "fp32"
     head_init: dict[str, Any] = field(default_factory=dict)
     scratch_init: str | None = None
     input: str = NATIVE
@@ -96,7 +101,6 @@ class Plan:
     shortened: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     data_layout: dict[str, Any] = field(default_factory=dict)
-    decoder: str | None = None
 
     @property
     def normalization_values(self) -> dict[str, Any] | str:
@@ -119,6 +123,11 @@ class Plan:
         return data
 
 
+def protocol_for(task, family: str | None):
+    """The task's protocol for an architecture family: ``task.family_protocols[family]``, else ``task.protocol``."""
+    return (getattr(task, "family_protocols", None) or {}).get(family or "", task.protocol)
+
+
 def _crop_ratio(protocol) -> float:
     """Resize-then-crop ratio from the eval transform (``Resize(256) + CenterCrop(224)`` -> 256/224)."""
     numbers = [int(n) for n in re.findall(r"\d+", protocol.eval_transform or "")]
@@ -133,26 +142,17 @@ def quick_epochs(protocol, train_size: int | None, batch_size: int) -> int:
     return min(protocol.max_epochs, max(QUICK_MEDMNIST_EPOCHS, -(-QUICK_MEDMNIST_STEPS // steps_per_epoch)))
 
 
-def model_family(model: str) -> str | None:
-    """``resnet``, ``densenet``, ``convnext``, ``swin``, ... of a registry id or ``random:<arch>``; None if unknown.
+def model_family(model: str, arch: str | None = None) -> str | None:
+    """``resnet``, ``densenet``, ``convnext``, ``swin`` or ``other`` of ``model``; None when it cannot be told.
 
-    Registry ids take the entry's ``family``; ``random:`` archs and other names the leading letters of the
-    timm architecture name (``resnet50`` -> ``resnet``). No weights or files are read.
+    From the timm architecture (:func:`medhub.train.network.model_arch`: ``random:<arch>``, a registry
+    entry's ``arch``, ``arch`` for a file, a model folder's config) without reading weights.
     """
-    if not model:
-        return None
-    if model.startswith(RANDOM_PREFIX):
-        name = model[len(RANDOM_PREFIX):]
-    else:
-        from medhub.errors import MedhubError
-        from medhub.registry import load_registry
+    from medhub.train.network import model_arch
+    from medhub.train.segnet import architecture_family
 
-        try:
-            return load_registry().get_model(model).family
-        except MedhubError:
-            return None
-    match = re.match(r"[a-z]+", name.lower())
-    return match.group(0) if match else None
+    name = model_arch(model, arch) if model else None
+    return architecture_family(name) if name else None
 
 
 def _head_init(protocol, family: str | None) -> tuple[dict[str, Any], bool]:
@@ -196,7 +196,8 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
               lr: float | None = None, img_size: int | None = None, label_fraction: float = 1.0,
               linear_probe: bool = False, train_size: int | None = None, cifar_stem: bool | None = None,
               random_model: bool | None = None, keep_head: bool = False, precision: str | None = None,
-              subset_seed: int | None = None, quick: bool = False, native_size: bool = False) -> Plan:
+              subset_seed: int | None = None, quick: bool = False, native_size: bool = False,
+              family: str | None = None, arch: str | None = None, pixels: dict[str, Any] | None = None) -> Plan:
     """The plan for ``model`` on ``task`` with the given overrides (None keeps the recipe's value).
 
     Args:
@@ -211,11 +212,17 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
         subset_seed: seed of the label-fraction subset (default: the released code's 99).
         quick: ``medmnist_v2`` only: a ~360-step version of the schedule (indicative, not a verdict).
         native_size: MedMNIST: read the native MedMNIST+ file of ``img_size`` instead of upsampling 28 px.
+        family: architecture family (resnet, convnext, swin, ...; default: from ``model`` and ``arch``); picks
+            the task's recipe for that family (``task.family_protocols``) and the head init.
+        arch: timm architecture of a bare checkpoint file.
+        pixels: a user's pixel rule over the task's (``--window``/``--frame``); an override, recorded.
 
     Raises:
         UsageError: an invalid override (before any data is read).
     """
-    protocol = task.protocol
+    if family is None:
+        family = model_family(model, arch)
+    protocol = protocol_for(task, family)
     _validate(epochs, batch_size, img_size, lr, label_fraction, precision)
     if random_model is None:
         random_model = model.startswith(RANDOM_PREFIX) and "resnet" in model.lower()
@@ -248,6 +255,8 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
         overrides["label_fraction"] = {"value": label_fraction, "protocol": 1.0}
     if linear_probe:
         overrides["linear_probe"] = {"value": True, "protocol": False}
+    if pixels:
+        overrides["pixels"] = {"value": dict(pixels), "protocol": "the task's pixel rule"}
     plan_precision = precision or protocol.precision
     if plan_precision != protocol.precision:
         overrides["precision"] = {"value": plan_precision, "protocol": protocol.precision}
@@ -263,7 +272,6 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
                                         "ResNet)" if stem else "the architecture's own stem"}
     if medmnist and random_model and size == 28 and stem is None:
         notes.append(CIFAR_STEM_NOTE)
-    family = model_family(model)
     head_init, head_known = _head_init(protocol, family)
     if keep_head:
         overrides["head"] = {"value": "kept when its shape fits", "protocol": head_init}
@@ -306,7 +314,7 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
     if subset is not None:
         setting["subset_seed"] = subset["seed"]
     metric = "dice" if segmentation else task.metric
-    published, reference, other_settings = published_for(model, task, metric, setting)
+    published, reference, other_settings = published_for(model, task, metric, setting, protocol)
     deviations = [_deviation(name, value) for name, value in overrides.items()
                   if name not in ("img_size", "label_fraction")]
     if shortened:
@@ -318,6 +326,8 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
     unknown = [f"{name}: {why}" for name, why in _unknowns(protocol)]
     unknown += [f"split {s.name}: {s.definition or 'not in the released code'}" for s in task.splits
                 if s.size is None or "not in the reference" in (s.definition or "")]
+    if getattr(task, "split_unknown", None):
+        unknown.append(f"split: {task.split_unknown}")
     if not head_known and not keep_head and not segmentation:
         unknown.append(f"head_init: {head_init['why']}")
     if medmnist and random_model and not stem and size == 28:
@@ -342,7 +352,9 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
         comparable=comparable, shortened=shortened, sources=_sources(protocol),
         data_layout={"reader": task.layout.reader, "description": task.layout.description,
                      "files": list(task.layout.files), "download": task.layout.download},
-        decoder=protocol.decoder,
+        family=family, decoder=_decoder(protocol, family) if segmentation else None,
+        augment_pipeline=protocol.augment_pipeline, augment_val=protocol.augment_val,
+        image_resize=protocol.image_resize,
     )
     if published is None and other_settings:
         plan.notes.append("published numbers exist for other settings only: " + "; ".join(other_settings))
@@ -403,15 +415,16 @@ def result_setting(result, protocol) -> dict[str, Any]:
     return full
 
 
-def published_for(model: str, task, metric: str, setting: dict[str, Any]
+def published_for(model: str, task, metric: str, setting: dict[str, Any], protocol=None
                   ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str]]:
     """``(published, reference, other settings)`` for the run's exact ``setting`` (no nearest fallback).
 
     ``published`` is the registry's number whose full setting equals ``setting``; ``reference`` the one that
     differs only in the schedule (shown next to a shortened run, never compared); ``other settings`` lists
     the settings of the model's other numbers on this task and metric. ACC numbers of the same setting ride
-    along as ``published['acc']``.
+    along as ``published['acc']``. ``protocol`` (default ``task.protocol``) gives the published defaults.
     """
+    protocol = protocol or task.protocol
     from medhub.errors import MedhubError
     from medhub.registry import load_registry
 
@@ -419,12 +432,12 @@ def published_for(model: str, task, metric: str, setting: dict[str, Any]
         results = load_registry().results_for(model=model, task=task.id) if model else []
     except MedhubError:
         results = []
-    by_metric = [(r, result_setting(r, task.protocol)) for r in results if r.metric == metric]
+    by_metric = [(r, result_setting(r, protocol)) for r in results if r.metric == metric]
 
     def view(result, full) -> dict[str, Any]:
         out = {"mean": result.mean, "std": result.std, "runs": result.runs, "metric": result.metric,
                "source": result.source, "setting": full, "notes": result.notes}
-        acc = [r for r in results if r.metric == "acc" and result_setting(r, task.protocol) == full]
+        acc = [r for r in results if r.metric == "acc" and result_setting(r, protocol) == full]
         if acc and metric != "acc":
             out["acc"] = {"mean": acc[0].mean, "std": acc[0].std}
         return out
@@ -435,3 +448,10 @@ def published_for(model: str, task, metric: str, setting: dict[str, Any]
             if {k: v for k, v in full.items() if k != "epochs"} == without_epochs]
     others = [", ".join(f"{k}={v}" for k, v in full.items()) for _, full in by_metric if full != setting]
     return (exact[0] if exact else None), (near[0] if near else None), others
+
+
+def _decoder(protocol, family: str | None) -> str:
+    """The protocol's segmentation decoder, else the released choice for the family (UperNet for ConvNeXt/Swin)."""
+    from medhub.train.segnet import default_decoder
+
+    return protocol.decoder or default_decoder(family or "other")
