@@ -502,3 +502,32 @@ def test_jsrt_raw_is_12_bit_with_high_values_dark(tmp_path):
     values.tofile(tmp_path / "JPCLN001.IMG")
     got = read_image(tmp_path / "JPCLN001.IMG")
     assert np.array_equal(got, 255 - np.round(values.astype(float) * 255 / 4095).astype(np.uint8))
+
+
+def test_enhanced_multi_frame_uses_the_frames_functional_groups(tmp_path, shared_data):
+    """Enhanced CT keeps rescale and window per frame (PS3.3 C.7.6.16): frame 1 uses its own window."""
+    ct = pydicom.dcmread(shared_data / "dicom_pydicom" / "CT_small.dcm")
+    stored = ct.pixel_array
+    ds = copy.deepcopy(ct)
+    for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.NumberOfFrames = 2
+    ds.PixelData = np.stack([stored, stored + 100]).astype(np.int16).tobytes()
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 2, -2048, "HU"
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for center, width in ((-600, 1500), (40, 400)):
+        voi = Dataset()
+        voi.WindowCenter, voi.WindowWidth = center, width
+        group = Dataset()
+        group.FrameVOILUTSequence = Sequence([voi])
+        frames.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    path = save(ds, tmp_path, "enhanced.dcm")
+    got = read_image(path, rule=PixelRule(frame=1))
+    assert np.array_equal(got, linear_window((stored + 100) * 2.0 - 2048, 40, 400))
+    assert np.array_equal(read_image(path, rule=PixelRule(frame=0)), linear_window(stored * 2.0 - 2048, -600, 1500))

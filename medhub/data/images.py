@@ -193,11 +193,36 @@ def _frame_index(count: int, rule: PixelRule, path: Path) -> int | None:
     return rule.frame
 
 
+FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+FRAME_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth",
+                  "VOILUTFunction")
+
+
+def lift_frame_groups(ds, index: int | None) -> None:
+    """Put a multi-frame (enhanced) file's rescale and window for frame ``index`` at the top level of ``ds``.
+
+    Enhanced CT/MR/XA keep them in functional groups (PS3.3 C.7.6.16): the Shared Functional Groups, then
+    the frame's Per-Frame Functional Groups (which take precedence). Changes ``ds`` in place.
+    """
+    groups = [*ds.get("SharedFunctionalGroupsSequence", [])[:1]]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if index is not None and index < len(per_frame):
+        groups.append(per_frame[index])
+    for group in groups:
+        for name in FRAME_GROUPS:
+            for item in group.get(name, [])[:1]:
+                for keyword in FRAME_KEYWORDS:
+                    if keyword in item:
+                        setattr(ds, keyword, item[keyword].value)
+
+
 def read_dicom_pixels(path: Path, rule: PixelRule = DEFAULT_RULE):
     """The dataset and the decoded stored values of its frame (``rule.frame``; refused if multi-frame).
 
     Returns ``(ds, array)``: ``(H, W)`` for one sample per pixel, ``(H, W, 3)`` RGB for colour (YBR
-    converted). Raises DataError naming the transfer syntax and the package when it cannot be decoded.
+    converted); an enhanced file's functional-group rescale and window for that frame are lifted into
+    ``ds`` (:func:`lift_frame_groups`). Raises DataError naming the transfer syntax and the package when
+    it cannot be decoded.
     """
     import pydicom
     from pydicom.pixels import pixel_array
@@ -207,6 +232,7 @@ def read_dicom_pixels(path: Path, rule: PixelRule = DEFAULT_RULE):
         raise DataError(f"{path}: a DICOM file without an image (no Pixel Data; e.g. a report or a "
                         "structure set); list only image files", path=path)
     index = _frame_index(int(ds.get("NumberOfFrames", 1) or 1), rule, path)
+    lift_frame_groups(ds, index or 0)
     try:
         return ds, pixel_array(ds, index=index)
     except DataError:
