@@ -500,3 +500,31 @@ def test_mirror_publishes_skips_unchanged_and_reports_failures(site_a, tmp_path,
         site.stop()
     assert torch.equal(got[MOCO_ID], expected[MOCO_ID]) and torch.equal(got[HUB_ID], expected[HUB_ID])
     assert f"{MOCO_ID} medhub_hf medhub/{MOCO_ID}@{pinned[MOCO_ID][0]['revision'][:7]}" in stdout
+
+
+def test_mirror_to_an_unreachable_hub_stops_before_converting(site_a, tmp_path, capsys):
+    from hub_fixture import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    assert (
+        cli(
+            [
+                "mirror",
+                "*packtest*",
+                "--endpoint",
+                endpoint,
+                "--accept-terms",
+                "--overlay",
+                str(tmp_path / "o.yaml"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1
+        and "Connection refused" in err
+        and "nothing was mirrored" in err
+        and endpoint in err
+    )
+    assert site_a["server"].requests == [] and not (tmp_path / "o.yaml").exists()
