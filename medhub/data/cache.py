@@ -23,7 +23,15 @@ from filelock import FileLock
 
 from medhub._io import atomic_write_text, sha256_file
 from medhub.cpu import usable_cpus
-from medhub.data.images import RESIZE_MODES, pixel_record, read_image, read_mask, resize, resize_cv2, set_channels
+from medhub.data.images import (
+    RESIZE_MODES,
+    pixel_record,
+    read_image,
+    read_mask,
+    resize,
+    resize_cv2,
+    set_channels,
+)
 from medhub.data.paths import cache_root
 from medhub.data.progress import BAR, Progress, progress_mode, say
 from medhub.data.sources import SplitData
