@@ -99,6 +99,20 @@ def test_any_nesting_of_containers_and_prefixes(tmp_path, net, wrap):
     assert model.medhub_load_report.load.classifier == "kept (2 classes)"
 
 
+def test_a_dropout_linear_sequential_head_is_read_as_the_classifier(tmp_path, net):
+    state = {("fc.1." + k[3:] if k.startswith("fc.") else k): v for k, v in net.state_dict().items()}
+    tutorial = {"epoch": 4, "model_state_dict": state, "optimizer_state_dict": {"state": {}, "param_groups": []}}
+    model = medhub.load(_save(tmp_path / "best.pt", tutorial), arch="resnet18")
+    assert _same(model, net) and model.medhub_load_report.load.classifier == "kept (2 classes)"
+    assert model.medhub_load_report.conversion.container == "model_state_dict"
+
+
+def test_swa_averaged_model_counter_is_dropped(tmp_path, net):
+    swa = torch.optim.swa_utils.AveragedModel(net)
+    model = medhub.load(_save(tmp_path / "swa.pth", swa.state_dict()), arch="resnet18")
+    assert _same(model, net) and "n_averaged" in model.medhub_load_report.conversion.dropped
+
+
 def test_other_modules_of_the_wrapper_are_dropped_and_said(tmp_path, net):
     state = {**_prefixed(net.state_dict(), "model."), "criterion.pos_weight": torch.ones(2),
              "metric.total": torch.tensor(3)}  # fmt: skip

@@ -88,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
     from medhub.export import write_model_folder
 
     model_args = _model_args(args.model_arg)
+    options = sorted(set(model_args) & {"features_only", "out_indices", "feature_cls"})
+    if options:
+        raise UsageError(
+            f"--model-arg {', '.join(options)}: convert writes the whole network; pass "
+            f"{options[0]}= when loading the folder (medhub.load or timm.create_model)"
+        )
     labels = [s.strip() for s in args.label_names.split(",")] if args.label_names else None
     state, conversion = convert_file(
         args.path, fmt=args.fmt, arch=args.arch, prefix=args.prefix, key_map=_key_map(args.key_map), **model_args
