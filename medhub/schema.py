@@ -146,6 +146,9 @@ class Checkpoint(Frozen):
     objective: str = Field(description="objective of the last stage, or 'supervised'")
     lineage: tuple[LineageStage, ...]
     sources: tuple[WeightSource, ...] = ()
+    mirrors: tuple[WeightSource, ...] = Field(
+        (), description="site copies (medhub unpack / medhub mirror overlays), tried before the sources"
+    )
     preprocessing: Preprocessing = Preprocessing()
     head: Head
     licence: Licence = Licence()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -440,3 +441,93 @@ def test_pixel_rule_schema_rejects_bad_values():
         PixelRule(bits=17)
     assert PixelRule(window=(0, 0.5), voi_function="LINEAR_EXACT").window == (0, 0.5)
 
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_reproduce_on_a_dicom_folder_task_records_the_users_window(tmp_path, shared_data, monkeypatch, capsys):
+    """medhub reproduce on class folders of CT DICOMs with --window: the rule in plan, report and manifest."""
+    from medhub.cli import main
+    from medhub.data.paths import cache_root
+    from medhub.registry import clear_cache
+
+    monkeypatch.setenv("MEDHUB_REGISTRY", str(ROOT / "examples" / "nih1000_task.yaml"))
+    clear_cache()
+    ct = pydicom.dcmread(shared_data / "dicom_pydicom" / "CT_small.dcm")
+    for split in ("train", "valid", "test"):
+        for k, label in enumerate(("0_normal", "1_abnormal")):
+            folder = tmp_path / "data" / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                ds = copy.deepcopy(ct)
+                ds.PixelData = (ct.pixel_array + 40 * (i + 3 * k)).astype(np.int16).tobytes()
+                ds.save_as(folder / f"{label}{i}.dcm")
+    out = tmp_path / "out"
+    args = ["reproduce", "random:test_resnet", "nih1000", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
+            "--out", str(out), "--no-progress"]
+    assert main([*args, "--window=-600,1500", "--voi-function", "LINEAR_EXACT"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert any("window -600/1500 LINEAR_EXACT" in n for n in report["protocol"]["data_notes"])
+    assert json.loads((out / "plan.json").read_text())["pixels"]["window"] == [-600, 1500]
+    manifests = [json.loads(p.read_text()) for p in (cache_root() / "nih1000").glob("*.json")]
+    assert len(manifests) == 3 and all(m["pixels"]["rule"]["voi_function"] == "LINEAR_EXACT" for m in manifests)
+    capsys.readouterr()
+    assert main([*args, "--window", "40"]) == 2
+    assert "--window takes CENTER,WIDTH" in capsys.readouterr().err
+    assert main([*args, "--window=40,0", "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "window width must be >= 1" in err and "\n" not in err
+    clear_cache()
+
+
+def test_dicoms_without_dcm_suffix_are_found_and_read(tmp_path, shared_data):
+    """DICOM exports named IM000001 or by their SOP Instance UID: found by the 'DICM' marker, read alike."""
+    mr = shared_data / "dicom_pydicom" / "MR_small.dcm"
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            shutil.copy(mr, folder / "IM000001")
+            shutil.copy(mr, folder / "1.2.840.10008.5.1.4.1234")
+            (folder / "README").write_text("not an image")
+    data = load_task_data(dicom_task(), tmp_path)
+    paths = data.split("test").paths
+    assert len(paths) == 4 and {p.name for p in paths} == {"IM000001", "1.2.840.10008.5.1.4.1234"}
+    assert all(np.array_equal(read_image(p), read_image(mr)) for p in paths)
+
+
+def test_jsrt_raw_is_12_bit_with_high_values_dark(tmp_path):
+    """JSRT .IMG: 2048x2048 big-endian 12-bit; 0..4095 onto 255..0, the same for every image."""
+    values = (np.arange(2048 * 2048) % 4096).astype(">u2").reshape(2048, 2048)
+    values.tofile(tmp_path / "JPCLN001.IMG")
+    got = read_image(tmp_path / "JPCLN001.IMG")
+    assert np.array_equal(got, 255 - np.round(values.astype(float) * 255 / 4095).astype(np.uint8))
+
+
+def test_enhanced_multi_frame_uses_the_frames_functional_groups(tmp_path, shared_data):
+    """Enhanced CT keeps rescale and window per frame (PS3.3 C.7.6.16): frame 1 uses its own window."""
+    ct = pydicom.dcmread(shared_data / "dicom_pydicom" / "CT_small.dcm")
+    stored = ct.pixel_array
+    ds = copy.deepcopy(ct)
+    for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.NumberOfFrames = 2
+    ds.PixelData = np.stack([stored, stored + 100]).astype(np.int16).tobytes()
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 2, -2048, "HU"
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for center, width in ((-600, 1500), (40, 400)):
+        voi = Dataset()
+        voi.WindowCenter, voi.WindowWidth = center, width
+        group = Dataset()
+        group.FrameVOILUTSequence = Sequence([voi])
+        frames.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    path = save(ds, tmp_path, "enhanced.dcm")
+    got = read_image(path, rule=PixelRule(frame=1))
+    assert np.array_equal(got, linear_window((stored + 100) * 2.0 - 2048, 40, 400))
+    assert np.array_equal(read_image(path, rule=PixelRule(frame=0)), linear_window(stored * 2.0 - 2048, -600, 1500))

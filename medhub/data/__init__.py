@@ -54,13 +54,17 @@ __all__ = ["READERS", "DataError", "PixelRule", "SplitData", "TaskData", "cache_
 
 
 def pixel_rule(task, pixels: PixelRule | dict | None = None) -> PixelRule:
-    """The user's ``pixels`` when given, else the task's ``layout.pixels`` (a DataError names a bad field)."""
+    """The task's ``layout.pixels``, replaced by a user's PixelRule or updated by a dict of its fields.
+
+    Raises:
+        DataError: ``pixels`` names an unknown field or a value the rule does not allow.
+    """
     if pixels is None:
         return task.layout.pixels
     if isinstance(pixels, PixelRule):
         return pixels
     try:
-        return PixelRule(**pixels)
+        return PixelRule(**{**task.layout.pixels.model_dump(), **pixels})
     except (TypeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:300]
         raise DataError(f"invalid pixel rule {pixels!r} ({reason}); fields: window=(center, width), "
@@ -84,9 +88,9 @@ def load_task_data(task, data_dir: str | Path | None = None, *, img_size: int | 
         data_dir: the folder laid out as ``task.layout`` describes; None for the default folder.
         img_size: the size training will use (MedMNIST picks the matching file).
         reader: override ``task.layout.reader`` (e.g. ``image_folder`` for your own data).
-        pixels: the user's :class:`~medhub.schema.PixelRule` (or its fields as a dict, e.g.
-            ``{"window": (-600, 1500)}``) replacing the task's ``layout.pixels``; recorded in the notes
-            (so in the report) and in the cache manifest.
+        pixels: the user's :class:`~medhub.schema.PixelRule` replacing the task's ``layout.pixels``, or
+            a dict of fields updating it (e.g. ``{"window": (-600, 1500)}``); recorded in the notes (so in
+            the report) and in the cache manifest.
         **options: reader options, e.g. ``uncertain="u-ones"`` for CheXpert.
 
     Raises:

@@ -43,6 +43,25 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp", ".pp
 SUPPORTED_SUFFIXES = DICOM_SUFFIXES | RAW_SUFFIXES | IMAGE_SUFFIXES
 
 DEFAULT_RULE = PixelRule()
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when ``path`` holds a DICOM Part 10 file: the bytes ``DICM`` after its 128-byte preamble (PS3.10 7.1).
+
+    For files exported without ``.dcm`` (``IM000001``, or named by their SOP Instance UID ``1.2.840...``).
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def unnamed_dicoms(root: Path) -> list[Path]:
+    """Files under ``root`` without an image suffix (none, or a number as in a UID name) that are DICOM, sorted."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and (p.suffix == "" or p.suffix[1:].isdigit()) and is_dicom_file(p))
 # The parts of the rule no task changes; recorded with the rule (a change here changes cache keys).
 FIXED_RULES = (
     "DICOM grey: modality LUT -> VOI (rule window, else file VOI LUT Sequence, else file's first window "
@@ -174,11 +193,36 @@ def _frame_index(count: int, rule: PixelRule, path: Path) -> int | None:
     return rule.frame
 
 
+FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+FRAME_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth",
+                  "VOILUTFunction")
+
+
+def lift_frame_groups(ds, index: int | None) -> None:
+    """Put a multi-frame (enhanced) file's rescale and window for frame ``index`` at the top level of ``ds``.
+
+    Enhanced CT/MR/XA keep them in functional groups (PS3.3 C.7.6.16): the Shared Functional Groups, then
+    the frame's Per-Frame Functional Groups (which take precedence). Changes ``ds`` in place.
+    """
+    groups = [*ds.get("SharedFunctionalGroupsSequence", [])[:1]]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if index is not None and index < len(per_frame):
+        groups.append(per_frame[index])
+    for group in groups:
+        for name in FRAME_GROUPS:
+            for item in group.get(name, [])[:1]:
+                for keyword in FRAME_KEYWORDS:
+                    if keyword in item:
+                        setattr(ds, keyword, item[keyword].value)
+
+
 def read_dicom_pixels(path: Path, rule: PixelRule = DEFAULT_RULE):
     """The dataset and the decoded stored values of its frame (``rule.frame``; refused if multi-frame).
 
     Returns ``(ds, array)``: ``(H, W)`` for one sample per pixel, ``(H, W, 3)`` RGB for colour (YBR
-    converted). Raises DataError naming the transfer syntax and the package when it cannot be decoded.
+    converted); an enhanced file's functional-group rescale and window for that frame are lifted into
+    ``ds`` (:func:`lift_frame_groups`). Raises DataError naming the transfer syntax and the package when
+    it cannot be decoded.
     """
     import pydicom
     from pydicom.pixels import pixel_array
@@ -188,6 +232,7 @@ def read_dicom_pixels(path: Path, rule: PixelRule = DEFAULT_RULE):
         raise DataError(f"{path}: a DICOM file without an image (no Pixel Data; e.g. a report or a "
                         "structure set); list only image files", path=path)
     index = _frame_index(int(ds.get("NumberOfFrames", 1) or 1), rule, path)
+    lift_frame_groups(ds, index or 0)
     try:
         return ds, pixel_array(ds, index=index)
     except DataError:
@@ -233,6 +278,8 @@ def dicom_grey(ds, stored: np.ndarray, rule: PixelRule = DEFAULT_RULE) -> np.nda
         grey = window_to_uint8(values, *rule.window, rule.voi_function)
     elif ds.get("VOILUTSequence") and "LUTData" in ds.VOILUTSequence[0]:
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        if values.dtype.kind == "f" and np.array_equal(values, np.round(values)):
+            values = values.astype(np.int64)  # a LUT is indexed by integers (pydicom warns on floats)
         grey = range_to_uint8(apply_voi(values, ds), 0, 2 ** bits - 1)
     elif center is not None and width is not None:
         grey = window_to_uint8(values, center, width, str(ds.get("VOILUTFunction", "") or "LINEAR"))
@@ -394,7 +441,7 @@ def read_image(path: str | Path, channels: int = 1, decoder: str | None = None,
     try:
         if decoder is not None:
             array = DECODERS[decoder](path, rule)
-        elif suffix in DICOM_SUFFIXES:
+        elif suffix in DICOM_SUFFIXES or (suffix not in SUPPORTED_SUFFIXES and is_dicom_file(path)):
             array = read_dicom(path, rule)
         elif suffix in RAW_SUFFIXES:
             array = read_jsrt_raw(path, rule)
