@@ -52,9 +52,9 @@ def prepare_data(task, data, plan, *, seed: int, progress: Progress) -> dict[str
     The subset is the released code's (:func:`subset_indices`, seed ``plan.subset['seed']``, 99 unless
     overridden), applied to each split the task's recipe cuts; it does not depend on the run's ``seed``.
     """
-    nearest = getattr(plan, "image_resize", "bilinear") == "nearest"
+    mode = getattr(plan, "image_resize", "bilinear")
     splits = {name: cached_split(task.id, data.split(name), plan.cache_size, data.channels, progress=progress,
-                                 nearest=nearest)
+                                 resize_mode=mode)
               for name in ("train", "val", "test")}
     if plan.label_fraction < 1.0:
         subset = plan.subset or {"seed": 99, "splits": ["train"]}
