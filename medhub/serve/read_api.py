@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from medhub.serve.app import Hub, json_response, read_body
+from medhub.serve.app import Hub, read_body, threaded_json
 from medhub.serve.auth import Auth
 from medhub.serve.protocol import ProtocolError, RepoRef, check_path
 from medhub.serve.storage import ByteLRU, Commit
@@ -140,7 +140,7 @@ def _info(hub: Hub, request: Request, repo: RepoRef, revision: str) -> dict:
 
 async def repo_info(hub: Hub, request: Request, repo: RepoRef, revision: str = "main") -> Response:
     """``GET /api/{type}s/{repo}[/revision/{rev}]``: model_info, dataset_info, repo_exists."""
-    return json_response(await run_in_threadpool(_info, hub, request, repo, revision))
+    return await threaded_json(_info, hub, request, repo, revision)
 
 
 async def tree(hub: Hub, request: Request, repo: RepoRef, revision: str, path: str) -> Response:
@@ -151,7 +151,7 @@ async def tree(hub: Hub, request: Request, repo: RepoRef, revision: str, path: s
         _, commit = _checkout(hub, request, repo, revision)
         return list_tree(commit.files, path, recursive)
 
-    return json_response(await run_in_threadpool(work))
+    return await threaded_json(work)
 
 
 async def paths_info(hub: Hub, request: Request, repo: RepoRef, revision: str) -> Response:
@@ -175,7 +175,7 @@ async def paths_info(hub: Hub, request: Request, repo: RepoRef, revision: str) -
                 out.append(dir_item(path, oids[path]))
         return out
 
-    return json_response(await run_in_threadpool(work))
+    return await threaded_json(work)
 
 
 async def refs(hub: Hub, request: Request, repo: RepoRef) -> Response:
@@ -196,7 +196,7 @@ async def refs(hub: Hub, request: Request, repo: RepoRef) -> Response:
             out["pullRequests"] = []
         return out
 
-    return json_response(await run_in_threadpool(work))
+    return await threaded_json(work)
 
 
 async def commits(hub: Hub, request: Request, repo: RepoRef, revision: str) -> Response:
@@ -216,7 +216,7 @@ async def commits(hub: Hub, request: Request, repo: RepoRef, revision: str) -> R
             for c in hub.store.history(repo, commit_id, with_files=False)
         ]
 
-    return json_response(await run_in_threadpool(work))
+    return await threaded_json(work)
 
 
 async def resolve(hub: Hub, request: Request, repo: RepoRef, revision: str, path: str) -> Response:

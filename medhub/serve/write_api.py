@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from medhub.serve.app import Hub, json_response, parse_json, read_body, read_json
+from medhub.serve.app import Hub, json_response, parse_json, read_chunks, read_json
 from medhub.serve.auth import Auth, User
 from medhub.serve.protocol import (
     REPO_TYPES,
@@ -36,6 +36,7 @@ UPLOAD_URL_SECONDS = 24 * 3600
 COMMIT_BODY_CAP = 1 << 30  # the ndjson body is held in memory: large files belong in LFS
 _MAX_FILES_PER_REQUEST = 10_000
 _SUMMARY_CHARS = 10_000
+_UPLOAD_BATCH = 1 << 20
 
 
 def _writer(hub: Hub, request: Request, repo: RepoRef | None = None, role: str = "write") -> User:
@@ -234,10 +235,10 @@ async def commit(hub: Hub, request: Request, repo: RepoRef, revision: str) -> Re
     if request.query_params.get("create_pr") in ("1", "true", "True"):
         raise ProtocolError(501, "medhub serve has no pull requests: commit to a branch instead")
     await run_in_threadpool(hub.store.meta, repo)
-    body = await read_body(request, min(hub.max_upload_bytes * 4 // 3 + (1 << 20), COMMIT_BODY_CAP))
+    chunks = await read_chunks(request, min(hub.max_upload_bytes * 4 // 3 + (1 << 20), COMMIT_BODY_CAP))
 
     def work() -> str:
-        header, operations = _parse_commit(hub, body)
+        header, operations = _parse_commit(hub, b"".join(chunks))
         parent = header.get("parentCommit")
         if parent is not None and (not isinstance(parent, str) or not SHA1_HEX.fullmatch(parent)):
             raise bad_request("parentCommit must be a 40-hex commit id")
@@ -375,8 +376,15 @@ async def lfs_upload(hub: Hub, request: Request, repo: RepoRef, oid: str) -> Res
         return json_response({})
     writer = hub.store.blob_writer(oid, size)
     try:
-        async for chunk in request.stream():
-            writer.write(chunk)
+        pending: list[bytes] = []
+        held = 0
+        async for chunk in request.stream():  # hashed and written 1 MiB at a time, in a worker thread
+            pending.append(chunk)
+            held += len(chunk)
+            if held >= _UPLOAD_BATCH:
+                await run_in_threadpool(writer.write, b"".join(pending))
+                pending, held = [], 0
+        await run_in_threadpool(writer.write, b"".join(pending))
         await run_in_threadpool(writer.finish)
     finally:
         writer.abort()
