@@ -1,8 +1,9 @@
 """Decode and resize each image once into a uint8 memory-mapped array, reused by every later epoch and run.
 
 One ``.npy`` per (task, split, size, channels) under :func:`medhub.data.paths.cache_root`, with a JSON
-manifest holding the source fingerprint (every file's path, size and mtime, and the labels) and the
-sha256 of the array. A changed source folder changes the fingerprint, so the stale array is replaced.
+manifest holding the source fingerprint (every file's path, size and mtime, and the labels), the pixel
+rule that decoded the files (window, photometric handling, bit-depth mapping; ``pixels``) and the sha256
+of the array. A changed source folder or rule changes the key, so the stale array is replaced.
 Arrays are built in a temporary file and renamed into place: a crash never leaves half an array.
 """
 
@@ -21,13 +22,22 @@ import numpy as np
 from filelock import FileLock
 
 from medhub._io import atomic_write_text, sha256_file
-from medhub.data.images import read_image, read_mask, resize, set_channels
+from medhub.cpu import usable_cpus
+from medhub.data.images import (
+    RESIZE_MODES,
+    pixel_record,
+    read_image,
+    read_mask,
+    resize,
+    resize_cv2,
+    set_channels,
+)
 from medhub.data.paths import cache_root
 from medhub.data.progress import BAR, Progress, progress_mode, say
 from medhub.data.sources import SplitData
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 3  # bump when decoding or resizing changes (3: JPEGs decoded at a reduced DCT scale)
+CACHE_VERSION = 4  # bump when decoding or resizing changes (3: JPEGs at a reduced DCT scale; 4: pixel rules)
 
 
 @dataclass
@@ -45,23 +55,34 @@ class CachedSplit:
         return len(self.labels)
 
 
-def _decode(split: SplitData, index: int, size: int, channels: int) -> tuple[np.ndarray, np.ndarray | None]:
+def _decode(split: SplitData, index: int, size: int, channels: int,
+            mode: str = "bilinear") -> tuple[np.ndarray, np.ndarray | None]:
     if split.images is not None:  # MedMNIST arrays: upsampled with NEAREST, as MedMNIST v2's "(224)" runs did
         image = set_channels(split.images[index], channels)
-        image = resize(image, size, nearest=size > image.shape[0])
+        image = resize(image, size, nearest=mode == "nearest" or size > image.shape[0])
+    elif mode != "bilinear":  # the benchmark's segmentation loaders: OpenCV on the full-size image
+        image = resize_cv2(mode, read_image(split.paths[index], channels=channels, decoder=split.decoder,
+                                              rule=split.pixels), size)
     else:
-        image = resize(read_image(split.paths[index], channels=channels, decoder=split.decoder, min_size=size), size)
+        image = resize(read_image(split.paths[index], channels=channels, decoder=split.decoder, min_size=size,
+                                  rule=split.pixels), size)
     image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
     mask = None
+    if mode == "bilinear":
+        def shrink(array, side):
+            return resize(array, side, nearest=True)
+    else:
+        def shrink(array, side):
+            return resize_cv2(mode, array, side, mask=True)
     if isinstance(split.masks, np.ndarray):
-        mask = resize(split.masks[index], size, nearest=True)
+        mask = shrink(split.masks[index], size)
     elif split.masks is not None:
-        mask = resize(read_mask(split.masks[index]), size, nearest=True)
+        mask = shrink(read_mask(split.masks[index], split.pixels), size)
     return image, mask
 
 
 def _build(split: SplitData, size: int, channels: int, target: Path, mask_target: Path | None,
-           progress: Progress, label: str) -> None:
+           progress: Progress, label: str, mode: str = "bilinear") -> None:
     """Decode every sample into temporary .npy files (threads), then rename them into place."""
     from tqdm.auto import tqdm
 
@@ -72,11 +93,11 @@ def _build(split: SplitData, size: int, channels: int, target: Path, mask_target
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, channels, size, size))
         masks = (np.lib.format.open_memmap(tmp_mask, mode="w+", dtype=np.uint8, shape=(count, size, size))
                  if tmp_mask else None)
-        workers = min(8, os.cpu_count() or 1) if split.paths is not None else 1
+        workers = min(8, usable_cpus()) if split.paths is not None else 1
         say(progress, f"{label}: building the decode-once cache ({count} images; later runs reuse it)")
         with ThreadPoolExecutor(workers) as pool, tqdm(total=count, desc=label, unit="img",
                                                        disable=progress_mode(progress) != BAR, leave=False) as bar:
-            for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels), range(count))):
+            for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels, mode), range(count))):
                 images[i] = image
                 if masks is not None:
                     masks[i] = mask
@@ -96,9 +117,16 @@ def _build(split: SplitData, size: int, channels: int, target: Path, mask_target
                 path.unlink()
 
 
-def cache_key(task_id: str, split: SplitData, size: int, channels: int) -> str:
-    """Hex digest naming the cached array: changes with the source fingerprint, size, channels, version."""
-    text = json.dumps([CACHE_VERSION, task_id, split.name, size, channels, split.fingerprint()])
+def pixels_used(split: SplitData) -> dict | None:
+    """The pixel rule that decodes ``split``'s files (:func:`medhub.data.images.pixel_record`); None for arrays."""
+    return pixel_record(split.pixels) if split.paths is not None else None
+
+
+def cache_key(task_id: str, split: SplitData, size: int, channels: int, mode: str = "bilinear") -> str:
+    """Hex digest naming the cached array: changes with the source fingerprint, the pixel rule, size, channels,
+    resampling and version."""
+    parts = [CACHE_VERSION, task_id, split.name, size, channels, split.fingerprint(), pixels_used(split)]
+    text = json.dumps(parts + ([mode] if mode != "bilinear" else []), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -114,27 +142,38 @@ def _valid(manifest_path: Path, target: Path, mask_target: Path | None, key: str
 
 
 def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, progress: Progress = True,
-                 root: Path | None = None, verify: bool = False) -> CachedSplit:
+                 root: Path | None = None, verify: bool = False, resize_mode: str = "bilinear") -> CachedSplit:
     """The split decoded at ``size x size`` with ``channels``; built on first use, memory-mapped afterwards.
+
+    ``resize_mode``: ``bilinear`` (PIL, antialiased; masks nearest), or OpenCV from full resolution as the
+    benchmark's segmentation loaders do: ``nearest`` (``cv2.INTER_NEAREST`` for image and mask, BTL
+    ``Version1/dataloader.py:313-314``) or ``linear`` (``cv2.INTER_LINEAR`` for both, the mask thresholded at
+    127 of 255, the DRIVE loader ``Version1/dataloader.py:356-358``).
+
+    Raises:
+        ValueError: an unknown ``resize_mode``.
 
     >>> # cached = cached_split("pneumoniamnist", task_data.split("train"), 28, 1)
     """
     folder = (root or cache_root()) / task_id
     folder.mkdir(parents=True, exist_ok=True)
-    key = cache_key(task_id, split, size, channels)
-    stem = f"{split.name}-{size}px-{channels}ch"
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {resize_mode!r}; use one of {', '.join(RESIZE_MODES)}")
+    key = cache_key(task_id, split, size, channels, resize_mode)
+    stem = f"{split.name}-{size}px-{channels}ch" + (f"-{resize_mode}" if resize_mode != "bilinear" else "")
     target = folder / f"{stem}-{key}.npy"
     mask_target = folder / f"{stem}-{key}-masks.npy" if split.masks is not None else None
     manifest_path = folder / f"{stem}-{key}.json"
     with FileLock(str(folder / f".{stem}.lock")):  # parallel runs (grid workers) build each array once
-        _ensure(task_id, split, size, channels, key, stem, (target, mask_target, manifest_path), progress, verify)
+        _ensure(task_id, split, size, channels, key, stem, (target, mask_target, manifest_path), progress, verify,
+                resize_mode)
     images = np.load(target, mmap_mode="r")
     masks = np.load(mask_target, mmap_mode="r") if mask_target else None
     return CachedSplit(split.name, images, split.labels, masks, target, mask_target)
 
 
 def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, stem: str,
-            paths: tuple[Path, Path | None, Path], progress: Progress, verify: bool) -> None:
+            paths: tuple[Path, Path | None, Path], progress: Progress, verify: bool, mode: str = "bilinear") -> None:
     """Build the array unless a valid one exists (called under the folder's lock)."""
     target, mask_target, manifest_path = paths
     folder = target.parent
@@ -147,11 +186,14 @@ def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, 
         for stale in [*folder.glob(f"{stem}-*"), *folder.glob(f".{stem}-*.tmp")]:  # old keys, killed builds
             stale.unlink(missing_ok=True)
         started = time.perf_counter()
-        _build(split, size, channels, target, mask_target, progress, f"decode {task_id}/{split.name} {size}px")
+        _build(split, size, channels, target, mask_target, progress, f"decode {task_id}/{split.name} {size}px",
+               mode)
         files = {"images": target, **({"masks": mask_target} if mask_target else {})}
         manifest = {
             "key": key, "task": task_id, "split": split.name, "size": size, "channels": channels,
+            "resize": mode,
             "count": len(split), "source_fingerprint": split.fingerprint(), "version": CACHE_VERSION,
+            "pixels": pixels_used(split),
             "bytes": {k: p.stat().st_size for k, p in files.items()},
             "sha256": {k: sha256_file(p) for k, p in files.items()},
             "seconds": round(time.perf_counter() - started, 3),
