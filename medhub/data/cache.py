@@ -73,8 +73,8 @@ def _decode(split: SplitData, index: int, size: int, channels: int,
 # the progress bar moves and the cores share the tail of the work evenly.
 CHUNK = 8
 # Splits of image files this large are decoded by worker processes (each writing its slice of the array); smaller
-# ones, and decoded arrays (MedMNIST), by threads in this process: starting the workers costs ~0.3 s.
-PROCESS_MIN_IMAGES = 64
+# ones, and decoded arrays (MedMNIST), by threads in this process (forking the workers costs tens of ms).
+PROCESS_MIN_IMAGES = 32
 
 
 def decode_workers(split: SplitData) -> tuple[int, str]:
