@@ -201,11 +201,10 @@ def members(path: Path) -> dict[str, bytes]:
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``root`` with its size and mtime (to show that nothing changed)."""
+    """Every file and folder under ``root`` with its size and mtime (to show that nothing changed)."""
     return {
-        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        str(p.relative_to(root)): (p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
         for p in sorted(root.rglob("*"))
-        if p.is_file()
     }
 
 
@@ -419,14 +418,8 @@ HOSTILE = {
 }  # fmt: skip
 
 
-def nothing_written(env_root: Path, *extra: Path) -> None:
-    assert not (env_root / "medhub").exists() and not (env_root / ".config").exists()
-    for path in extra:
-        assert not path.exists()
-
-
 @pytest.mark.parametrize("kind", [*HOSTILE, "huge size", "truncated", "manifest not first"])
-def test_hostile_or_damaged_archive_is_refused_and_nothing_is_written(small_pack, tmp_path, kind):
+def test_hostile_or_damaged_archive_is_refused_and_nothing_is_written(small_pack, tmp_path, kind, capsys):
     bad = tmp_path / f"{kind.replace(' ', '_')}.tar"
     if kind in HOSTILE:
         edit, expected = HOSTILE[kind]
@@ -449,19 +442,18 @@ def test_hostile_or_damaged_archive_is_refused_and_nothing_is_written(small_pack
     else:
         rebuild(small_pack, bad, lambda items: items[1:] + items[:1])
         expected = "its first member must be manifest.json"
-    root = tmp_path / "victim"
-    env = machine(root)
-    for args in (["--cache"], ["--to-store", str(root / "store")]):
-        done = run_medhub(env, "unpack", str(bad), *args)
-        assert done.returncode == 2, done.stdout
-        assert expected in done.stderr and "nothing was written" in done.stderr, done.stderr
-        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
-        nothing_written(
-            root,
-            root / "store",
-            tmp_path / "evil.txt",
-            Path("/tmp/evil.txt") if kind == "absolute" else root / "x",
-        )
+    home = Path(os.environ["HOME"])  # this test's own HOME: caches, config and overlays all live under it
+    before = tree_state(home)
+    for args in (
+        ["--cache"],
+        ["--to-store", str(home / "store")],
+        ["--to-store", str(home / "s2"), "--overlay", str(home / "o.yaml")],
+    ):
+        assert cli(["unpack", str(bad), *args]) == 2
+        out, err = capsys.readouterr()
+        assert expected in err and "nothing was written" in err and err.count("\n") == 1 and not out, err
+        assert tree_state(home) == before
+    assert not (tmp_path.parent / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
 
 
 # ---- mirror ------------------------------------------------------------------------------------------------
@@ -508,3 +500,74 @@ def test_mirror_publishes_skips_unchanged_and_reports_failures(site_a, tmp_path,
         site.stop()
     assert torch.equal(got[MOCO_ID], expected[MOCO_ID]) and torch.equal(got[HUB_ID], expected[HUB_ID])
     assert f"{MOCO_ID} medhub_hf medhub/{MOCO_ID}@{pinned[MOCO_ID][0]['revision'][:7]}" in stdout
+
+
+def test_mirror_to_an_unreachable_hub_stops_before_converting(site_a, tmp_path, capsys):
+    from hub_fixture import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    assert (
+        cli(
+            [
+                "mirror",
+                "*packtest*",
+                "--endpoint",
+                endpoint,
+                "--accept-terms",
+                "--overlay",
+                str(tmp_path / "o.yaml"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1
+        and "Connection refused" in err
+        and "nothing was mirrored" in err
+        and endpoint in err
+    )
+    assert site_a["server"].requests == [] and not (tmp_path / "o.yaml").exists()
+
+
+def test_with_tasks_carries_task_descriptions_and_adds_unknown_ones(tmp_path, monkeypatch, capsys):
+    """A site task defined on A (an overlay) reaches B's registry through the pack; data never travels."""
+    import timm
+
+    from medhub.registry import clear_cache, load_registry
+
+    torch.manual_seed(6)
+    model = timm.create_model("test_resnet", num_classes=2).eval()
+    folder = write_model_folder(tmp_path / "cxr_site", model.state_dict(), arch="test_resnet", num_classes=2,
+                                pretrained_cfg=model.pretrained_cfg, extra={"licence": OPEN})  # fmt: skip
+    task = load_registry().get_task("pneumoniamnist").model_dump(mode="json", exclude={"id"})
+    task["name"] = "Site pneumonia set"
+    overlay = tmp_path / "tasks.yaml"
+    overlay.write_text(yaml.safe_dump({"version": 1, "tasks": {"site_pneumonia": task}}))
+    monkeypatch.setenv("MEDHUB_REGISTRY", str(overlay))
+    clear_cache()
+    archive = tmp_path / "tasks.tar"
+    assert pack_cli(str(folder), "-o", str(archive), "--with-tasks")[0] == 0
+    content = members(archive)
+    manifest = json.loads(content["manifest.json"])
+    assert "site_pneumonia" in manifest["tasks"] and "tasks/site_pneumonia.yaml" in content
+    assert not any(name.endswith((".npz", ".png", ".dcm")) for name in content)  # descriptions only
+
+    b = tmp_path / "b"  # machine B in this process: its own HOME, config and caches, offline
+    for name, value in {
+        "HOME": b,
+        "XDG_CONFIG_HOME": b / ".config",
+        "MEDHUB_HOME": b / "medhub",
+        "HF_HOME": b / "hf",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv("MEDHUB_REGISTRY")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clear_cache()
+    assert cli(["unpack", str(archive)]) == 0
+    registry = load_registry()
+    assert registry.get_task("site_pneumonia").name == "Site pneumonia set"
+    assert registry.get_task("site_pneumonia").layout == load_registry().get_task("pneumoniamnist").layout
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(medhub.load("cxr_site").eval()(x), model(x))

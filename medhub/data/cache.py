@@ -24,7 +24,15 @@ from filelock import FileLock
 
 from medhub._io import atomic_write_text, sha256_file
 from medhub.cpu import usable_cpus
-from medhub.data.images import pixel_record, read_image, read_mask, resize, resize_cv2_nearest, set_channels
+from medhub.data.images import (
+    RESIZE_MODES,
+    pixel_record,
+    read_image,
+    read_mask,
+    resize,
+    resize_cv2,
+    set_channels,
+)
 from medhub.data.paths import cache_root
 from medhub.data.progress import BAR, Progress, progress_mode, say
 from medhub.data.sources import SplitData
@@ -49,19 +57,24 @@ class CachedSplit:
 
 
 def _decode(split: SplitData, index: int, size: int, channels: int,
-            nearest: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+            mode: str = "bilinear") -> tuple[np.ndarray, np.ndarray | None]:
     if split.images is not None:  # MedMNIST arrays: upsampled with NEAREST, as MedMNIST v2's "(224)" runs did
         image = set_channels(split.images[index], channels)
-        image = resize(image, size, nearest=nearest or size > image.shape[0])
-    elif nearest:  # the benchmark's segmentation loaders: cv2.INTER_NEAREST on the full-size image
-        image = resize_cv2_nearest(read_image(split.paths[index], channels=channels, decoder=split.decoder,
+        image = resize(image, size, nearest=mode == "nearest" or size > image.shape[0])
+    elif mode != "bilinear":  # the benchmark's segmentation loaders: OpenCV on the full-size image
+        image = resize_cv2(mode, read_image(split.paths[index], channels=channels, decoder=split.decoder,
                                               rule=split.pixels), size)
     else:
         image = resize(read_image(split.paths[index], channels=channels, decoder=split.decoder, min_size=size,
                                   rule=split.pixels), size)
     image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
     mask = None
-    shrink = resize_cv2_nearest if nearest else (lambda array, side: resize(array, side, nearest=True))
+    if mode == "bilinear":
+        def shrink(array, side):
+            return resize(array, side, nearest=True)
+    else:
+        def shrink(array, side):
+            return resize_cv2(mode, array, side, mask=True)
     if isinstance(split.masks, np.ndarray):
         mask = shrink(split.masks[index], size)
     elif split.masks is not None:
@@ -95,7 +108,7 @@ def decode_workers(split: SplitData) -> tuple[int, str]:
 
 
 def _build(split: SplitData, size: int, channels: int, target: Path, mask_target: Path | None,
-           progress: Progress, label: str, nearest: bool = False) -> None:
+           progress: Progress, label: str, mode: str = "bilinear") -> None:
     """Decode every sample into temporary .npy files (worker processes or threads), then rename them into place.
 
     Memory stays bounded: each worker holds the image it decodes and writes it into the memory-mapped
@@ -118,9 +131,9 @@ def _build(split: SplitData, size: int, channels: int, target: Path, mask_target
                 for array in (images, masks):  # the header is on disk; the workers open the files themselves
                     if array is not None:
                         array.flush()
-                _decode_in_processes(split, size, channels, nearest, (tmp, tmp_mask), workers, bar.update)
+                _decode_in_processes(split, size, channels, mode, (tmp, tmp_mask), workers, bar.update)
             else:
-                _decode_in_threads(split, size, channels, nearest, (images, masks), workers, bar.update)
+                _decode_in_threads(split, size, channels, mode, (images, masks), workers, bar.update)
         for array, path in ((images, tmp), (masks, tmp_mask)):
             if array is not None:
                 array.flush()
@@ -136,11 +149,11 @@ def _build(split: SplitData, size: int, channels: int, target: Path, mask_target
                 path.unlink()
 
 
-def _decode_in_threads(split: SplitData, size: int, channels: int, nearest: bool,
+def _decode_in_threads(split: SplitData, size: int, channels: int, mode: str,
                        arrays: tuple[np.ndarray, np.ndarray | None], workers: int, advance) -> None:
     images, masks = arrays
     with ThreadPoolExecutor(workers) as pool:
-        for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels, nearest),
+        for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels, mode),
                                                    range(len(split)))):
             images[i] = image
             if masks is not None:
@@ -148,7 +161,7 @@ def _decode_in_threads(split: SplitData, size: int, channels: int, nearest: bool
             advance(1)
 
 
-def _decode_in_processes(split: SplitData, size: int, channels: int, nearest: bool,
+def _decode_in_processes(split: SplitData, size: int, channels: int, mode: str,
                          files: tuple[Path, Path | None], workers: int, advance) -> None:
     """Worker processes decode chunks of :data:`CHUNK` files, each writing its rows of the memory-mapped files.
 
@@ -161,7 +174,7 @@ def _decode_in_processes(split: SplitData, size: int, channels: int, nearest: bo
 
     chunks = [range(start, min(start + CHUNK, len(split))) for start in range(0, len(split), CHUNK)]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_setup,
-                             initargs=(split, size, channels, nearest, files)) as pool:
+                             initargs=(split, size, channels, mode, files)) as pool:
         pending = {pool.submit(_decode_rows, chunk.start, chunk.stop) for chunk in chunks}
         try:
             while pending:
@@ -176,16 +189,16 @@ def _decode_in_processes(split: SplitData, size: int, channels: int, nearest: bo
 _WORKER: dict = {}
 
 
-def _worker_setup(split: SplitData, size: int, channels: int, nearest: bool, files: tuple[Path, Path | None]) -> None:
+def _worker_setup(split: SplitData, size: int, channels: int, mode: str, files: tuple[Path, Path | None]) -> None:
     """In a worker process: keep the split and open the temporary files for writing (one thread per worker)."""
     try:
         import cv2
 
         cv2.setNumThreads(1)
-    except ImportError:  # OpenCV is only needed by the nearest-neighbour path
+    except ImportError:  # OpenCV is only needed by the segmentation loaders' resize modes
         pass
     tmp, tmp_mask = files
-    _WORKER.update(split=split, size=size, channels=channels, nearest=nearest,
+    _WORKER.update(split=split, size=size, channels=channels, mode=mode,
                    images=np.load(tmp, mmap_mode="r+"),
                    masks=np.load(tmp_mask, mmap_mode="r+") if tmp_mask else None)
 
@@ -194,7 +207,7 @@ def _decode_rows(start: int, stop: int) -> int:
     """In a worker process: decode samples ``start..stop-1`` into their rows; returns how many."""
     w = _WORKER
     for index in range(start, stop):
-        image, mask = _decode(w["split"], index, w["size"], w["channels"], w["nearest"])
+        image, mask = _decode(w["split"], index, w["size"], w["channels"], w["mode"])
         w["images"][index] = image
         if w["masks"] is not None:
             w["masks"][index] = mask
@@ -206,11 +219,11 @@ def pixels_used(split: SplitData) -> dict | None:
     return pixel_record(split.pixels) if split.paths is not None else None
 
 
-def cache_key(task_id: str, split: SplitData, size: int, channels: int, nearest: bool = False) -> str:
+def cache_key(task_id: str, split: SplitData, size: int, channels: int, mode: str = "bilinear") -> str:
     """Hex digest naming the cached array: changes with the source fingerprint, the pixel rule, size, channels,
     resampling and version."""
     parts = [CACHE_VERSION, task_id, split.name, size, channels, split.fingerprint(), pixels_used(split)]
-    text = json.dumps(parts + (["nearest"] if nearest else []), sort_keys=True)
+    text = json.dumps(parts + ([mode] if mode != "bilinear" else []), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -226,31 +239,38 @@ def _valid(manifest_path: Path, target: Path, mask_target: Path | None, key: str
 
 
 def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, progress: Progress = True,
-                 root: Path | None = None, verify: bool = False, nearest: bool = False) -> CachedSplit:
+                 root: Path | None = None, verify: bool = False, resize_mode: str = "bilinear") -> CachedSplit:
     """The split decoded at ``size x size`` with ``channels``; built on first use, memory-mapped afterwards.
 
-    ``nearest``: resize images with nearest-neighbour sampling from full resolution, as the benchmark's
-    segmentation loaders do (``cv2.INTER_NEAREST``, BTL ``Version1/dataloader.py:313-314``); default bilinear.
+    ``resize_mode``: ``bilinear`` (PIL, antialiased; masks nearest), or OpenCV from full resolution as the
+    benchmark's segmentation loaders do: ``nearest`` (``cv2.INTER_NEAREST`` for image and mask, BTL
+    ``Version1/dataloader.py:313-314``) or ``linear`` (``cv2.INTER_LINEAR`` for both, the mask thresholded at
+    127 of 255, the DRIVE loader ``Version1/dataloader.py:356-358``).
+
+    Raises:
+        ValueError: an unknown ``resize_mode``.
 
     >>> # cached = cached_split("pneumoniamnist", task_data.split("train"), 28, 1)
     """
     folder = (root or cache_root()) / task_id
     folder.mkdir(parents=True, exist_ok=True)
-    key = cache_key(task_id, split, size, channels, nearest)
-    stem = f"{split.name}-{size}px-{channels}ch" + ("-nearest" if nearest else "")
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {resize_mode!r}; use one of {', '.join(RESIZE_MODES)}")
+    key = cache_key(task_id, split, size, channels, resize_mode)
+    stem = f"{split.name}-{size}px-{channels}ch" + (f"-{resize_mode}" if resize_mode != "bilinear" else "")
     target = folder / f"{stem}-{key}.npy"
     mask_target = folder / f"{stem}-{key}-masks.npy" if split.masks is not None else None
     manifest_path = folder / f"{stem}-{key}.json"
     with FileLock(str(folder / f".{stem}.lock")):  # parallel runs (grid workers) build each array once
         _ensure(task_id, split, size, channels, key, stem, (target, mask_target, manifest_path), progress, verify,
-                nearest)
+                resize_mode)
     images = np.load(target, mmap_mode="r")
     masks = np.load(mask_target, mmap_mode="r") if mask_target else None
     return CachedSplit(split.name, images, split.labels, masks, target, mask_target)
 
 
 def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, stem: str,
-            paths: tuple[Path, Path | None, Path], progress: Progress, verify: bool, nearest: bool = False) -> None:
+            paths: tuple[Path, Path | None, Path], progress: Progress, verify: bool, mode: str = "bilinear") -> None:
     """Build the array unless a valid one exists (called under the folder's lock)."""
     target, mask_target, manifest_path = paths
     folder = target.parent
@@ -264,11 +284,11 @@ def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, 
             stale.unlink(missing_ok=True)
         started = time.perf_counter()
         _build(split, size, channels, target, mask_target, progress, f"decode {task_id}/{split.name} {size}px",
-               nearest)
+               mode)
         files = {"images": target, **({"masks": mask_target} if mask_target else {})}
         manifest = {
             "key": key, "task": task_id, "split": split.name, "size": size, "channels": channels,
-            "resize": "nearest" if nearest else "bilinear",
+            "resize": mode,
             "count": len(split), "source_fingerprint": split.fingerprint(), "version": CACHE_VERSION,
             "pixels": pixels_used(split),
             "bytes": {k: p.stat().st_size for k, p in files.items()},
