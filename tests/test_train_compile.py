@@ -95,3 +95,17 @@ def test_compiled_fit_resumes_exactly_and_matches_eager(tmp_path):
         # compiled kernels sum in another order than eager ones: the same training up to float noise
         assert torch.allclose(eager_model.state_dict()[name].float(), value.float(), rtol=1e-3, atol=1e-4), name
     assert [round(h["train_loss"], 4) for h in eager.history] == [round(h["train_loss"], 4) for h in full.history]
+
+
+def test_reproduce_records_the_choice(tmp_path):
+    from medhub.reproduce import reproduce
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = reproduce("random:test_resnet", "breastmnist", epochs=1, label_fraction=0.5, out=tmp_path / "r",
+                           progress=False, compile_model=False)
+    finally:
+        torch.set_num_threads(threads)
+    record = report["runs"][0]["input"]["compile"]
+    assert record["used"] is False and record["why"] == "--no-compile" and record["first_step_s"] > 0
