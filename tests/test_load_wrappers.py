@@ -227,3 +227,11 @@ def test_torchvision_reference_training_checkpoint_keeps_model_over_its_ema(tmp_
     assert _same(model, net)
     assert "prefix='model_ema/module.'" in model.medhub_load_report.conversion.found
     assert _same(medhub.load(path, arch="resnet18", prefix="model_ema/module."), ema.module)
+
+
+def test_a_head_under_the_wrapper_s_own_name_is_refused_with_the_key_map_to_pass(tmp_path, net):
+    state = {("model.classifier." + k[3:] if k.startswith("fc.") else "model." + k): v for k, v in net.state_dict().items()}
+    path = _save(tmp_path / "w.ckpt", {"state_dict": state})
+    with pytest.raises(ConversionError, match=r"pass key_map=\{r'\^classifier\\\.': 'fc\.'\}"):
+        medhub.load(path, arch="resnet18")
+    assert _same(medhub.load(path, arch="resnet18", key_map={r"^classifier\.": "fc."}), net)

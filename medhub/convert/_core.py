@@ -67,6 +67,18 @@ def pool_hint(unexpected: Any, missing: Any) -> str:
     return ""
 
 
+def head_hint(unexpected: Any, absent_classifier: Any) -> str:
+    """The ``key_map`` to pass when the only unexpected keys are one linear layer and the arch's classifier
+    is absent from the weights (a fine-tuned head under the wrapper's own name), else ""."""
+    modules = {k.rsplit(".", 1)[0] for k in unexpected}
+    heads = {k.rsplit(".", 1)[0] for k in absent_classifier if k.endswith(".weight")}
+    if len(modules) != 1 or len(heads) != 1 or not {k.rsplit(".", 1)[1] for k in unexpected} <= {"weight", "bias"}:
+        return ""
+    (old,), (new,) = modules, heads
+    pattern = "^" + old.replace(".", "\\.") + "\\."
+    return f"; if {old}.* is your fine-tuned head, pass key_map={{r'{pattern}': '{new}.'}} (medhub convert --key-map)"
+
+
 @dataclass
 class ConversionReport:
     """What a conversion did, for the caller, the log and ``medhub convert``.
