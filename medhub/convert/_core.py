@@ -276,11 +276,11 @@ class Rules:
                 key = pattern.sub(replacement, key)
             return key
 
-        dropping = self._drop_pattern()
         found, everything = [], dict(_locate.tensor_dicts(obj))
         for path, tensors in everything.items():
             if container is not None and "/".join(path) != container:
                 continue
+            dropping = self._drop_pattern(_locate.shared_prefix(tensors))
             kept = {k: v for k, v in tensors.items() if not (dropping and dropping.match(k))}
             found += _locate.candidates(kept, path, target, name, key_prefix)
         if prefix is not None and not found:
@@ -302,7 +302,7 @@ class Rules:
         for entry in best.path:
             report.metadata.update(describe_metadata(level, skip=entry))
             level = level[entry]
-        state = self._drop(everything[best.path], report)
+        state = self._drop(everything[best.path], report, _locate.shared_prefix(everything[best.path]))
         outside = sorted(k for k in state if not k.startswith(best.prefix))
         if outside:
             report.dropped += outside
@@ -312,10 +312,15 @@ class Rules:
             )
         return {k[len(best.prefix) :]: v for k, v in state.items() if k.startswith(best.prefix)}
 
-    def _drop_pattern(self) -> re.Pattern | None:
+    def _drop_pattern(self, wrapper: str = "") -> re.Pattern | None:
+        """Keys to drop: ``drop`` entries after an optional ``module.`` and, when the dict's keys all share a
+        wrapper prefix (a Lightning ``model.``), after that too."""
         if not self.drop:
             return None
-        return re.compile(r"^(?:module\.)?(?:{})".format("|".join(re.escape(d) for d in self.drop)))
+        outer = f"(?:{re.escape(wrapper)})?" if wrapper else ""
+        return re.compile(
+            r"^(?:module\.)?{}(?:module\.)?(?:{})".format(outer, "|".join(re.escape(d) for d in self.drop))
+        )
 
     def _unwrap(self, obj: Any, report: ConversionReport) -> dict[str, torch.Tensor]:
         if not isinstance(obj, Mapping):
@@ -348,8 +353,8 @@ class Rules:
             )
         return tensors
 
-    def _drop(self, state: dict, report: ConversionReport) -> dict:
-        pattern = self._drop_pattern()
+    def _drop(self, state: dict, report: ConversionReport, wrapper: str = "") -> dict:
+        pattern = self._drop_pattern(wrapper)
         if pattern is None:
             return state
         kept = {}
