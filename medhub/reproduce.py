@@ -141,7 +141,7 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
                         device=torch_device, resume=resume, arch=arch, progress=progress, label=f"run {i}",
                         compile_model=compile_model)
                for i in range(runs)]
-    metric = "dice" if entry.type == "segmentation" else entry.metric
+    metric = plan.metric
     protocol = {**plan.as_dict(), "data_notes": data.notes, "data_root": str(data.root), "model_arch": arch,
                 "device": str(torch_device)}
     report = write_outputs(out_dir, model, entry, metric, results, protocol, environment(str(torch_device)),
