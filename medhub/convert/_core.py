@@ -165,6 +165,30 @@ def compile_key_map(pairs: Any) -> list[tuple[re.Pattern, str]]:
     return out
 
 
+def apply_key_map(state: dict, pairs: list[tuple[re.Pattern, str]], report: ConversionReport) -> dict:
+    """A caller's compiled ``key_map`` on stripped keys: renames recorded; a key renamed to ``''`` is dropped.
+
+    Raises:
+        ConversionError: two keys renamed to the same name.
+    """
+    earlier = {new: old for old, new in report.renamed.items()}
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pattern, replacement in pairs:
+            new = pattern.sub(replacement, new)
+        source = earlier.get(key, report.prefix + key)
+        if not new:
+            report.dropped.append(source)
+            continue
+        if new != key:
+            report.renamed[source] = new
+        if new in out:
+            raise ConversionError(f"key_map renames two keys to '{new}'; make the patterns more specific")
+        out[new] = value
+    return out
+
+
 def unwrap_sequential_heads(state: dict, target: Target, report: ConversionReport) -> dict:
     """``fc.0.weight`` -> ``fc.weight`` where a head was a ``Sequential`` holding one layer with weights.
 
@@ -236,7 +260,8 @@ class Rules:
 
         With ``target`` (or a caller's ``prefix``) the container and wrapper prefix are searched
         (:mod:`medhub.convert._locate`); without, the format's listed containers and prefixes are used.
-        ``key_map`` (regex, replacement) pairs run after the format's renames, on the stripped keys.
+        ``key_map`` (regex, replacement) pairs run after the format's renames, on the stripped keys; a key
+        renamed to ``''`` is dropped.
         """
         user_map = compile_key_map(key_map)
         report.key_map = [f"{pattern.pattern} -> {replacement}" for pattern, replacement in user_map]
@@ -248,7 +273,7 @@ class Rules:
             state = self._strip(state, report)
         state = self._rename(state, report)
         if user_map:
-            state = rename_keys(state, user_map, report)
+            state = apply_key_map(state, user_map, report)
         if self.hook is not None:
             state = self.hook(state, target, report)
         if target is not None:
