@@ -26,6 +26,7 @@ _LAZY = {
     "load": "medhub.loader:load",
     "transforms": "medhub.loader:transforms",
     "convert_checkpoint": "medhub.convert:convert_checkpoint",
+    "rank": "medhub.rank:rank",
     "MedhubError": "medhub.errors:MedhubError",
 }
 

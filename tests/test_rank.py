@@ -206,12 +206,12 @@ def test_rank_bad_inputs_exit_2_with_one_line(shared_data, tmp_path, capsys, mon
 def test_against_a_benchmark_db_gives_kendall_tau(shared_data, tmp_path, capsys, one_torch_thread):
     from scipy.stats import kendalltau, weightedtau
 
+    import medhub
     from medhub.grid.cells import expand_grid
     from medhub.grid.store import ResultStore
-    from medhub.rank import rank
 
     models = ["random:test_resnet", "random:resnet10t", "random:test_efficientnet"]
-    report = rank("breastmnist", models, data_dir=shared_data / "breastmnist", n_images=100, scores="logme,hscore")
+    report = medhub.rank("breastmnist", models, data_dir=shared_data / "breastmnist", n_images=100, scores="logme,hscore")
     order = [c["model"] for c in report["candidates"]]
     # fine-tuned results stored the way `medhub benchmark` stores them: 2 seeds each, the best-ranked lowest
     url = f"sqlite:///{tmp_path / 'grid.db'}"
