@@ -254,3 +254,13 @@ def test_site_task_page_shows_a_saved_ranking(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(UsageError, match="not a 'medhub rank' report"):
         load_rankings([tmp_path / "bad.json"])
+
+
+def test_multi_label_scores_average_per_label_and_skip_constant_labels():
+    labels, separable, *_ = make_task("multi-label")
+    with_constant = np.c_[labels, np.zeros(len(labels))]  # a finding absent from the whole sample
+    for name in ("logme", "hscore", "nleep", "knn"):
+        assert S.compute(name, separable, with_constant, "multi-label") == pytest.approx(
+            S.compute(name, separable, labels, "multi-label"), rel=1e-9)
+    per_label = [S.hscore(separable, labels[:, j].astype(int), "binary") for j in range(labels.shape[1])]
+    assert S.hscore(separable, labels, "multi-label") == pytest.approx(np.mean(per_label), rel=1e-12)
