@@ -139,7 +139,9 @@ def finetune_times(work: Path, task: str) -> dict:
 
     store = ResultStore(f"sqlite:///{work}/grid.db", create=False)
     try:
-        rows = [r for r in store.rows(task=task) if r["status"] == "done"]
+        epochs, fraction = FINETUNE[task]
+        rows = [r for r in store.rows(task=task) if r["status"] == "done" and r["label_fraction"] == fraction
+                and r["settings"].get("epochs") == epochs]  # the study's setting only
     finally:
         store.close()
     if not rows:

@@ -219,7 +219,8 @@ def write_outputs(report: dict, out: Path) -> list[str]:
         files.append(str(out / "rank.png"))
     if report.get("against") and report["against"].get("points"):
         plot_against(report, out / "against.png")
-        files.append(str(out / "against.png"))
+        if (out / "against.png").is_file():
+            files.append(str(out / "against.png"))
     files.append(str(out / "rank.json"))
     atomic_write_text(out / "rank.json", json.dumps({**report, "files": files}, indent=1, default=str))
     return files
