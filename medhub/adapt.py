@@ -77,7 +77,7 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
     _check_free(model_id)
     out_dir = Path(out).expanduser().resolve()
     data = load_task_data(task_entry, data_dir, img_size=img_size or task_entry.protocol.img_size)
-    plan = make_plan(task_entry, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
+    plan = make_plan(task_entry, model=base, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
                      train_size=len(data.split("train")))
     splits = prepare_data(task_entry, data, plan, seed=seed, progress=progress)
     torch_device = pick_device(device)

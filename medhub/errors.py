@@ -67,8 +67,16 @@ class OfflineError(MedhubError, OSError):
     """Offline mode asked for something that is not in the local cache."""
 
 
+class CacheError(OfflineError):
+    """A local cache whose content is wrong (a refs file, a snapshot or blob not copied); names the file."""
+
+
 class UsageError(MedhubError, ValueError):
     """An option or argument combination that cannot work."""
+
+
+class ArchiveError(MedhubError, ValueError):
+    """A pack archive that is damaged, tampered with or hostile; it is refused before anything is written."""
 
 
 class DownloadError(MedhubError, OSError):

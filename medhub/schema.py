@@ -15,6 +15,7 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9_.\-]*$"
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 RANDOM_PREFIX = "random:"
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 TaskType = Literal["multi-label", "binary", "multi-class", "ordinal", "segmentation"]
 SourceKind = Literal["medhub_hf", "timm_hf", "url", "manual", "local"]
@@ -146,6 +147,9 @@ class Checkpoint(Frozen):
     objective: str = Field(description="objective of the last stage, or 'supervised'")
     lineage: tuple[LineageStage, ...]
     sources: tuple[WeightSource, ...] = ()
+    mirrors: tuple[WeightSource, ...] = Field(
+        (), description="site copies (medhub unpack / medhub mirror overlays), tried before the sources"
+    )
     preprocessing: Preprocessing = Preprocessing()
     head: Head
     licence: Licence = Licence()
@@ -208,9 +212,81 @@ class Protocol(Frozen):
     eval_transform: str | None = None
     test_transform: str | None = None
     selection: str = Field("val_loss", description="what picks the best epoch: val_loss or val_auc")
-    decoder: str | None = Field(None, description="segmentation decoder, e.g. unet")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear lr warm-up from 0 (scheduler warmup_cosine)")
+    precision: str = Field("fp32", description="the released code's arithmetic: fp32, fp16 (autocast + grad "
+                           "scaler) or bf16 (autocast)")
+    augment_pipeline: str | None = Field(None, description="a named augmentation pipeline, e.g. btl_segmentation "
+                                         "(albumentations, medhub.data.seg_augment)")
+    augment_val: bool = Field(False, description="the training augmentation is applied to the validation split too")
+    image_resize: Literal["bilinear", "nearest", "linear"] = Field(
+        "bilinear", description="how images are resized to img_size: bilinear (PIL, antialiased; masks nearest), "
+        "nearest (cv2 INTER_NEAREST, image and mask) or linear (cv2 INTER_LINEAR, mask thresholded at 127)")
+    decoder: str | None = Field(None, description="segmentation decoder: unet or upernet; None: the released "
+                                "choice for the backbone (UperNet for ConvNeXt/Swin, U-Net otherwise)")
+    head_init: dict[str, dict[str, float | str]] = Field(
+        default_factory=dict,
+        description="how the released code initialises a fresh classifier, per model family ('*': any other), "
+                    "e.g. {resnet: {kind: normal, std: 0.01, bias: 0}}; empty: the network's own init")
+    code: str | None = Field(None, description="the released code these values come from: owner/repo@commit")
+    sources: dict[str, str] = Field(
+        default_factory=dict,
+        description="per protocol value, where the released code sets it: 'path:line' in ``code`` (or "
+                    "'owner/repo@commit path:line' for another repository)")
+    unknown: tuple[str, ...] = Field((), description="values the released code leaves unknown or ambiguous")
     source: str | None = None
     notes: str | None = None
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+        return value
+
+
+class LabelSubset(Frozen):
+    """How the released code cuts a labelled subset at a label fraction (``--anno_percent``)."""
+
+    rule: str = Field("random99_first_int", description="random99_first_int: Python random.Random(seed).shuffle "
+                      "of the indexes in list-file order, then the first int(N * fraction)")
+    seed: int = 99
+    splits: tuple[str, ...] = Field(("train",), description="the splits cut (each with its own shuffle)")
+    sizes: dict[str, int] = Field(default_factory=dict, description="published subset sizes, e.g. {'0.1': 9000}")
+    source: str | None = None
+    notes: str | None = None
+
+
+class PixelRule(Frozen):
+    """How stored pixel values become the uint8 grey levels a network sees (``medhub.data.images``).
+
+    The defaults are the rule for every dataset that names nothing: a DICOM's own VOI LUT or window
+    (its first, with its VOI LUT Function), else the full range its bit depth allows after the modality
+    LUT; 16-bit PNG/TIFF through their significant bits. Recorded in cache manifests and reports.
+    """
+
+    window: tuple[float, float] | None = Field(
+        None, description="(center, width) of a VOI window used instead of the DICOM file's own, in the units "
+        "after the modality LUT (Hounsfield units for CT), e.g. a lung window (-600, 1500)")
+    voi_function: Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"] = Field(
+        "LINEAR", description="VOI LUT Function of `window` (DICOM PS3.3 C.11.2.1.2-3)")
+    frame: int | None = Field(
+        None, ge=0, description="multi-frame DICOM or multi-page TIFF/GIF: the frame to read (0-based); "
+        "None refuses such files")
+    bits: int | None = Field(
+        None, ge=1, le=16, description="16-bit PNG/TIFF: significant bits, 0..2**bits-1 onto 0..255 "
+        "(None: the PNG's sBIT chunk, else 16)")
+    no_window: Literal["bit_depth"] = Field(
+        "bit_depth", description="a DICOM without VOI LUT or window: the range its Bits Stored allows, "
+        "through the modality LUT, onto 0..255")
+
+    @model_validator(mode="after")
+    def _width(self) -> PixelRule:
+        width = self.window[1] if self.window is not None else 1.0
+        if width <= 0 or (self.voi_function == "LINEAR" and width < 1):
+            bound = ">= 1" if self.voi_function == "LINEAR" else "> 0"
+            raise ValueError(f"window width must be {bound} for {self.voi_function} (DICOM PS3.3 C.11.2.1.2-3), "
+                             f"got {width:g}")
+        return self
 
 
 class DataLayout(Frozen):
@@ -221,6 +297,7 @@ class DataLayout(Frozen):
     files: tuple[str, ...] = ()
     download: str | None = Field(None, description="where the data comes from (URL or instructions)")
     md5: dict[str, str] = Field(default_factory=dict, description="official md5 per file, when known")
+    pixels: PixelRule = Field(default_factory=PixelRule, description="how pixel values become grey levels")
 
 
 class Task(Frozen):
@@ -232,18 +309,38 @@ class Task(Frozen):
     modality: str
     type: TaskType
     labels: tuple[str, ...]
+    labels_trained: tuple[str, ...] | None = Field(
+        None, description="the head's outputs when they differ from ``labels`` (the evaluated ones, a subset)")
     metric: str = Field(description="auc, acc or dice")
     splits: tuple[Split, ...]
     protocol: Protocol
+    family_protocols: dict[str, Protocol] = Field(
+        default_factory=dict, description="architecture family (resnet, convnext, swin) -> the protocol that "
+        "family was run with, when it differs from `protocol`")
+    split_unknown: str | None = Field(None, description="why the published split is not known (the plan lists it "
+                                      "under protocol_partly_unknown)")
+    label_subset: LabelSubset = LabelSubset()
     layout: DataLayout
     licence: Licence = Licence()
     paper: Paper | None = None
     notes: tuple[str, ...] = ()
 
+    @model_validator(mode="after")
+    def _evaluated_are_trained(self) -> Task:
+        if self.labels_trained is not None and not set(self.labels) <= set(self.labels_trained):
+            missing = sorted(set(self.labels) - set(self.labels_trained))
+            raise ValueError(f"labels {missing} are evaluated but not in labels_trained")
+        return self
+
+    @property
+    def trained_labels(self) -> tuple[str, ...]:
+        """The labels the head learns (``labels_trained`` or ``labels``)."""
+        return self.labels_trained or self.labels
+
     @property
     def num_classes(self) -> int:
         """Outputs of the network's head for this task."""
-        return 1 if self.type == "binary" else len(self.labels)
+        return 1 if self.type == "binary" else len(self.trained_labels)
 
 
 class ReportedResult(Frozen):

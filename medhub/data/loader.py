@@ -9,7 +9,6 @@ lets ``--resume`` end where an uninterrupted run would.
 from __future__ import annotations
 
 import logging
-import os
 import re
 
 import numpy as np
@@ -64,6 +63,34 @@ def _parse_step(name: str) -> tuple[str, float | None] | None:
         return "elastic", None
     log.warning("augmentation '%s' is not known to medhub; skipped", name)
     return None
+
+
+def describe_augment(names: tuple[str, ...] | list[str], size: int, segmentation: bool = False) -> list[dict]:
+    """The steps :func:`train_transform` applies for ``names``, with their parameters (the plan's ``augment``).
+
+    Each step is a dict with ``step`` (random_resized_crop, horizontal_flip, vertical_flip, rotation,
+    color, elastic) and the parameters medhub uses, plus ``as_named`` (the protocol's own wording).
+    """
+    steps = []
+    for name in names:
+        parsed = _parse_step(name)
+        if parsed is None:
+            steps.append({"step": "skipped", "as_named": name, "why": "not known to medhub"})
+            continue
+        kind, arg = parsed
+        if kind == "crop":
+            scale, p = _crop_settings(segmentation)
+            step = {"step": "random_resized_crop", "size": size, "scale": list(scale), "ratio": [3 / 4, 4 / 3], "p": p}
+        elif kind in ("hflip", "vflip"):
+            step = {"step": "horizontal_flip" if kind == "hflip" else "vertical_flip", "p": 0.5}
+        elif kind == "rotate":
+            step = {"step": "rotation", "degrees": arg, "fill": 0}
+        elif kind == "color":
+            step = {"step": "color", "brightness": 0.2, "contrast": 0.2, "p": 0.3}
+        else:
+            step = {"step": "elastic", "alpha": 30.0, "p": 0.3}
+        steps.append({**step, "as_named": name})
+    return steps
 
 
 def _crop_settings(segmentation: bool) -> tuple[tuple[float, float], float]:
@@ -130,6 +157,8 @@ class BatchDataset(torch.utils.data.Dataset):
             masks = torch.from_numpy(np.ascontiguousarray(self.split.masks[order]))[where]
         if isinstance(self.transform, GeometricAugment):  # augmentation depends on (seed, epoch, batch) only
             images, masks = self.transform(images, masks, torch.Generator().manual_seed(batch_seed))
+        elif hasattr(self.transform, "augment_batch"):  # albumentations (segmentation), seeded per batch
+            images, masks = self.transform.augment_batch(images, masks, batch_seed)
         elif self.transform is not None:
             torch.manual_seed(batch_seed)
             images, masks = self._augment(images, masks)
@@ -194,7 +223,9 @@ def default_workers(device: torch.device) -> int:
     On a CPU the model's own threads use every core and the cached pipeline costs well under a millisecond
     per image, so worker processes would only compete with the model.
     """
-    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    from medhub.cpu import usable_cpus
+
+    return min(8, usable_cpus()) if device.type == "cuda" else 0
 
 
 def set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:

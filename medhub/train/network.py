@@ -1,7 +1,8 @@
 """The network a run trains: ``random:<timm arch>``, a registry id, or a local checkpoint, with the task's head.
 
 Model creation goes through :func:`medhub.build.create_model` (random init) or :func:`medhub.load`
-(pretrained weights); segmentation wraps the backbone in :class:`medhub.train.unet.UNet`.
+(pretrained weights); segmentation puts that backbone into segmentation_models_pytorch's U-Net or UperNet
+(:mod:`medhub.train.segnet`).
 
 ``stem="cifar"`` gives a ``random:`` ResNet the CIFAR-style stem of MedMNIST v2's 28 px experiments (3x3
 stride-1 first conv, no max-pool): 4x less downsampling than timm's 7x7 stride-2 conv plus max-pool. A run's
@@ -31,7 +32,8 @@ def is_random(model: str) -> bool:
 
 
 def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: str | None = None,
-                  segmentation: bool = False, linear_probe: bool = False, stem: str | None = None) -> nn.Module:
+                  segmentation: bool = False, linear_probe: bool = False, stem: str | None = None,
+                  decoder: str | None = None) -> nn.Module:
     """Create the network for one run.
 
     Args:
@@ -39,10 +41,12 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
         num_outputs: classifier outputs (ignored for segmentation: one mask channel).
         in_chans: input channels; None keeps the checkpoint's.
         arch: timm architecture of a bare checkpoint file.
-        segmentation: build a U-Net on the backbone instead of a classifier.
+        segmentation: build a segmentation network (smp U-Net or UperNet) on the backbone instead of a classifier.
         linear_probe: freeze everything except the classifier.
         stem: ``"cifar"``: a ResNet with a 3x3 stride-1 first conv and no max-pool, for ``random:`` ResNets
             or a checkpoint saved from one (``best.safetensors`` with ``arch``, or a model folder).
+        decoder: ``unet`` or ``upernet`` (segmentation); default: the released choice for the backbone's
+            family (:func:`medhub.train.segnet.default_decoder`).
 
     Raises:
         UsageError: a ``stem`` the model cannot take, or a CIFAR-stem checkpoint loaded without ``stem``.
@@ -51,6 +55,10 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
     if stem and segmentation:
         raise UsageError("--cifar-stem applies to classification tasks only; drop it for segmentation")
     check_stem(model, arch=arch, stem=stem)
+    if segmentation:
+        if linear_probe:
+            raise UsageError("--linear-probe applies to classification tasks only")
+        return _segmentation_network(model, in_chans=in_chans, arch=arch, decoder=decoder)
     if is_random(model):
         name = model[len(RANDOM_PREFIX):]
         if not name:
@@ -62,15 +70,55 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
         import medhub
 
         network = medhub.load(model, num_classes=classes, in_chans=in_chans, arch=arch)
-    if segmentation:
-        if linear_probe:
-            raise UsageError("--linear-probe applies to classification tasks only")
-        from medhub.train.unet import UNet
-
-        return UNet(network, out_channels=1)
     if linear_probe:
         freeze_backbone(network)
     return network
+
+
+def model_arch(model: str, arch: str | None = None) -> str | None:
+    """The timm architecture of ``model`` without building it: ``random:<arch>``, a registry entry's ``arch``,
+    ``arch`` for a file, or a model folder's ``config.json``; None when it cannot be told."""
+    if is_random(model):
+        return model[len(RANDOM_PREFIX):] or None
+    if arch:
+        return arch
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            return json.loads((path / "config.json").read_text()).get("architecture")
+        except (OSError, ValueError):
+            return None
+    from medhub.errors import MedhubError
+    from medhub.registry import load_registry
+
+    try:
+        return load_registry().get_model(model).arch
+    except MedhubError:
+        return None
+
+
+def _segmentation_network(model: str, *, in_chans: int | None, arch: str | None, decoder: str | None) -> nn.Module:
+    """The backbone built and loaded as everywhere else (no head), then placed in smp's U-Net or UperNet."""
+    from medhub.train.segnet import (
+        architecture_family,
+        build_segmentation_network,
+        default_decoder,
+        segmentation_spec,
+    )
+
+    name = model_arch(model, arch)
+    if name is None:
+        raise UsageError(f"cannot tell the architecture of {model}; pass --arch <timm architecture>")
+    spec = segmentation_spec(name, decoder or default_decoder(architecture_family(name)))
+    if is_random(model):
+        from medhub.build import create_model
+
+        backbone, _ = create_model(name, None, num_classes=0, in_chans=in_chans, **spec.encoder_kwargs)
+    else:
+        import medhub
+
+        backbone = medhub.load(model, num_classes=0, in_chans=in_chans, arch=arch)
+    return build_segmentation_network(backbone, spec)
 
 
 def _random_network(name: str, classes: int, in_chans: int | None, stem: str | None) -> nn.Module:
@@ -210,3 +258,72 @@ def freeze_backbone(network: nn.Module) -> list[str]:
             trainable.append(name)
     log.info("linear probe: training %s only", ", ".join(trainable))
     return trainable
+
+
+def init_from_scratch(network: nn.Module, kind: str) -> None:
+    """Initialise a from-scratch network the way the released code's framework does, in place.
+
+    ``torchvision``: timm's ResNet init (kaiming normal fan_out convs, BN 1/0) without the zero-initialised
+    last BN of each block (torchvision's ``zero_init_residual=False``, the default the released code uses).
+    ``pytorch_default``: every Conv/Linear/BatchNorm's own ``reset_parameters()`` (MedMNIST/experiments'
+    ``models.py`` has no init code). Draws from torch's global generator (seeded by the run).
+    """
+    if kind == "torchvision":
+        for module in network.modules():
+            if hasattr(module, "zero_init_last"):
+                last = getattr(module, "bn3", None) or getattr(module, "bn2", None)
+                if isinstance(last, nn.BatchNorm2d):
+                    nn.init.ones_(last.weight)
+    elif kind == "pytorch_default":
+        for module in network.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+                module.reset_parameters()
+    else:
+        raise UsageError(f"unknown from-scratch init '{kind}'; use torchvision or pytorch_default")
+
+
+def _registry_head_classes(model: str) -> int | None:
+    from medhub.errors import MedhubError
+    from medhub.registry import load_registry
+
+    try:
+        return load_registry().get_model(model).head.num_classes
+    except MedhubError:
+        return None
+
+
+def init_classifier(network: nn.Module, head_init: dict, *, model: str = "", num_outputs: int = 0) -> str:
+    """(Re-)initialise the classifier as ``head_init`` says; returns what was done (for the report).
+
+    ``{"kind": "normal", "std": s, "bias": b}``: weight ~ N(0, s), bias b (BenchmarkTransferLearning
+    Version2/models.py:55-60, 201-208: std 0.01, bias 0). ``trunc_normal``: timm/Swin's truncated normal.
+    ``pytorch_default``: ``nn.Linear.reset_parameters()``. ``kept``: a pretrained head whose class count fits
+    stays (registry ids: the entry's head size; local files: kept as loaded); otherwise ``head_init['fallback']``.
+    A network without a Linear classifier is left as it is.
+    """
+    classifier = network.get_classifier() if hasattr(network, "get_classifier") else None
+    if isinstance(classifier, nn.Sequential):
+        classifier = next((m for m in classifier if isinstance(m, nn.Linear)), None)
+    if not isinstance(classifier, nn.Linear):
+        return "no linear classifier"
+    kind = head_init.get("kind")
+    if kind == "kept":
+        source = _registry_head_classes(model) if not is_random(model) else None
+        if source is None and not is_random(model) and not Path(model).expanduser().exists():
+            source = 0
+        if is_random(model) or (source is not None and source != num_outputs):
+            return init_classifier(network, head_init.get("fallback") or {}, model=model, num_outputs=num_outputs)
+        return "kept (pretrained)"
+    with torch.no_grad():
+        if kind == "normal":
+            classifier.weight.normal_(0.0, float(head_init["std"]))
+        elif kind == "trunc_normal":
+            nn.init.trunc_normal_(classifier.weight, std=float(head_init["std"]))
+        elif kind == "pytorch_default":
+            classifier.reset_parameters()
+            return "pytorch default"
+        else:
+            return "network default"
+        if classifier.bias is not None:
+            classifier.bias.fill_(float(head_init.get("bias", 0.0)))
+    return f"{kind} std {head_init['std']}, bias {head_init.get('bias', 0.0)}"
