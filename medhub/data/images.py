@@ -487,6 +487,7 @@ def resize_cv2(mode: str, array: np.ndarray, size: int, *, mask: bool = False) -
     """
     import cv2
 
+    cv2.setNumThreads(0)  # OpenCV's own thread pool next to torch's OpenMP threads can deadlock a later torch op
     if mode not in ("nearest", "linear"):
         raise ValueError(f"unknown OpenCV resize mode {mode!r}; use nearest or linear")
     if array.shape[0] == size and array.shape[1] == size:
