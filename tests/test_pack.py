@@ -637,7 +637,9 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("kind", [*MALFORMED, "tail cut off", "junk after the end"])
-def test_malformed_but_consistent_archive_is_one_line_and_nothing_is_written(folder_pack, tmp_path, kind, capsys):
+def test_malformed_but_consistent_archive_is_one_line_and_nothing_is_written(
+    folder_pack, tmp_path, kind, capsys
+):
     """Contents an attacker controls (the manifest is not signed) never crash unpack: one line, exit 2."""
     bad = tmp_path / "bad.tar"
     if kind in MALFORMED:

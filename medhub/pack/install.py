@@ -152,7 +152,11 @@ def _item(verified: VerifiedArchive, raw: Any, registry) -> Item:
     if not isinstance(files, dict):
         raise _bad(verified, f"checkpoint '{entry.id}' has no 'files' mapping in the manifest")
     members = {name: files.get(name) for name in (*CHECKPOINT_FILES, ENTRY_FILE)}
-    absent = [name for name, member in members.items() if not isinstance(member, str) or member not in verified.members]
+    absent = [
+        name
+        for name, member in members.items()
+        if not isinstance(member, str) or member not in verified.members
+    ]
     if absent or raw.get("id") != entry.id:
         raise _bad(
             verified, f"checkpoint '{entry.id}' lacks {', '.join(absent) or 'a matching id'} in the archive"
