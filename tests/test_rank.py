@@ -206,12 +206,12 @@ def test_rank_bad_inputs_exit_2_with_one_line(shared_data, tmp_path, capsys, mon
 def test_against_a_benchmark_db_gives_kendall_tau(shared_data, tmp_path, capsys, one_torch_thread):
     from scipy.stats import kendalltau, weightedtau
 
+    import medhub
     from medhub.grid.cells import expand_grid
     from medhub.grid.store import ResultStore
-    from medhub.rank import rank
 
     models = ["random:test_resnet", "random:resnet10t", "random:test_efficientnet"]
-    report = rank("breastmnist", models, data_dir=shared_data / "breastmnist", n_images=100, scores="logme,hscore")
+    report = medhub.rank("breastmnist", models, data_dir=shared_data / "breastmnist", n_images=100, scores="logme,hscore")
     order = [c["model"] for c in report["candidates"]]
     # fine-tuned results stored the way `medhub benchmark` stores them: 2 seeds each, the best-ranked lowest
     url = f"sqlite:///{tmp_path / 'grid.db'}"
@@ -254,3 +254,13 @@ def test_site_task_page_shows_a_saved_ranking(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(UsageError, match="not a 'medhub rank' report"):
         load_rankings([tmp_path / "bad.json"])
+
+
+def test_multi_label_scores_average_per_label_and_skip_constant_labels():
+    labels, separable, *_ = make_task("multi-label")
+    with_constant = np.c_[labels, np.zeros(len(labels))]  # a finding absent from the whole sample
+    for name in ("logme", "hscore", "nleep", "knn"):
+        assert S.compute(name, separable, with_constant, "multi-label") == pytest.approx(
+            S.compute(name, separable, labels, "multi-label"), rel=1e-9)
+    per_label = [S.hscore(separable, labels[:, j].astype(int), "binary") for j in range(labels.shape[1])]
+    assert S.hscore(separable, labels, "multi-label") == pytest.approx(np.mean(per_label), rel=1e-12)
