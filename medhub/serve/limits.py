@@ -193,7 +193,7 @@ class GuardedH11Protocol(H11Protocol):
             expired = "send"
         if expired:
             log.info("closed a connection: %s timeout", expired)
-            self.transport.close()
+            self.transport.abort()  # close() would wait to flush what a stalled client never reads
         return expired
 
 
