@@ -87,6 +87,27 @@ def test_deeply_nested_json_is_a_400(server, method, path, body):
     _no_traceback(server)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /api/whoami-v2 HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+        b"GET /api/whoami-v2 HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+    ],
+)
+def test_malformed_requests_get_the_hub_error_shape(server, raw):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head[:100]
+    assert b"x-error-message: " in head.lower()
+    assert isinstance(json.loads(body)["error"], str)
+    _no_traceback(server)
+
+
 # ---- item 2: slow clients ---------------------------------------------------------------------
 def _half_sent(port: int, count: int) -> list[socket.socket]:
     socks = []
