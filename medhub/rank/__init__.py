@@ -19,7 +19,9 @@ import logging
 import math
 import os
 import re
+import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +219,18 @@ def write_outputs(report: dict, out: Path) -> list[str]:
         files.append(str(out / "rank.png"))
     if report.get("against") and report["against"].get("points"):
         plot_against(report, out / "against.png")
-        files.append(str(out / "against.png"))
+        if (out / "against.png").is_file():
+            files.append(str(out / "against.png"))
     files.append(str(out / "rank.json"))
     atomic_write_text(out / "rank.json", json.dumps({**report, "files": files}, indent=1, default=str))
     return files
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``medhub.rank(...)`` call :func:`rank` even when ``medhub.rank`` is this package (imported first)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return rank(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
