@@ -175,7 +175,12 @@ def _undecodable(path: Path, ds, exc: Exception) -> DataError:
         return DataError(f"{path}: no installed decoder reads {syntax} (medhub's dependencies include it); "
                          f"pip install {packages}", path=path)
     other = "python-gdcm" if "gdcm" not in plugins else None
-    hint = f"another decoder may read it: pip install {other}" if other else "the pixel data may be damaged"
+    if "pylibjpeg" not in plugins and str(uid) in DECODER_PACKAGES:  # medhub's own decoder is missing
+        hint = f"install the decoder medhub depends on: pip install {packages}" + (f" (or {other})" if other else "")
+    elif other:
+        hint = f"another decoder may read it: pip install {other}"
+    else:
+        hint = "the pixel data may be damaged"
     return DataError(f"{path}: the installed decoder(s) {', '.join(plugins)} could not decode its {syntax} "
                      f"pixel data ({reason}); {hint}", path=path)
 
