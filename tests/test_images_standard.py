@@ -440,6 +440,10 @@ def test_pixel_rule_schema_rejects_bad_values():
     with pytest.raises(ValueError):
         PixelRule(bits=17)
     assert PixelRule(window=(0, 0.5), voi_function="LINEAR_EXACT").window == (0, 0.5)
+    # a window that is not a pair of finite numbers would map every pixel to one grey level (or NaN)
+    for window in ((float("nan"), 400), (40, float("nan")), (40, float("inf")), (float("-inf"), 400)):
+        with pytest.raises(ValueError, match="finite"):
+            PixelRule(window=window)
 
 
 
