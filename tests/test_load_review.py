@@ -13,7 +13,7 @@ import torchvision
 
 import medhub
 from medhub.cli import main
-from medhub.errors import ConversionError
+from medhub.errors import ConversionError, UnsafeCheckpointError
 
 torch.set_num_threads(1)
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -77,3 +77,43 @@ def test_a_buffer_beside_the_network_is_refused_with_the_key_map_that_drops_it(t
     assert "--key-map '^op_threshs$='" in err and "Traceback" not in err
     assert main(["convert", str(path), "--arch", "densenet121", "-o", str(tmp_path / "out"),
                  "--key-map", "^op_threshs$="]) == 0  # fmt: skip
+
+
+class _System:
+    """A pickle payload that would run a shell command when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_refused_pickle_names_the_global_it_needs(tmp_path):
+    """torch 2.x says 'Trying to load unsupported GLOBAL posix.system ...': the refusal names posix.system,
+    never the word 'unsupported' as if it were the object."""
+    marker = tmp_path / "pwned"
+    path = _save(tmp_path / "last.ckpt", {"state_dict": {"w": torch.ones(1)}, "hyper_parameters": _System(marker)})
+    with pytest.raises(UnsafeCheckpointError) as info:
+        medhub.load(path, arch="resnet18")
+    assert info.value.culprit.endswith(".system") and f"'{info.value.culprit}'" in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"hello world", b"<html><body>404 Not Found</body></html>", bytes(range(256)) * 4, b""],
+    ids=["text", "html_page", "binary", "empty"],
+)
+def test_a_file_that_is_no_checkpoint_is_refused_in_one_line(tmp_path, capsys, content):
+    """A download that saved an error page or garbage as .pth: one line saying the file is not a readable
+    checkpoint (not a traceback, not 'needs a Python object'); the CLI exits 2."""
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(ConversionError, match="not a readable PyTorch checkpoint"):
+        medhub.load(path, arch="resnet18")
+    assert main(["convert", str(path), "--arch", "resnet18", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable PyTorch checkpoint" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
