@@ -109,8 +109,16 @@ def _cached_spec(arch: str, kwargs: _Frozen) -> ArchSpec:
     import timm
 
     _require_arch(arch)
-    with torch.device("meta"):
-        model = timm.create_model(arch, pretrained=False, **kwargs.value)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(arch, pretrained=False, **kwargs.value)
+    except (TypeError, AssertionError, ValueError, KeyError) as exc:  # timm refuses an option for this arch
+        options = ", ".join(f"{k}={v!r}" for k, v in kwargs.value.items())
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(
+            f"timm cannot build '{arch}'" + (f" with {options}" if options else "")
+            + f" ({detail}); drop or change that option (medhub convert --model-arg)"
+        ) from None
     cfg = dict(model.pretrained_cfg)
     classifier = cfg.get("classifier") or ()
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)

@@ -117,3 +117,19 @@ def test_a_file_that_is_no_checkpoint_is_refused_in_one_line(tmp_path, capsys, c
     assert main(["convert", str(path), "--arch", "resnet18", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "not a readable PyTorch checkpoint" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("arch", "option", "value"),
+    [("deit_tiny_distilled_patch16_224", "global_pool", "avg"), ("resnet18", "depth", 3)],
+    ids=["distilled_deit_avg_pool", "unknown_option"],
+)
+def test_an_option_timm_refuses_for_the_architecture_is_one_line(tmp_path, capsys, arch, option, value):
+    """timm asserts that a distilled DeiT pools tokens, and a ResNet takes no depth=: one line naming the
+    option, exit 2 on the CLI, no traceback."""
+    path = _save(tmp_path / "w.pth", {"state_dict": {"conv1.weight": torch.ones(1)}})
+    with pytest.raises(medhub.errors.UsageError, match=f"{option}="):
+        medhub.load(path, arch=arch, **{option: value})
+    code = main(["convert", str(path), "--arch", arch, "--model-arg", f"{option}={value}", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and option in err
