@@ -128,7 +128,8 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     out_dir = Path(out) if out is not None else default_out(model, entry.id, resume)
     if out_dir.exists() and not resume and any(out_dir.glob("run*/state.pt")):
         raise UsageError(f"{out_dir} already holds runs; pass --resume to continue them or choose another --out")
-    reader_options = {"native_size": native_size} if plan.recipe == "medmnist_v2" else {}
+    # only when asked: a task with the MedMNIST recipe may keep its data in class folders (examples/nih1000)
+    reader_options = {"native_size": True} if native_size else {}
     data = load_task_data(entry, data_dir, img_size=plan.img_size, pixels=pixels, **reader_options)
     plan = make_plan(entry, **options, train_size=int(len(data.split("train")) * label_fraction))
     splits = prepare_data(entry, data, plan, seed=seed, progress=progress)
@@ -141,7 +142,7 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
                         device=torch_device, resume=resume, arch=arch, progress=progress, label=f"run {i}",
                         compile_model=compile_model)
                for i in range(runs)]
-    metric = "dice" if entry.type == "segmentation" else entry.metric
+    metric = plan.metric
     protocol = {**plan.as_dict(), "data_notes": data.notes, "data_root": str(data.root), "model_arch": arch,
                 "device": str(torch_device)}
     report = write_outputs(out_dir, model, entry, metric, results, protocol, environment(str(torch_device)),

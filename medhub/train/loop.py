@@ -338,6 +338,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         compiled = compile_for_training(model)
     for epoch in range(start, config.epochs):
         started = time.perf_counter()
+        lr_used = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with (before the scheduler steps)
         torch.manual_seed(epoch_seed(config.seed, epoch))
         set_epoch(train_loader, epoch)
         set_epoch(val_loader, epoch)  # an augmented validation split (segmentation recipes) draws anew each epoch
@@ -361,7 +362,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         stopped = config.patience is not None and bad_epochs > config.patience
         finished = stopped or epoch + 1 >= config.epochs
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val.loss, "val_metric": val.metric,
-                        "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started})
+                        "lr": lr_used, "seconds": time.perf_counter() - started})
         log.info("%s: train loss %.4f, val loss %.4f, val %s %.4f", desc, train_loss, val.loss,
                  "dice" if config.segmentation else "auc", val.metric)
         say(progress, _epoch_line(label or run_dir.name, desc, history[-1], config, improved, stopped))
