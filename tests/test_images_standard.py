@@ -256,6 +256,21 @@ def test_undecodable_names_the_transfer_syntax_and_the_package():
     assert "pip install python-gdcm" in message and "\n" not in message and "remove" not in message
 
 
+def test_undecodable_file_logs_no_traceback_under_the_clis_logging(tmp_path):
+    """The CLI logs WARNING and up (logging.basicConfig): pydicom's per-plugin LOGGER.exception records, with
+    their tracebacks, must not reach stderr; the DataError line says it all."""
+    code = ("import logging; logging.basicConfig(level=logging.WARNING)\n"
+            "from pydicom.data import get_testdata_file\n"
+            "from medhub.data.images import read_image\n"
+            "from medhub.errors import DataError\n"
+            "try:\n    read_image(get_testdata_file('JPEG-lossy.dcm'))\n"
+            "except DataError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert "JPEG Extended (Process 2 and 4)" in done.stdout and done.stdout.count("\n") == 1
+    assert done.stderr == ""
+
+
 @pytest.mark.parametrize(("name", "syntax"), [
     ("MR_small_jpeg_ls_lossless.dcm", "JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80)"),
     # Pillow is installed but cannot read 12-bit JPEG: the missing dependency is still what to install

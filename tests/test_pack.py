@@ -657,3 +657,20 @@ def test_malformed_but_consistent_archive_is_one_line_and_nothing_is_written(
         out, err = capsys.readouterr()
         assert expected in err and "nothing was written" in err and err.count("\n") == 1 and not out, err
         assert tree_state(home) == before
+
+
+@pytest.mark.parametrize("overlay", ["not yaml", "a list", "a folder"])
+def test_an_unusable_overlay_is_refused_before_anything_is_installed(folder_pack, overlay, capsys):
+    """--overlay naming a file that is no registry file: one line, and no checkpoint file half-installed."""
+    home = Path(os.environ["HOME"])
+    path = home / "site.yaml"
+    if overlay == "a folder":
+        path.mkdir()
+    else:
+        path.write_text("a: [b\n" if overlay == "not yaml" else "- 1\n")
+    before = tree_state(home)
+    for args in (["--cache"], ["--to-store", str(home / "store")]):
+        assert cli(["unpack", str(folder_pack), *args, "--overlay", str(path)]) == 2
+        out, err = capsys.readouterr()
+        assert str(path) in err and err.count("\n") == 1 and "Traceback" not in err, err
+        assert tree_state(home) == before

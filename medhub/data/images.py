@@ -28,7 +28,9 @@ min..max:
 from __future__ import annotations
 
 import json
+import logging
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +223,22 @@ def lift_frame_groups(ds, index: int | None) -> None:
                         setattr(ds, keyword, item[keyword].value)
 
 
+class _QuietDecodeFailures(logging.Filter):
+    """Drops pydicom's per-plugin decode failures (``LOGGER.exception``, with tracebacks) while medhub decodes
+    in this thread: medhub raises them as one DataError line (:func:`_undecodable`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or not getattr(self.active, "on", False)
+
+
+_QUIET_DECODERS = _QuietDecodeFailures()
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(_QUIET_DECODERS)
+
+
 def read_dicom_pixels(path: Path, rule: PixelRule = DEFAULT_RULE):
     """The dataset and the decoded stored values of its frame (``rule.frame``; refused if multi-frame).
 
@@ -238,12 +256,15 @@ def read_dicom_pixels(path: Path, rule: PixelRule = DEFAULT_RULE):
                         "structure set); list only image files", path=path)
     index = _frame_index(int(ds.get("NumberOfFrames", 1) or 1), rule, path)
     lift_frame_groups(ds, index or 0)
+    _QUIET_DECODERS.active.on = True
     try:
         return ds, pixel_array(ds, index=index)
     except DataError:
         raise
     except Exception as exc:  # the plugins raise RuntimeError, ValueError, NotImplementedError ...
         raise _undecodable(path, ds, exc) from exc
+    finally:
+        _QUIET_DECODERS.active.on = False
 
 
 def modality_range(ds) -> tuple[float, float]:

@@ -82,6 +82,7 @@ def unpack(
     Raises:
         ArchiveError: a damaged, tampered or hostile archive (nothing is written).
         UsageError: an id the local registry defines differently, a bad namespace, too little disk space.
+        RegistryError: ``overlay`` exists but is not a registry file (nothing is written).
     """
     from medhub.registry import user_overlay_dir
 
@@ -90,6 +91,7 @@ def unpack(
     default = Path(SITE_OVERLAY) if store_root else user_overlay_dir() / CACHE_OVERLAY
     overlay_path = Path(overlay).expanduser() if overlay else default
     items, new_tasks = plan(verified, overlay_path)
+    _check_overlay(overlay_path)
     if store_root is not None:
         repos = {item.entry.id: _repo_ref(namespace, item.entry.id) for item in items}
         _check_store_root(store_root)
@@ -208,6 +210,18 @@ def _yaml_member(verified: VerifiedArchive, member: str) -> Any:
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         reason = " ".join(str(exc).split())[:160]
         raise _bad(verified, f"{member} is not a UTF-8 YAML registry file ({reason})") from None
+
+
+def _check_overlay(path: Path) -> None:
+    """The overlay this import rewrites is absent or a registry file: checked before anything is written.
+
+    Raises:
+        RegistryError: it is a folder, unreadable, not YAML or not a registry mapping.
+    """
+    from medhub.registry import read_yaml
+
+    if path.exists():
+        read_yaml(path)
 
 
 def _registry_without(overlay_path: Path):
