@@ -61,9 +61,12 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
 
     >>> adapt("resnet50_imagenet1k", "chestxray14", data_dir="DATA/cxr14", out="r50_cxr")  # doctest: +SKIP
     """
+    from medhub import bounds
+    from medhub._io import check_output_dir, remove_created
     from medhub.data import load_task_data
     from medhub.registry import load_registry
     from medhub.reproduce import pick_device
+    from medhub.train.network import check_input_size
     from medhub.train.protocol import make_plan
     from medhub.train.runner import prepare_data, run_once
 
@@ -75,15 +78,26 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
     if not re.match(ID_PATTERN, model_id):
         raise UsageError(f"'{model_id}' is not a valid id (lowercase letters, digits, _ . -); choose another --id")
     _check_free(model_id)
-    out_dir = Path(out).expanduser().resolve()
-    data = load_task_data(task_entry, data_dir, img_size=img_size or task_entry.protocol.img_size)
-    plan = make_plan(task_entry, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
-                     train_size=len(data.split("train")))
-    splits = prepare_data(task_entry, data, plan, seed=seed, progress=progress)
+    bounds.check("seed", seed, label="--seed")
+    make_plan(task_entry, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size)  # checks the overrides
     torch_device = pick_device(device)
-    result = run_once(base, task_entry, data, splits, plan, seed=seed, run_dir=out_dir / "training",
-                      device=torch_device, resume=resume, arch=arch, progress=progress, in_chans=3,
-                      label="adapt")
+    check_input_size(base, img_size or task_entry.protocol.img_size, arch=arch)
+    out_dir = check_output_dir(out, "--out").resolve()
+    if resume and not (out_dir / "training").is_dir():
+        raise UsageError(f"--resume: {out_dir} holds no adaptation to continue; drop --resume to start one there")
+    existed = out_dir.exists()
+    try:
+        data = load_task_data(task_entry, data_dir, img_size=img_size or task_entry.protocol.img_size)
+        plan = make_plan(task_entry, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
+                         train_size=len(data.split("train")))
+        splits = prepare_data(task_entry, data, plan, seed=seed, progress=progress)
+        result = run_once(base, task_entry, data, splits, plan, seed=seed, run_dir=out_dir / "training",
+                          device=torch_device, resume=resume, arch=arch, progress=progress, in_chans=3,
+                          label="adapt")
+    except Exception:
+        if not (out_dir / "training" / "state.pt").exists():  # nothing resumable: remove what was created
+            remove_created(out_dir, existed)
+        raise
     network = _backbone(base, arch, result["checkpoint"], plan.num_outputs)
     timm_arch = network.pretrained_cfg.get("architecture") or (base_entry.arch if base_entry else arch)
     stage = LineageStage(dataset=task_entry.id, objective="supervised", epochs=result["epochs"],

@@ -73,8 +73,15 @@ def _cached_spec(arch: str, kwargs: _Frozen) -> ArchSpec:
     import timm
 
     _require_arch(arch)
-    with torch.device("meta"):
-        model = timm.create_model(arch, pretrained=False, **kwargs.value)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(arch, pretrained=False, **kwargs.value)
+    except TypeError as exc:  # a keyword the architecture does not take (convert --model-arg foo=1)
+        if "argument" not in str(exc):
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.value.items()) or "none"
+        raise UsageError(f"timm's {arch} refuses the arguments given ({given}): {str(exc).strip()}; "
+                         "remove or fix that --model-arg", arch=arch) from None
     cfg = dict(model.pretrained_cfg)
     classifier = cfg.get("classifier") or ()
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
@@ -170,9 +177,16 @@ def create_model(
 
     Raises:
         ConversionError: keys that are unexpected, missing (other than the classifier) or of other shapes.
+        UsageError: ``num_classes``, ``in_chans`` or ``img_size`` outside :data:`medhub.bounds.BOUNDS`, or a
+            keyword that ``arch`` does not take.
     """
     import timm
 
+    from medhub import bounds
+
+    bounds.check("num_classes", num_classes)
+    bounds.check("in_chans", in_chans)
+    bounds.check("img_size", timm_kwargs.get("img_size") if isinstance(timm_kwargs.get("img_size"), int) else None)
     spec = architecture_spec(arch, **timm_kwargs)
     heads = (classifier,) if classifier else spec.classifier
     conv = first_conv or spec.first_conv

@@ -55,7 +55,7 @@ def test_cli_broken_data_folder_is_one_line(tmp_path, capsys):
 
 def test_cli_rejects_bad_overrides(capsys):
     assert main(["reproduce", "random:test_resnet", "breastmnist", "--label-fraction", "0"]) == 2
-    assert "--label-fraction must be in (0, 1]" in capsys.readouterr().err
+    assert "argument --label-fraction: must be > 0 and <= 1, got 0" in capsys.readouterr().err
 
 
 def test_segmentation_unet_on_montgomery_layout(tmp_path, shared_data):

@@ -80,8 +80,10 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 def cmd_site_build(args: argparse.Namespace) -> int:
     """Write the static site."""
+    from medhub._io import check_output_dir
     from medhub.cards.site import build_site, load_reproduced
 
+    check_output_dir(args.out_dir, "OUT_DIR")
     reproduced = load_reproduced(args.results_db) if args.results_db else ()
     index = build_site(args.out_dir, reproduced=reproduced)
     print(f"site written: {index} (open it in a browser, or serve {args.out_dir} with any static server)")

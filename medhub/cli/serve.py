@@ -6,6 +6,7 @@ import argparse
 import logging
 import socket
 
+from medhub.bounds import cli_type
 from medhub.errors import UsageError
 
 
@@ -19,13 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--root", required=True, help="folder holding the repositories (created if missing)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (0 picks a free one; default 8080)")
+    p.add_argument("--port", type=cli_type("port"), default=8080, help="port (0 picks a free one; default 8080)")
     p.add_argument(
         "--token-file",
         help="file with one token per line ('TOKEN [NAME] [read|write]'); without it the server is read-only",
     )
     p.add_argument("--public-read", action="store_true", help="allow reads without a token")
-    p.add_argument("--max-upload-mb", type=int, default=20_480, help="largest upload in MiB (default 20480)")
+    p.add_argument("--max-upload-mb", type=cli_type("max_upload_mb"), default=20_480, help="largest upload in MiB (default 20480)")
     p.add_argument(
         "--regular-only",
         action="store_true",
@@ -35,21 +36,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def check_serve_inputs(args: argparse.Namespace) -> None:
+    """Refuse, before anything is created or bound, a --root that is a file and a token file without tokens."""
+    from medhub._io import check_output_dir
+    from medhub.serve.auth import read_token_file
+
+    check_output_dir(args.root, "--root")
+    if args.token_file is None:
+        return
+    if not read_token_file(args.token_file):
+        if not args.public_read:
+            raise UsageError(f"the token file {args.token_file} holds no token, so nobody could read or write; add "
+                             "a line 'TOKEN [NAME] [read|write]' (e.g. from 'openssl rand -hex 24'), or pass "
+                             "--public-read for a read-only server")
+        logging.getLogger(__name__).warning("%s holds no token: the server is read-only", args.token_file)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Bind, print ``Serving on http://HOST:PORT`` once listening, serve until a signal."""
     import uvicorn
 
     from medhub.serve import build_app
 
-    if not 0 <= args.port <= 65535 or args.max_upload_mb < 1:
-        raise UsageError("--port must be 0..65535 and --max-upload-mb at least 1")
-    app = build_app(
-        args.root,
-        token_file=args.token_file,
-        public_read=args.public_read,
-        max_upload_mb=args.max_upload_mb,
-        regular_only=args.regular_only,
-    )
+    check_serve_inputs(args)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(
         family, socket.SOCK_STREAM, socket.IPPROTO_TCP
@@ -60,8 +69,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         sock.close()
         raise UsageError(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port"
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; pick another --port (or --host)"
         ) from None
+    try:  # the folder is created only once the address is known to work
+        app = build_app(
+            args.root,
+            token_file=args.token_file,
+            public_read=args.public_read,
+            max_upload_mb=args.max_upload_mb,
+            regular_only=args.regular_only,
+        )
+    except BaseException:
+        sock.close()
+        raise
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     level = logging.getLogger().getEffectiveLevel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from medhub.bounds import cli_type
 from medhub.cli._output import print_json
 
 DATA_HELP = ("the task's data folder, laid out as 'medhub tasks' documents (default: $MEDHUB_DATA/<task>, "
@@ -12,13 +13,13 @@ DATA_HELP = ("the task's data folder, laid out as 'medhub tasks' documents (defa
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help=DATA_HELP)
-    p.add_argument("--epochs", type=int, help="maximum epochs (default: the protocol's; MedMNIST: a ~360-step "
+    p.add_argument("--epochs", type=cli_type("epochs"), help="maximum epochs (default: the protocol's; MedMNIST: a ~360-step "
                    "short run of its 100-epoch schedule)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: the protocol's)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the protocol's)")
-    p.add_argument("--img-size", type=int, help="input size in pixels (default: the protocol's)")
+    p.add_argument("--batch-size", type=cli_type("batch_size"), help="batch size (default: the protocol's)")
+    p.add_argument("--lr", type=cli_type("lr", float), help="learning rate (default: the protocol's)")
+    p.add_argument("--img-size", type=cli_type("img_size"), help="input size in pixels (default: the protocol's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first run (run i uses seed+i)")
+    p.add_argument("--seed", type=cli_type("seed"), default=0, help="seed of the first run (run i uses seed+i)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run(s) in --out")
     p.add_argument("--arch", help="timm architecture, for a bare checkpoint file as MODEL")
     p.add_argument("--no-progress", action="store_true", help="no progress output (default: bars on a "
@@ -43,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="registry id, checkpoint folder/file (with --arch), or random:<timm arch>")
     p.add_argument("task", help="task id (see 'medhub tasks')")
-    p.add_argument("--runs", type=int, default=1, help="independent runs (seeds seed..seed+runs-1)")
-    p.add_argument("--label-fraction", type=float, default=1.0, help="fraction of the training labels to use")
+    p.add_argument("--runs", type=cli_type("runs"), default=1, help="independent runs (seeds seed..seed+runs-1)")
+    p.add_argument("--label-fraction", type=cli_type("label_fraction", float), default=1.0, help="fraction of the training labels to use")
     p.add_argument("--linear-probe", action="store_true", help="train the classifier only (frozen backbone)")
     p.add_argument("--cifar-stem", action="store_true", help="random:<resnet> only: MedMNIST v2's CIFAR-style "
                    "stem (3x3 stride-1 first conv, no max-pool), the network behind its 28 px numbers")

@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from medhub.errors import UsageError
-
 # The MedMNIST v2 recipe is 100 epochs; without --epochs, reproduce runs a short version of the same
 # schedule (milestones scale with the epochs) so the README's command finishes in minutes on a laptop:
 # at least QUICK_MEDMNIST_EPOCHS epochs and about QUICK_MEDMNIST_STEPS optimizer steps (small sets get more epochs).
@@ -86,13 +84,11 @@ def make_plan(task, *, epochs: int | None = None, batch_size: int | None = None,
     the only kind that option applies to) adds a note pointing to it on a 28 px MedMNIST run without it.
     """
     protocol = task.protocol
-    if not 0.0 < label_fraction <= 1.0:
-        raise UsageError(f"--label-fraction must be in (0, 1], got {label_fraction}")
-    for name, value in (("epochs", epochs), ("batch-size", batch_size), ("img-size", img_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"--{name} must be a positive integer, got {value}")
-    if lr is not None and lr <= 0:
-        raise UsageError(f"--lr must be positive, got {lr}")
+    from medhub import bounds
+
+    for name, value in (("label_fraction", label_fraction), ("epochs", epochs), ("batch_size", batch_size),
+                        ("img_size", img_size), ("lr", lr)):
+        bounds.check(name, value, label=f"--{name.replace('_', '-')}")
     overrides: dict[str, Any] = {}
     notes: list[str] = []
     for name, value, default in (("batch_size", batch_size, protocol.batch_size), ("lr", lr, protocol.lr),

@@ -86,7 +86,7 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     chans = (in_chans or data.channels) if is_random(model) else None
     network = build_network(model, num_outputs=plan.num_outputs, in_chans=chans, arch=arch,
                             segmentation=task.type == "segmentation", linear_probe=plan.linear_probe,
-                            stem=getattr(plan, "stem", None))
+                            stem=getattr(plan, "stem", None), img_size=plan.img_size)
     network = network.to(device)
     if device.type == "cuda":
         network = network.to(memory_format=torch.channels_last)
