@@ -95,14 +95,17 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     bounds.check("runs", runs, label="--runs")
     bounds.check("seed", seed, label="--seed")
     entry = load_registry().get_task(task)
-    model_arch(model, arch)  # an unknown id or architecture is refused before anything is written
+    name = model_arch(model, arch)  # an unknown id or architecture is refused before anything is written
     check_stem(model, arch=arch, stem="cifar" if cifar_stem else None)
+    from medhub.train.segnet import architecture_family
+
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size, label_fraction=label_fraction,
                    linear_probe=linear_probe, cifar_stem=cifar_stem,
-                   random_model=is_random(model) and "resnet" in model.lower())
+                   random_model=is_random(model) and "resnet" in model.lower(),
+                   family=architecture_family(name) if name else None)
     plan = make_plan(entry, **options)  # checks the overrides before any data is read
     torch_device = pick_device(device)
-    size_note = check_input_size(model, plan.img_size, arch=arch)
+    size_note = None if entry.type == "segmentation" else check_input_size(model, plan.img_size, arch=arch)
     out_dir = _output_dir(model, entry.id, out, resume)
     existed = out_dir.exists()
     try:

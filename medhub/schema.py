@@ -208,7 +208,16 @@ class Protocol(Frozen):
     eval_transform: str | None = None
     test_transform: str | None = None
     selection: str = Field("val_loss", description="what picks the best epoch: val_loss or val_auc")
-    decoder: str | None = Field(None, description="segmentation decoder, e.g. unet")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear lr warm-up from 0 (scheduler warmup_cosine)")
+    precision: str | None = Field(None, description="fp16 (autocast + grad scaler), bf16 or fp32 on a GPU; None: "
+                                  "medhub's default (bf16 autocast)")
+    augment_pipeline: str | None = Field(None, description="a named augmentation pipeline, e.g. btl_segmentation "
+                                         "(albumentations, medhub.data.seg_augment)")
+    augment_val: bool = Field(False, description="the training augmentation is applied to the validation split too")
+    image_resize: str = Field("bilinear", description="how images are resized to img_size: bilinear or nearest "
+                              "(cv2 INTER_NEAREST, image and mask)")
+    decoder: str | None = Field(None, description="segmentation decoder: unet or upernet; None: the released "
+                                "choice for the backbone (UperNet for ConvNeXt/Swin, U-Net otherwise)")
     source: str | None = None
     notes: str | None = None
 
@@ -235,6 +244,11 @@ class Task(Frozen):
     metric: str = Field(description="auc, acc or dice")
     splits: tuple[Split, ...]
     protocol: Protocol
+    family_protocols: dict[str, Protocol] = Field(
+        default_factory=dict, description="architecture family (resnet, convnext, swin) -> the protocol that "
+        "family was run with, when it differs from `protocol`")
+    split_unknown: str | None = Field(None, description="why the published split is not known (then a verdict "
+                                      "says 'split unknown' instead of comparing)")
     layout: DataLayout
     licence: Licence = Licence()
     paper: Paper | None = None

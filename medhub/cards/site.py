@@ -244,7 +244,55 @@ def _chart(task: Task, rows: list[ReportedResult], path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _task_page(task: Task, rows: list[ReportedResult], registry: Registry, chart: bool) -> str:
+def load_rankings(paths: Sequence[str | Path]) -> dict[str, list[dict]]:
+    """Saved ``medhub rank`` reports (``rank.json``) grouped by task id.
+
+    Raises:
+        UsageError: a file that is missing or is not a rank report.
+    """
+    found: dict[str, list[dict]] = {}
+    for path in paths:
+        try:
+            report = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: cannot read a rank report ({exc}); pass the rank.json 'medhub rank' wrote") from None
+        if not isinstance(report, dict) or not {"task", "scores", "candidates"} <= set(report):
+            raise UsageError(f"{path}: not a 'medhub rank' report (no task/scores/candidates); pass its rank.json")
+        found.setdefault(report["task"], []).append(report)
+    return found
+
+
+def _ranking_section(report: dict, registry: Registry) -> str:
+    """A task page's table of one saved ranking: rank, checkpoint, each score, feature dim."""
+    names = [str(n) for n in report["scores"]]
+    rows = []
+    for c in report["candidates"]:
+        model = str(c["model"])
+        link = f'<a href="../cards/{_e(model)}.html">{_e(model)}</a>' if model in registry.checkpoints else _e(model)
+        values = "".join(
+            f"<td>{'n/a' if c['scores'].get(n) is None else format(c['scores'][n], '.4f')}</td>" for n in names)
+        rows.append(f"<tr><td>{_e(c.get('rank') or '-')}</td><td>{link}</td>{values}<td>{_e(c.get('dim'))}</td></tr>")
+    sample = report.get("sample") or {}
+    taus = ""
+    against = report.get("against") or {}
+    if against.get("scores"):
+        parts = [f"{_e(n)}: tau {_e(_num(s.get('tau')))}, weighted {_e(_num(s.get('weighted_tau')))}"
+                 for n, s in against["scores"].items()]
+        taus = f"<p>Agreement with fine-tuning ({_e(against.get('db'))}): {'; '.join(parts)}.</p>"
+    head = "".join(f"<th>{_e(n)}</th>" for n in names)
+    return (f"<h2>Ranking from frozen features</h2><p>medhub rank on {_e(sample.get('n_images'))} training images "
+            f"at {_e(sample.get('img_size'))} px, ordered by {_e(report.get('primary', names[0]))} (higher is better; "
+            "an estimate, not a fine-tuned result).</p>"
+            f"<table><thead><tr><th>#</th><th>checkpoint</th>{head}<th>dim</th></tr></thead><tbody>"
+            + "".join(rows) + f"</tbody></table>{taus}")
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _task_page(task: Task, rows: list[ReportedResult], registry: Registry, chart: bool,
+               rankings: Sequence[dict] = ()) -> str:
     lines = []
     for rank, r in enumerate(rows, 1):
         name = _model_label(r.model)
@@ -272,7 +320,8 @@ def _task_page(task: Task, rows: list[ReportedResult], registry: Registry, chart
 <p>{_e(task.modality)}; {_e(task.type)}; {len(task.labels)} labels; metric {_e(task.metric.upper())}.
 Results are on the 0-1 scale, sorted by mean; settings (image size, label fraction) differ between rows.</p>
 {figure}
-{table if rows else "<p>No results are recorded for this task yet.</p>"}"""
+{table if rows else "<p>No results are recorded for this task yet.</p>"}
+{"".join(_ranking_section(r, registry) for r in rankings)}"""
     return _page(task.name, body, depth=1)
 
 
@@ -294,6 +343,7 @@ def build_site(
     *,
     registry: Registry | None = None,
     reproduced: Sequence[ReportedResult] = (),
+    rankings: dict[str, list[dict]] | None = None,
 ) -> Path:
     """Write the static site into ``out_dir`` and return the path of its ``index.html``.
 
@@ -301,6 +351,7 @@ def build_site(
         out_dir: folder to write; its ``cards/``, ``tasks/`` and ``assets/`` are replaced.
         registry: the registry to show (default: built-in registry plus the user's overlays).
         reproduced: extra results (e.g. from :func:`load_reproduced`) drawn beside the published ones.
+        rankings: saved ``medhub rank`` reports by task id (:func:`load_rankings`), shown on the task pages.
     """
     registry = registry or load_registry()
     out = Path(out_dir)
@@ -320,7 +371,8 @@ def build_site(
         if rows:
             _chart(task, rows, out / "tasks" / f"{task.id}.svg")
         atomic_write_text(
-            out / "tasks" / f"{task.id}.html", _task_page(task, rows, registry, chart=bool(rows))
+            out / "tasks" / f"{task.id}.html", _task_page(task, rows, registry, chart=bool(rows),
+                                                         rankings=(rankings or {}).get(task.id, ()))
         )
     atomic_write_text(out / "tasks" / "index.html", _tasks_index(registry, counts))
     index = out / "index.html"

@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--results-db", metavar="URL", help="also show reproduced results from this results database"
     )
+    b.add_argument("--rank-json", metavar="FILE", action="append", default=[],
+                   help="a 'medhub rank' report (rank.json) to show on its task's page; repeatable")
     b.set_defaults(func=cmd_site_build)
 
 
@@ -81,10 +83,11 @@ def cmd_card(args: argparse.Namespace) -> int:
 def cmd_site_build(args: argparse.Namespace) -> int:
     """Write the static site."""
     from medhub._io import check_output_dir
-    from medhub.cards.site import build_site, load_reproduced
+    from medhub.cards.site import build_site, load_rankings, load_reproduced
 
     check_output_dir(args.out_dir, "OUT_DIR")
     reproduced = load_reproduced(args.results_db) if args.results_db else ()
-    index = build_site(args.out_dir, reproduced=reproduced)
+    rankings = load_rankings(args.rank_json) if args.rank_json else None
+    index = build_site(args.out_dir, reproduced=reproduced, rankings=rankings)
     print(f"site written: {index} (open it in a browser, or serve {args.out_dir} with any static server)")
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 from filelock import FileLock
 
 from medhub._io import atomic_write_text, sha256_file
-from medhub.data.images import read_image, read_mask, resize, set_channels
+from medhub.data.images import read_image, read_mask, resize, resize_cv2_nearest, set_channels
 from medhub.data.paths import cache_root
 from medhub.data.progress import BAR, Progress, progress_mode, say
 from medhub.data.sources import SplitData
@@ -45,23 +45,27 @@ class CachedSplit:
         return len(self.labels)
 
 
-def _decode(split: SplitData, index: int, size: int, channels: int) -> tuple[np.ndarray, np.ndarray | None]:
+def _decode(split: SplitData, index: int, size: int, channels: int,
+            nearest: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     if split.images is not None:  # MedMNIST arrays: upsampled with NEAREST, as MedMNIST v2's "(224)" runs did
         image = set_channels(split.images[index], channels)
-        image = resize(image, size, nearest=size > image.shape[0])
+        image = resize(image, size, nearest=nearest or size > image.shape[0])
+    elif nearest:  # the benchmark's segmentation loaders: cv2.INTER_NEAREST on the full-size image
+        image = resize_cv2_nearest(read_image(split.paths[index], channels=channels, decoder=split.decoder), size)
     else:
         image = resize(read_image(split.paths[index], channels=channels, decoder=split.decoder, min_size=size), size)
     image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
     mask = None
+    shrink = resize_cv2_nearest if nearest else (lambda array, side: resize(array, side, nearest=True))
     if isinstance(split.masks, np.ndarray):
-        mask = resize(split.masks[index], size, nearest=True)
+        mask = shrink(split.masks[index], size)
     elif split.masks is not None:
-        mask = resize(read_mask(split.masks[index]), size, nearest=True)
+        mask = shrink(read_mask(split.masks[index]), size)
     return image, mask
 
 
 def _build(split: SplitData, size: int, channels: int, target: Path, mask_target: Path | None,
-           progress: Progress, label: str) -> None:
+           progress: Progress, label: str, nearest: bool = False) -> None:
     """Decode every sample into temporary .npy files (threads), then rename them into place."""
     from tqdm.auto import tqdm
 
@@ -76,7 +80,7 @@ def _build(split: SplitData, size: int, channels: int, target: Path, mask_target
         say(progress, f"{label}: building the decode-once cache ({count} images; later runs reuse it)")
         with ThreadPoolExecutor(workers) as pool, tqdm(total=count, desc=label, unit="img",
                                                        disable=progress_mode(progress) != BAR, leave=False) as bar:
-            for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels), range(count))):
+            for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels, nearest), range(count))):
                 images[i] = image
                 if masks is not None:
                     masks[i] = mask
@@ -96,9 +100,10 @@ def _build(split: SplitData, size: int, channels: int, target: Path, mask_target
                 path.unlink()
 
 
-def cache_key(task_id: str, split: SplitData, size: int, channels: int) -> str:
-    """Hex digest naming the cached array: changes with the source fingerprint, size, channels, version."""
-    text = json.dumps([CACHE_VERSION, task_id, split.name, size, channels, split.fingerprint()])
+def cache_key(task_id: str, split: SplitData, size: int, channels: int, nearest: bool = False) -> str:
+    """Hex digest naming the cached array: changes with the source fingerprint, size, channels, resampling, version."""
+    parts = [CACHE_VERSION, task_id, split.name, size, channels, split.fingerprint()]
+    text = json.dumps(parts + (["nearest"] if nearest else []))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -114,27 +119,31 @@ def _valid(manifest_path: Path, target: Path, mask_target: Path | None, key: str
 
 
 def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, progress: Progress = True,
-                 root: Path | None = None, verify: bool = False) -> CachedSplit:
+                 root: Path | None = None, verify: bool = False, nearest: bool = False) -> CachedSplit:
     """The split decoded at ``size x size`` with ``channels``; built on first use, memory-mapped afterwards.
+
+    ``nearest``: resize images with nearest-neighbour sampling from full resolution, as the benchmark's
+    segmentation loaders do (``cv2.INTER_NEAREST``, BTL ``Version1/dataloader.py:313-314``); default bilinear.
 
     >>> # cached = cached_split("pneumoniamnist", task_data.split("train"), 28, 1)
     """
     folder = (root or cache_root()) / task_id
     folder.mkdir(parents=True, exist_ok=True)
-    key = cache_key(task_id, split, size, channels)
-    stem = f"{split.name}-{size}px-{channels}ch"
+    key = cache_key(task_id, split, size, channels, nearest)
+    stem = f"{split.name}-{size}px-{channels}ch" + ("-nearest" if nearest else "")
     target = folder / f"{stem}-{key}.npy"
     mask_target = folder / f"{stem}-{key}-masks.npy" if split.masks is not None else None
     manifest_path = folder / f"{stem}-{key}.json"
     with FileLock(str(folder / f".{stem}.lock")):  # parallel runs (grid workers) build each array once
-        _ensure(task_id, split, size, channels, key, stem, (target, mask_target, manifest_path), progress, verify)
+        _ensure(task_id, split, size, channels, key, stem, (target, mask_target, manifest_path), progress, verify,
+                nearest)
     images = np.load(target, mmap_mode="r")
     masks = np.load(mask_target, mmap_mode="r") if mask_target else None
     return CachedSplit(split.name, images, split.labels, masks, target, mask_target)
 
 
 def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, stem: str,
-            paths: tuple[Path, Path | None, Path], progress: Progress, verify: bool) -> None:
+            paths: tuple[Path, Path | None, Path], progress: Progress, verify: bool, nearest: bool = False) -> None:
     """Build the array unless a valid one exists (called under the folder's lock)."""
     target, mask_target, manifest_path = paths
     folder = target.parent
@@ -147,10 +156,12 @@ def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, 
         for stale in [*folder.glob(f"{stem}-*"), *folder.glob(f".{stem}-*.tmp")]:  # old keys, killed builds
             stale.unlink(missing_ok=True)
         started = time.perf_counter()
-        _build(split, size, channels, target, mask_target, progress, f"decode {task_id}/{split.name} {size}px")
+        _build(split, size, channels, target, mask_target, progress, f"decode {task_id}/{split.name} {size}px",
+               nearest)
         files = {"images": target, **({"masks": mask_target} if mask_target else {})}
         manifest = {
             "key": key, "task": task_id, "split": split.name, "size": size, "channels": channels,
+            "resize": "nearest" if nearest else "bilinear",
             "count": len(split), "source_fingerprint": split.fingerprint(), "version": CACHE_VERSION,
             "bytes": {k: p.stat().st_size for k, p in files.items()},
             "sha256": {k: sha256_file(p) for k, p in files.items()},

@@ -171,6 +171,17 @@ def resize(array: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray
     return np.asarray(image.resize((size, size), method))
 
 
+def resize_cv2_nearest(array: np.ndarray, size: int) -> np.ndarray:
+    """``size x size`` with OpenCV's ``INTER_NEAREST`` (source pixel ``floor(x · scale)``), as the benchmark's
+    segmentation loaders resize image and mask (BTL ``Version1/dataloader.py:313-314``; PIL's NEAREST samples
+    pixel centres and picks other pixels)."""
+    import cv2
+
+    if array.shape[0] == size and array.shape[1] == size:
+        return array
+    return cv2.resize(np.ascontiguousarray(array), (size, size), interpolation=cv2.INTER_NEAREST)
+
+
 def read_mask(paths: list[Path] | tuple[Path, ...]) -> np.ndarray:
     """Union of one or more binary mask files as a uint8 array of 0 and 1."""
     mask = None

@@ -130,6 +130,8 @@ class BatchDataset(torch.utils.data.Dataset):
             masks = torch.from_numpy(np.ascontiguousarray(self.split.masks[order]))[where]
         if isinstance(self.transform, GeometricAugment):  # augmentation depends on (seed, epoch, batch) only
             images, masks = self.transform(images, masks, torch.Generator().manual_seed(batch_seed))
+        elif hasattr(self.transform, "augment_batch"):  # albumentations (segmentation), seeded per batch
+            images, masks = self.transform.augment_batch(images, masks, batch_seed)
         elif self.transform is not None:
             torch.manual_seed(batch_seed)
             images, masks = self._augment(images, masks)

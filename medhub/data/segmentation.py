@@ -102,8 +102,42 @@ def read_drive(task, root: Path, img_size: int = 0, explicit: bool = True) -> Ta
     return _split(task, root, images, masks, parts, notes, channels=3)
 
 
+SCR_FOLD_SOURCE = ("SCR database two-fold protocol (van Ginneken et al., Med Image Anal 10 (2006) 19-40): fold 1 = the "
+                   "odd-numbered JSRT images (77 JPCLN + 47 JPCNN = 124), fold 2 = the even-numbered (77 + 46 = 123)")
+
+
+def scr_fold(name: str) -> int:
+    """SCR fold (1 or 2) of a JSRT image name such as ``JPCLN001.png``: odd case numbers are fold 1.
+
+    Raises:
+        DataError: a name without the JSRT case number ``JPC(LN|NN)<nnn>``.
+    """
+    import re
+
+    match = re.match(r"JPC(?:LN|NN)(\d{3})", Path(name).name.upper())
+    if not match:
+        raise DataError(f"{name}: not a JSRT image name (JPCLN<nnn> or JPCNN<nnn>); rename it as in the JSRT release",
+                        path=Path(name))
+    return 1 if int(match.group(1)) % 2 else 2
+
+
+def scr_split(names: list[str]) -> dict[str, np.ndarray]:
+    """train = SCR fold 1 (124 of the 247 JSRT images); val = 20% of fold 2 by name hash; test = the rest of fold 2.
+
+    The 2025 paper trains on 124 images (#Train, MedIA A2), which is fold 1; which fold-2 images were the
+    validation set is not in the released code (it reads user lists, ``Version2/main_segmentation.py:34-39``).
+    """
+    folds = np.array([scr_fold(n) for n in names])
+    second = np.flatnonzero(folds == 2)
+    inner = patient_split([names[i] for i in second], fractions=(0.0, 0.2, 0.8))
+    return {"train": np.flatnonzero(folds == 1), "val": second[inner["val"]], "test": second[inner["test"]]}
+
+
 def read_jsrt_scr(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
-    """JSRT images with SCR masks; the task's labels name the structure(s) whose union is the mask."""
+    """JSRT images with SCR masks; the task's labels name the structure(s) whose union is the mask.
+
+    Split: :func:`scr_split` (the SCR database's official fold 1 for training).
+    """
     structures = [s.lower().replace("_", " ") for s in task.labels] or ["heart"]
     mask_root = root / "masks"
     folders = sorted(p for p in mask_root.iterdir() if p.is_dir()) if mask_root.is_dir() else []
@@ -112,8 +146,10 @@ def read_jsrt_scr(task, root: Path, img_size: int = 0, explicit: bool = True) ->
     if not dirs:
         dirs = [mask_root / s for s in structures]
     images, masks = _pairs(root, root / "images", dirs, expected_layout(task, "jsrt_scr"))
-    parts = patient_split([p.name for p in images])
-    return _split(task, root, images, masks, parts, ["split: 70/10/20 by file-name hash"])
+    parts = scr_split([p.name for p in images])
+    notes = [f"split: train = SCR fold 1 ({len(parts['train'])} images), val/test = fold 2 split 20/80 by name "
+             f"hash ({len(parts['val'])}/{len(parts['test'])}); {SCR_FOLD_SOURCE}"]
+    return _split(task, root, images, masks, parts, notes)
 
 
 def read_busi(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:

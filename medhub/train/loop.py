@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from medhub.data.loader import set_epoch, to_model_input
 from medhub.data.progress import BAR, Progress, progress_mode, say, time_left, warn_if_busy
 from medhub.train import metrics
+from medhub.train.losses import segmentation_loss
 from medhub.train.state import (
     cpu_state_dict,
     epoch_seed,
@@ -31,7 +32,6 @@ from medhub.train.state import (
     save_best,
     save_state,
 )
-from medhub.train.unet import dice_loss
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class FitConfig:
     channels: int = 3
     normalization: Any = "imagenet"
     ten_crop: int | None = None
+    warmup_epochs: int = 0
+    precision: str | None = None  # fp16 (autocast + GradScaler), bf16, fp32; None: bf16 when amp on CUDA
     amp: bool = False
     channels_last: bool = False
     seed: int = 0
@@ -89,10 +91,7 @@ class FitResult:
 def compute_loss(logits: torch.Tensor, targets: torch.Tensor, config: FitConfig) -> torch.Tensor:
     """The protocol's loss: cross-entropy on class indices, BCE on 0/1 (or soft) targets, Dice for masks."""
     if config.segmentation:
-        target = targets.unsqueeze(1).float()
-        if config.loss == "bce":
-            return F.binary_cross_entropy_with_logits(logits, target)
-        return dice_loss(logits, target)
+        return segmentation_loss(config.loss, logits, targets.unsqueeze(1))
     if config.loss == "cross_entropy":
         return F.cross_entropy(logits, targets.long())
     if targets.ndim == 1:
@@ -112,7 +111,17 @@ def make_optimizer(params, config: FitConfig) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: FitConfig):
-    """multistep (milestones as fractions of the epochs), reduce_on_plateau, cosine, or None."""
+    """The protocol's per-epoch learning-rate schedule, or None for a constant rate.
+
+    * ``multistep``: milestones as fractions of the epochs (MedMNIST v2).
+    * ``reduce_on_plateau``: on the validation loss (the benchmark's classification recipe).
+    * ``cosine``: the 2021 segmentation recipe's ``cosine_anneal_schedule`` (BTL ``Version1/utils.py:127-135``),
+      set after each epoch ``t`` to ``lr/2 (1 + cos(pi t / T))`` (``Version1/engine.py:214-216``): epoch 0 and 1
+      run at ``lr``, epoch ``e >= 1`` at ``lr/2 (1 + cos(pi (e-1) / T))``.
+    * ``warmup_cosine``: the 2025 recipe's ``learning_rate_schedule`` (``Version2/utils.py:126-131``), set before
+      each epoch ``e`` (``Version2/engine.py:180-182``): ``lr · min(1, e/W) · (1 + cos(pi · clip((e-W)/(E-W),
+      0, 1)))/2`` with ``W = warmup_epochs`` (20): linear from 0, then cosine over the remaining epochs.
+    """
     kind, kw = (config.scheduler or "").lower(), dict(config.scheduler_kwargs)
     if kind == "multistep":
         # fractions of the epochs (MedMNIST: 50% and 75%); a milestone at epoch 0 would decay the lr before
@@ -124,8 +133,20 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: FitConfig):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=float(kw.get("factor", 0.5)), patience=int(kw.get("patience", 5)))
     if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
+        total = max(1, config.epochs)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: 1.0 if e == 0 else 0.5 * (1.0 + math.cos(math.pi * ((e - 1) % total) / total)))
+    if kind == "warmup_cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: warmup_cosine(e, config.epochs,
+                                                                                   config.warmup_epochs))
     return None
+
+
+def warmup_cosine(epoch: int, epochs: int, warmup: int) -> float:
+    """Factor of the base lr at ``epoch`` (0-based) under the 2025 recipe (BTL ``Version2/utils.py:126-131``)."""
+    progress = min(1.0, max(0.0, (epoch - warmup) / float(max(1, epochs - warmup))))
+    ramp = min(1.0, epoch / warmup) if warmup > 0 else 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) * ramp
 
 
 def _freeze_norms(model: torch.nn.Module) -> None:
@@ -136,14 +157,30 @@ def _freeze_norms(model: torch.nn.Module) -> None:
             module.eval()
 
 
+def autocast_dtype(config: FitConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype on ``device``: fp16 or bf16 on CUDA as the precision says, None (fp32) otherwise."""
+    if device.type != "cuda":
+        return None
+    if config.precision == "fp16":
+        return torch.float16
+    if config.precision == "bf16" or (config.precision is None and config.amp):
+        return torch.bfloat16
+    return None
+
+
 def _forward(model, images, device, config: FitConfig) -> torch.Tensor:
     x = to_model_input(images, device, config.channels, config.normalization, config.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+    dtype = autocast_dtype(config, device)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         return model(x).float()
 
 
-def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: Progress, desc: str) -> float:
-    """One pass over the training loader; returns the mean training loss."""
+def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: Progress, desc: str,
+                scaler: torch.amp.GradScaler | None = None) -> float:
+    """One pass over the training loader; returns the mean training loss.
+
+    ``scaler``: fp16 loss scaling (the 2025 recipe's NativeScaler, BTL ``Version2/models.py:310``).
+    """
     from tqdm.auto import tqdm
 
     model.train()
@@ -155,8 +192,13 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
             logits = _forward(model, images, device, config)
             loss = compute_loss(logits, targets.to(device, non_blocking=True), config)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             total += float(loss.detach()) * len(images)
             count += len(images)
             bar.set_postfix(loss=f"{total / count:.4f}")
@@ -170,6 +212,7 @@ def evaluate(model, loader, device, config: FitConfig, *, ten_crop: int | None =
 
     model.eval()
     outputs, truths, total, count = [], [], 0.0, 0
+    dice = metrics.DiceAccumulator() if config.segmentation else None
     for images, targets in loader:
         targets_d = targets.to(device)
         if ten_crop:
@@ -182,12 +225,16 @@ def evaluate(model, loader, device, config: FitConfig, *, ten_crop: int | None =
         if not ten_crop or not config.segmentation:
             total += float(compute_loss(logits, targets_d, config)) * len(images)
         count += len(images)
+        if dice is not None:
+            dice.update(probs[:, 0].float().cpu().numpy(), targets.numpy())
+            continue
         outputs.append(probs.cpu().numpy())
         truths.append(targets.numpy())
+    if dice is not None:  # the papers' headline Dice is pooled over all pixels; the per-image mean beside it
+        per_image = float(dice.per_image.mean()) if count else float("nan")
+        return Evaluation(total / max(count, 1), dice.pooled, {"dice_pooled": dice.pooled,
+                                                                "dice_per_image": per_image})
     scores, truth = np.concatenate(outputs), np.concatenate(truths)
-    if config.segmentation:
-        value = metrics.dice(scores[:, 0] >= 0.5, truth)
-        return Evaluation(total / max(count, 1), value, {"dice": value})
     per_class = metrics.per_class_auc(truth, scores, config.task_type, config.label_names)
     return Evaluation(total / max(count, 1), metrics.mean_of(per_class), per_class, scores, truth,
                       metrics.accuracy(truth, scores, config.task_type))
@@ -211,7 +258,7 @@ def _epoch_line(label: str, desc: str, row: dict[str, float], config: FitConfig,
                 timing: str = "") -> str:
     """``run 0 epoch 3/10: train loss 0.0810, val loss 0.0930, val auc 0.9931 (best), 14.2 s; elapsed 43 s,
     about 1 min 40 s left``."""
-    name = "dice" if config.segmentation else "auc"
+    name = "dice (pooled)" if config.segmentation else "auc"
     return (f"{label} {desc}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
             f"val {name} {row['val_metric']:.4f}{' (best)' if best else ''}, {row['seconds']:.1f} s"
             f"{'; ' + timing if timing else ''}{'; early stop' if stopped else ''}")
@@ -230,6 +277,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
     run_dir.mkdir(parents=True, exist_ok=True)
     optimizer = make_optimizer(model.parameters(), config)
     scheduler = make_scheduler(optimizer, config)
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype(config, device) == torch.float16 else None
     history: list[dict[str, float]] = []
     best_value, best_epoch, best_state, bad_epochs, start, resumed = None, -1, cpu_state_dict(model), 0, 0, None
     saved = load_state(run_dir) if resume else None
@@ -238,6 +286,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved.get("scheduler"):
             scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
         history, best_epoch, best_state = saved["history"], saved["best_epoch"], load_best(run_dir)
         best_value, bad_epochs = saved["best_value"], saved["bad_epochs"]
         start = resumed = saved["epoch"] + 1
@@ -253,9 +303,11 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         started = time.perf_counter()
         torch.manual_seed(epoch_seed(config.seed, epoch))
         set_epoch(train_loader, epoch)
+        set_epoch(val_loader, epoch)  # an augmented validation split (segmentation recipes) draws anew each epoch
         desc = f"epoch {epoch + 1}/{config.epochs}"
-        bar_desc = desc if epoch == start else f"{desc} ({time_left(started - fit_started, epoch - start, config.epochs - epoch)})"
-        train_loss = train_epoch(model, train_loader, optimizer, device, config, progress, bar_desc)
+        so_far = time_left(started - fit_started, epoch - start, config.epochs - epoch)
+        bar_desc = desc if epoch == start else f"{desc} ({so_far})"
+        train_loss = train_epoch(model, train_loader, optimizer, device, config, progress, bar_desc, scaler)
         val = evaluate(model, val_loader, device, config)
         selected = val.loss if config.selection.endswith("loss") else val.metric
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -279,6 +331,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         save_state(run_dir, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None, "epoch": epoch,
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "history": history, "best_epoch": best_epoch, "best_value": best_value,
             "bad_epochs": bad_epochs, "rng": rng_states(), "finished": finished, "stopped_early": stopped,
         })

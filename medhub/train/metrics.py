@@ -1,4 +1,4 @@
-"""Metrics with the MedMNIST evaluator's semantics, plus Dice for segmentation.
+"""Metrics with the MedMNIST evaluator's semantics, plus pooled and per-image Dice for segmentation.
 
 AUC: multi-label -> mean of per-label ROC-AUCs; binary -> ROC-AUC of the positive (last) column;
 multi-class and ordinal -> mean one-vs-rest AUC. ACC: multi-label -> mean per-label accuracy at 0.5;
@@ -68,13 +68,86 @@ def accuracy(y_true: np.ndarray, y_score: np.ndarray, task_type: str) -> float:
     return float(np.mean(y_score.argmax(axis=1) == y_true))
 
 
-def dice(pred: np.ndarray, truth: np.ndarray, eps: float = 1e-6) -> float:
-    """Mean per-image Dice of binary masks (``pred`` already thresholded); empty-vs-empty counts as 1."""
-    pred = np.asarray(pred).reshape(len(pred), -1).astype(bool)
-    truth = np.asarray(truth).reshape(len(truth), -1).astype(bool)
-    inter = (pred & truth).sum(1)
-    total = pred.sum(1) + truth.sum(1)
-    return float(np.mean(np.where(total == 0, 1.0, (2 * inter + eps) / (total + eps))))
+DICE_THRESHOLD = 0.5  # a pixel is foreground when its probability is > 0.5 (BTL Version1/utils.py:137-139)
+
+
+def _binary(masks: np.ndarray, threshold: float | None) -> np.ndarray:
+    """``(N, ...)`` probabilities or masks -> ``(N, pixels)`` booleans (``> threshold``; None: already binary)."""
+    array = np.asarray(masks)
+    array = array > threshold if threshold is not None else array.astype(bool)
+    return array.reshape(len(array), -1)
+
+
+def dice_pooled(pred: np.ndarray, truth: np.ndarray, *, threshold: float | None = DICE_THRESHOLD) -> float:
+    """Dice over all pixels of all images at once: ``2|P∩T| / (|P| + |T|)``, 1.0 when both are empty.
+
+    The benchmark papers' headline "Dice = x%" (BTL ``Version1/engine.py:246``, ``Version2/engine.py:211``;
+    ``dice`` in ``Version1/utils.py:137-151``): prediction and truth are thresholded with ``> 0.5`` and pooled
+    over the whole test set.
+
+    Args:
+        pred: ``(N, ...)`` predicted probabilities (or binary masks with ``threshold=None``).
+        truth: ``(N, ...)`` ground truth of the same shape (0/1).
+        threshold: probabilities strictly above it are foreground; None when ``pred`` is already binary.
+
+    Raises:
+        ValueError: shapes differ.
+    """
+    p, t = _binary(pred, threshold), _binary(truth, DICE_THRESHOLD)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {p.shape} and truth {t.shape} differ in shape")
+    total = int(p.sum()) + int(t.sum())
+    return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
+
+
+def dice_per_image(pred: np.ndarray, truth: np.ndarray, *, threshold: float | None = DICE_THRESHOLD) -> np.ndarray:
+    """Dice of each image (empty prediction and empty truth: 1.0), shape ``(N,)``.
+
+    The released "Mean Dice" line averages these (``mean_dice_coef``, BTL ``Version1/utils.py:153-157``).
+    """
+    p, t = _binary(pred, threshold), _binary(truth, DICE_THRESHOLD)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {p.shape} and truth {t.shape} differ in shape")
+    total = p.sum(1) + t.sum(1)
+    inter = (p & t).sum(1)
+    return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
+
+
+class DiceAccumulator:
+    """Pooled and per-image Dice over a test set seen batch by batch (no need to hold every mask at once).
+
+    ``pooled`` equals :func:`dice_pooled` and ``per_image`` :func:`dice_per_image` on the concatenated batches.
+    """
+
+    def __init__(self, threshold: float | None = DICE_THRESHOLD) -> None:
+        self.threshold = threshold
+        self.intersection = 0
+        self.total = 0
+        self.images: list[np.ndarray] = []
+
+    def update(self, pred: np.ndarray, truth: np.ndarray) -> None:
+        """Add a batch: ``(B, ...)`` probabilities (or binary masks) and ``(B, ...)`` 0/1 truth."""
+        p, t = _binary(pred, self.threshold), _binary(truth, DICE_THRESHOLD)
+        if p.shape != t.shape:
+            raise ValueError(f"prediction {p.shape} and truth {t.shape} differ in shape")
+        self.intersection += int((p & t).sum())
+        self.total += int(p.sum()) + int(t.sum())
+        self.images.append(dice_per_image(p, t, threshold=None))
+
+    @property
+    def pooled(self) -> float:
+        """Dice over every pixel seen (1.0 when prediction and truth are both empty)."""
+        return 1.0 if self.total == 0 else 2.0 * self.intersection / self.total
+
+    @property
+    def per_image(self) -> np.ndarray:
+        """Dice of each image seen, in order."""
+        return np.concatenate(self.images) if self.images else np.zeros(0)
+
+
+def dice(pred: np.ndarray, truth: np.ndarray, *, threshold: float | None = DICE_THRESHOLD) -> float:
+    """Mean per-image Dice (empty vs empty = 1): the released "Mean Dice" line, reported beside the pooled one."""
+    return float(np.mean(dice_per_image(pred, truth, threshold=threshold)))
 
 
 def roc_points(y_true: np.ndarray, y_score: np.ndarray, task_type: str,

@@ -1,7 +1,8 @@
 """The network a run trains: ``random:<timm arch>``, a registry id, or a local checkpoint, with the task's head.
 
 Model creation goes through :func:`medhub.build.create_model` (random init) or :func:`medhub.load`
-(pretrained weights); segmentation wraps the backbone in :class:`medhub.train.unet.UNet`.
+(pretrained weights); segmentation puts that backbone into segmentation_models_pytorch's U-Net or UperNet
+(:mod:`medhub.train.segnet`).
 
 ``stem="cifar"`` gives a ``random:`` ResNet the CIFAR-style stem of MedMNIST v2's 28 px experiments (3x3
 stride-1 first conv, no max-pool): 4x less downsampling than timm's 7x7 stride-2 conv plus max-pool. A run's
@@ -33,7 +34,7 @@ def is_random(model: str) -> bool:
 
 def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: str | None = None,
                   segmentation: bool = False, linear_probe: bool = False, stem: str | None = None,
-                  img_size: int | None = None) -> nn.Module:
+                  decoder: str | None = None, img_size: int | None = None) -> nn.Module:
     """Create the network for one run.
 
     Args:
@@ -41,11 +42,13 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
         num_outputs: classifier outputs (ignored for segmentation: one mask channel).
         in_chans: input channels; None keeps the checkpoint's.
         arch: timm architecture of a bare checkpoint file.
-        segmentation: build a U-Net on the backbone instead of a classifier.
+        segmentation: build a segmentation network (smp U-Net or UperNet) on the backbone instead of a classifier.
         linear_probe: freeze everything except the classifier.
         stem: ``"cifar"``: a ResNet with a 3x3 stride-1 first conv and no max-pool, for ``random:`` ResNets
             or a checkpoint saved from one (``best.safetensors`` with ``arch``, or a model folder).
-        img_size: input side in pixels; architectures with a fixed token grid (ViT, DeiT, Swin...) are built
+        decoder: ``unet`` or ``upernet`` (segmentation); default: the released choice for the backbone's
+            family (:func:`medhub.train.segnet.default_decoder`).
+        img_size: input side in pixels; classifiers with a fixed token grid (ViT, DeiT, Swin...) are built
             at it with timm's ``img_size`` (see :func:`size_kwargs`).
 
     Raises:
@@ -55,6 +58,10 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
     if stem and segmentation:
         raise UsageError("--cifar-stem applies to classification tasks only; drop it for segmentation")
     check_stem(model, arch=arch, stem=stem)
+    if segmentation:
+        if linear_probe:
+            raise UsageError("--linear-probe applies to classification tasks only")
+        return _segmentation_network(model, in_chans=in_chans, arch=arch, decoder=decoder)
     if is_random(model):
         name = model[len(RANDOM_PREFIX):]
         if not name:
@@ -67,15 +74,33 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
 
         extra = size_kwargs(model_arch(model, arch), img_size)
         network = medhub.load(model, num_classes=classes, in_chans=in_chans, arch=arch, **extra)
-    if segmentation:
-        if linear_probe:
-            raise UsageError("--linear-probe applies to classification tasks only")
-        from medhub.train.unet import UNet
-
-        return UNet(network, out_channels=1)
     if linear_probe:
         freeze_backbone(network)
     return network
+
+
+def _segmentation_network(model: str, *, in_chans: int | None, arch: str | None, decoder: str | None) -> nn.Module:
+    """The backbone built and loaded as everywhere else (no head), then placed in smp's U-Net or UperNet."""
+    from medhub.train.segnet import (
+        architecture_family,
+        build_segmentation_network,
+        default_decoder,
+        segmentation_spec,
+    )
+
+    name = model_arch(model, arch)
+    if name is None:
+        raise UsageError(f"cannot tell the architecture of {model}; pass --arch <timm architecture>")
+    spec = segmentation_spec(name, decoder or default_decoder(architecture_family(name)))
+    if is_random(model):
+        from medhub.build import create_model
+
+        backbone, _ = create_model(name, None, num_classes=0, in_chans=in_chans, **spec.encoder_kwargs)
+    else:
+        import medhub
+
+        backbone = medhub.load(model, num_classes=0, in_chans=in_chans, arch=arch)
+    return build_segmentation_network(backbone, spec)
 
 
 def _random_network(name: str, classes: int, in_chans: int | None, stem: str | None,
@@ -95,8 +120,9 @@ SIZE_PROBES = (28, 32, 56, 64, 96, 112, 128, 224, 256, 384, 512)
 def model_arch(model: str, arch: str | None = None) -> str | None:
     """The timm architecture behind ``model`` without loading weights; an unknown registry id raises.
 
-    ``random:<arch>`` -> arch; a model folder -> its config.json's; a file -> ``arch``; ``hf-hub:`` -> None
-    (known only after download); anything else is a registry id or alias.
+    ``random:<arch>`` -> arch (checked against timm); else ``arch`` when given; a model folder -> its
+    config.json's; a file or ``hf-hub:`` name -> None (known only once read); anything else is a registry id
+    or alias.
 
     Raises:
         UnknownModelError: ``model`` is no path, no ``random:``/``hf-hub:`` name and no registry id.
@@ -110,14 +136,16 @@ def model_arch(model: str, arch: str | None = None) -> str | None:
 
         architecture_spec(name)  # an unknown architecture is refused here, naming similar ones
         return name
+    if arch:
+        return arch
     path = Path(model).expanduser()
     if path.is_dir():
-        config = path / "config.json"
-        return json.loads(config.read_text()).get("architecture") if config.is_file() else arch
-    if path.exists():
-        return arch
-    if model.startswith("hf-hub:"):
-        return arch
+        try:
+            return json.loads((path / "config.json").read_text()).get("architecture")
+        except (OSError, ValueError):
+            return None
+    if path.exists() or model.startswith("hf-hub:"):
+        return None
     from medhub.registry import load_registry
 
     return load_registry().get_model(model).arch

@@ -48,6 +48,13 @@ class Plan:
     linear_probe: bool
     num_outputs: int
     stem: str | None = None  # None: timm's stem; "cifar": 3x3 stride-1 first conv, no max-pool
+    family: str | None = None  # architecture family whose recipe applies (task.family_protocols)
+    decoder: str | None = None  # segmentation: unet or upernet
+    warmup_epochs: int = 0
+    precision: str | None = None
+    augment_pipeline: str | None = None
+    augment_val: bool = False
+    image_resize: str = "bilinear"
     overrides: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -56,6 +63,11 @@ class Plan:
         data = asdict(self)
         data["train_augment"] = list(self.train_augment)
         return data
+
+
+def protocol_for(task, family: str | None):
+    """The task's protocol for an architecture family: ``task.family_protocols[family]``, else ``task.protocol``."""
+    return (getattr(task, "family_protocols", None) or {}).get(family or "", task.protocol)
 
 
 def _crop_ratio(protocol) -> float:
@@ -76,14 +88,17 @@ def quick_epochs(protocol, train_size: int | None, batch_size: int) -> int:
 
 def make_plan(task, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
               img_size: int | None = None, label_fraction: float = 1.0, linear_probe: bool = False,
-              train_size: int | None = None, cifar_stem: bool = False, random_model: bool = False) -> Plan:
+              train_size: int | None = None, cifar_stem: bool = False, random_model: bool = False,
+              family: str | None = None) -> Plan:
     """The plan for ``task`` with the given overrides (None keeps the protocol's value).
 
     ``train_size`` (training samples after the label fraction) sizes the default short MedMNIST run.
     ``cifar_stem`` builds the ResNet with MedMNIST's CIFAR-style stem; ``random_model`` (a ``random:`` ResNet,
     the only kind that option applies to) adds a note pointing to it on a 28 px MedMNIST run without it.
+    ``family`` (resnet, convnext, swin, ...) picks the task's recipe for that architecture family
+    (``task.family_protocols``, e.g. the 2025 recipe for ConvNeXt/Swin on the 2021 segmentation tasks).
     """
-    protocol = task.protocol
+    protocol = protocol_for(task, family)
     from medhub import bounds
 
     for name, value in (("label_fraction", label_fraction), ("epochs", epochs), ("batch_size", batch_size),
@@ -139,5 +154,15 @@ def make_plan(task, *, epochs: int | None = None, batch_size: int | None = None,
         loss=protocol.loss, selection=selection, normalization=protocol.normalization, train_augment=augment,
         center_crop=size if crops else None, ten_crop=ten_crop, label_fraction=label_fraction,
         linear_probe=linear_probe, num_outputs=outputs, stem="cifar" if cifar_stem else None, overrides=overrides,
-        notes=notes,
+        notes=notes, family=family, decoder=_decoder(protocol, family) if segmentation else None,
+        warmup_epochs=protocol.warmup_epochs, precision=protocol.precision,
+        augment_pipeline=protocol.augment_pipeline, augment_val=protocol.augment_val,
+        image_resize=protocol.image_resize,
     )
+
+
+def _decoder(protocol, family: str | None) -> str:
+    """The protocol's segmentation decoder, else the released choice for the family (UperNet for ConvNeXt/Swin)."""
+    from medhub.train.segnet import default_decoder
+
+    return protocol.decoder or default_decoder(family or "other")

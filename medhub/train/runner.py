@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 def prepare_data(task, data, plan, *, seed: int, progress: Progress) -> dict[str, CachedSplit]:
     """Decode (once) every split at the plan's cache size; keep ``label_fraction`` of train."""
-    splits = {name: cached_split(task.id, data.split(name), plan.cache_size, data.channels, progress=progress)
+    nearest = getattr(plan, "image_resize", "bilinear") == "nearest"
+    splits = {name: cached_split(task.id, data.split(name), plan.cache_size, data.channels, progress=progress,
+                                 nearest=nearest)
               for name in ("train", "val", "test")}
     if plan.label_fraction < 1.0:
         train = splits["train"]
@@ -58,6 +60,7 @@ def fit_config(task, plan, *, channels: int, normalization, device: torch.device
         weight_decay=plan.weight_decay, epochs=plan.epochs, scheduler=plan.scheduler,
         scheduler_kwargs=plan.scheduler_kwargs, patience=plan.patience, selection=plan.selection,
         channels=channels, normalization=normalization, ten_crop=plan.ten_crop,
+        warmup_epochs=getattr(plan, "warmup_epochs", 0), precision=getattr(plan, "precision", None),
         amp=device.type == "cuda", channels_last=device.type == "cuda", seed=seed,
     )
 
@@ -86,7 +89,8 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     chans = (in_chans or data.channels) if is_random(model) else None
     network = build_network(model, num_outputs=plan.num_outputs, in_chans=chans, arch=arch,
                             segmentation=task.type == "segmentation", linear_probe=plan.linear_probe,
-                            stem=getattr(plan, "stem", None), img_size=plan.img_size)
+                            stem=getattr(plan, "stem", None), decoder=getattr(plan, "decoder", None),
+                            img_size=plan.img_size)
     network = network.to(device)
     if device.type == "cuda":
         network = network.to(memory_format=torch.channels_last)
@@ -94,10 +98,13 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
                         model), device=device, seed=seed)
     workers = default_workers(device)
     common = dict(batch_size=plan.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
-    augment = train_transform(plan.train_augment, plan.img_size, segmentation=config.segmentation)
+    augment = _train_augment(plan, config.segmentation)
     train_loader = make_loader(splits["train"], shuffle=True, seed=seed, transform=augment,
                                crop=plan.center_crop if augment is None else None, **common)
-    val_loader = make_loader(splits["val"], shuffle=False, crop=plan.center_crop, **common)
+    # the benchmark's segmentation code augments the validation split too (augment_val)
+    val_augment = augment if getattr(plan, "augment_val", False) else None
+    val_loader = make_loader(splits["val"], shuffle=False, seed=seed, transform=val_augment, crop=plan.center_crop,
+                             **common)
     test_loader = make_loader(splits["test"], shuffle=False, crop=None if plan.ten_crop else plan.center_crop,
                               **common)
     outcome = fit(network, train_loader, val_loader, config, run_dir, device, progress=progress, resume=resume,
@@ -117,6 +124,19 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     }
     atomic_write_text(result_path, json.dumps(result, indent=1, default=lambda v: None))
     return result
+
+
+def _train_augment(plan, segmentation: bool):
+    """The plan's training augmentation: a named albumentations pipeline, else the torchvision/batched steps."""
+    if getattr(plan, "augment_pipeline", None):
+        from medhub.data.seg_augment import PIPELINE, SegmentationAugment
+
+        if plan.augment_pipeline != PIPELINE:
+            from medhub.errors import UsageError
+
+            raise UsageError(f"unknown augmentation pipeline '{plan.augment_pipeline}'; known: {PIPELINE}")
+        return SegmentationAugment(plan.img_size)
+    return train_transform(plan.train_augment, plan.img_size, segmentation=segmentation)
 
 
 def write_outputs(out_dir: Path, model: str, task, metric: str, results: list[dict], protocol: dict, env: dict,

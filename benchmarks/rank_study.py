@@ -1,0 +1,196 @@
+"""How well does ``medhub rank`` agree with fine-tuning? A real study on this machine.
+
+Phases (each resumable; run them in order, or ``all``)::
+
+    zoo       build >= 8 checkpoints that should differ in usefulness, with ``medhub adapt`` (registered in
+              the study's own overlay): from-scratch baselines of four timm architectures, resnet18 adapted
+              on the NIH ChestX-ray14 1000-image subset for 1, 5 and 15 epochs, resnet10t adapted on it for
+              5 epochs, resnet18 trained on PneumoniaMNIST and on BreastMNIST.
+    finetune  ``medhub benchmark`` of the whole zoo on each target task, 3 seeds, into one results DB.
+    rank      ``medhub rank`` of the zoo on each target task with every score, ``--against`` that DB
+              (cold feature cache, then a warm re-score).
+    report    a Markdown table: Kendall's tau and weighted tau per score and task, wall times side by side.
+
+    python benchmarks/rank_study.py all --work /tmp/rank-study          # about 1 h on a shared 2-core CPU
+
+The zoo is fixed before any ranking is seen: no tuning toward a good tau. Everything lives under ``--work``
+(its own MEDHUB_HOME, registry overlay and caches), so the study never touches a user's setup.
+Research software, not a medical device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SHARED = Path(os.environ.get("MEDHUB_SHARED", ROOT.parent / "shared")) / "data"
+TARGETS = ("breastmnist", "pneumoniamnist")
+# epochs of the fine-tuning grid per target: a short schedule (about 75-110 optimizer steps), the same for
+# every candidate; MedMNIST's default short run (~360 steps) x 10 candidates x 3 seeds would take hours here
+FINETUNE_EPOCHS = {"breastmnist": 15, "pneumoniamnist": 3}
+SCORES = "logme,hscore,nce,leep,knn"
+IMG = "28"  # every adaptation at MedMNIST's 28 px
+
+# id -> (base, task, epochs): what `medhub adapt` trains; random: entries are used as they are
+ZOO: dict[str, tuple[str, str, int] | None] = {
+    "random:resnet18": None,
+    "random:resnet10t": None,
+    "random:mobilenetv3_small_050": None,
+    "random:test_resnet": None,
+    "study_resnet18_nih_e1": ("random:resnet18", "nih1000", 1),
+    "study_resnet18_nih_e5": ("random:resnet18", "nih1000", 5),
+    "study_resnet18_nih_e15": ("random:resnet18", "nih1000", 15),
+    "study_resnet10t_nih_e5": ("random:resnet10t", "nih1000", 5),
+    "study_resnet18_pneumonia_e3": ("random:resnet18", "pneumoniamnist", 3),
+    "study_resnet18_breast_e20": ("random:resnet18", "breastmnist", 20),
+}
+
+
+def environment(work: Path) -> dict[str, str]:
+    """The study's private HOME-like folders, and the NIH1000 task overlay."""
+    env = dict(os.environ)
+    env.update({
+        "MEDHUB_HOME": str(work / "medhub-home"),
+        "XDG_CONFIG_HOME": str(work / "config"),
+        "MEDHUB_REGISTRY": str(ROOT / "examples" / "nih1000_task.yaml"),
+        "MEDHUB_DATA": str(SHARED),
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    })
+    return env
+
+
+def medhub(args: list[str], env: dict, log: Path) -> tuple[int, float]:
+    """Run ``python -m medhub ARGS``, appending its output to ``log``; returns (exit code, wall seconds)."""
+    started = time.perf_counter()
+    with open(log, "a") as handle:
+        handle.write(f"\n$ medhub {' '.join(args)}\n")
+        handle.flush()
+        code = subprocess.call([sys.executable, "-m", "medhub", *args], env=env, stdout=handle, stderr=handle)
+    return code, time.perf_counter() - started
+
+
+def data_dir(task: str) -> str:
+    return str(SHARED / ("nih_cxr14_1000_64px" if task == "nih1000" else task))
+
+
+def phase_zoo(work: Path, env: dict) -> None:
+    for model_id, recipe in ZOO.items():
+        if recipe is None or (work / "zoo" / model_id / "model.safetensors").is_file():
+            continue
+        base, task, epochs = recipe
+        code, seconds = medhub(["adapt", base, task, "--data-dir", data_dir(task), "--out", str(work / "zoo" / model_id),
+                                "--id", model_id, "--epochs", str(epochs), "--img-size", IMG, "--device", "cpu",
+                                "--no-progress"], env, work / "zoo.log")
+        print(f"zoo: {model_id} exit {code} in {seconds:.0f}s", flush=True)
+
+
+def phase_finetune(work: Path, env: dict) -> None:
+    models = ",".join(ZOO)
+    timings = _read(work / "timings.json")
+    for task in TARGETS:
+        code, seconds = medhub(["benchmark", "--models", models, "--tasks", task, "--runs", "3",
+                                "--epochs", str(FINETUNE_EPOCHS[task]), "--results", f"sqlite:///{work}/grid.db",
+                                "--data-root", str(SHARED), "--workers", "1", "--device", "cpu", "--resume"],
+                               env, work / "finetune.log")
+        timings.setdefault("finetune", {})[task] = {"exit": code, "wall_s": seconds}
+        print(f"finetune: {task} exit {code} in {seconds:.0f}s", flush=True)
+        _write(work / "timings.json", timings)
+
+
+def phase_rank(work: Path, env: dict) -> None:
+    models = ",".join(ZOO)
+    timings = _read(work / "timings.json")
+    for task in TARGETS:
+        out = work / "rank" / task
+        for label in ("cold", "warm"):  # cold: features extracted; warm: re-scored from the feature cache
+            if label == "cold" and "cold" in timings.get("rank", {}).get(task, {}):
+                continue
+            code, seconds = medhub(["rank", task, "--models", models, "--data-dir", data_dir(task), "--score", SCORES,
+                                    "--against", f"sqlite:///{work}/grid.db", "--out", str(out), "--device", "cpu"],
+                                   env, work / "rank.log")
+            timings.setdefault("rank", {}).setdefault(task, {})[label] = {"exit": code, "wall_s": seconds}
+            print(f"rank: {task} ({label}) exit {code} in {seconds:.0f}s", flush=True)
+            _write(work / "timings.json", timings)
+
+
+def finetune_times(work: Path, task: str) -> dict:
+    """Fine-tuning cost of the zoo on ``task`` from the grid DB: summed cell seconds and first-start to
+    last-finish wall time (cells ran one at a time per task)."""
+    sys.path.insert(0, str(ROOT))
+    from medhub.grid.store import ResultStore
+
+    store = ResultStore(f"sqlite:///{work}/grid.db", create=False)
+    try:
+        rows = [r for r in store.rows(task=task) if r["status"] == "done"]
+    finally:
+        store.close()
+    if not rows:
+        return {}
+    return {"cells": len(rows), "cell_seconds": sum(r["seconds"] or 0.0 for r in rows),
+            "wall_s": max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)}
+
+
+def phase_report(work: Path) -> str:
+    timings = _read(work / "timings.json")
+    lines = ["| task | score | Kendall tau | weighted tau | p (tau) | candidates |", "|---|---|---|---|---|---|"]
+    times = ["| task | fine-tuning: cells | fine-tuning: sum of cell seconds | fine-tuning: wall s | rank cold s "
+             "| rank warm s | fine-tuning / rank (cold) |", "|---|---|---|---|---|---|---|"]
+    for task in TARGETS:
+        report = _read(work / "rank" / task / "rank.json")
+        for score, row in (report.get("against") or {}).get("scores", {}).items():
+            lines.append(f"| {task} | {score} | {_f(row.get('tau'))} | {_f(row.get('weighted_tau'))} "
+                         f"| {_f(row.get('p'), '.3g')} | {row.get('n')} |")
+        fine = finetune_times(work, task)
+        rank = timings.get("rank", {}).get(task, {})
+        cold, warm = rank.get("cold", {}).get("wall_s"), rank.get("warm", {}).get("wall_s")
+        ratio = f"{fine['cell_seconds'] / cold:.0f}x" if fine and cold else "-"
+        times.append(f"| {task} | {fine.get('cells', 0)} | {_f(fine.get('cell_seconds'), '.0f')} "
+                     f"| {_f(fine.get('wall_s'), '.0f')} | {_f(cold, '.0f')} | {_f(warm, '.0f')} | {ratio} |")
+    text = "\n".join(lines) + "\n\n" + "\n".join(times) + "\n"
+    (work / "report.md").write_text(text)
+    return text
+
+
+def _f(value, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("phase", choices=["zoo", "finetune", "rank", "report", "all"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/rank-study"), help="the study's folder")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = environment(work)
+    if args.phase in ("zoo", "all"):
+        phase_zoo(work, env)
+    if args.phase in ("finetune", "all"):
+        phase_finetune(work, env)
+    if args.phase in ("rank", "all"):
+        phase_rank(work, env)
+    if args.phase in ("report", "all"):
+        print(phase_report(work))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
