@@ -41,6 +41,7 @@ BOUNDS: dict[str, Bound] = {
     "port": Bound(0, 65_535),
     "max_upload_mb": Bound(1, 10_000_000),
     "min_age_hours": Bound(0, 1_000_000),
+    "n_images": Bound(2, 1_000_000),  # medhub rank's sample: two images at the very least for any score
 }
 
 
