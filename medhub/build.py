@@ -1,9 +1,14 @@
 """The only module that imports timm: create models, load weights strictly, adapt head and first conv.
 
 The strict load contract: after conversion every key is accounted for. The only allowed differences are
-the classifier (re-initialised when ``num_classes`` differs or the source had none) and an adapted first
-conv (``in_chans=1`` sums the RGB filters; other counts repeat them and rescale by ``3 / in_chans``).
-Anything else raises :class:`~medhub.errors.ConversionError` listing the unexpected and missing keys.
+the classifier (re-initialised when ``num_classes`` differs or the source had none), an adapted first
+conv (``in_chans=1`` sums the RGB filters; other counts repeat them and rescale by ``3 / in_chans``) and
+what a timm option legitimately changes (:func:`fit_to_arch`): position embeddings resampled for another
+``img_size``, patch embeddings for another ``patch_size``, Swin relative-position tables for another window,
+and ``global_pool="avg"`` on a ViT (a new ``fc_norm``, the pre-training ``norm`` unused). ``features_only``
+and ``out_indices`` are applied as timm applies them: the full model is checked and loaded, then wrapped and
+pruned by timm's feature extractor. Anything else raises :class:`~medhub.errors.ConversionError` listing the
+unexpected and missing keys; every resample and drop is written into the report.
 
 >>> model, report = create_model("resnet18", state, num_classes=5, in_chans=1)  # doctest: +SKIP
 >>> print(report.summary())  # doctest: +SKIP
@@ -20,12 +25,21 @@ from typing import Any
 
 import torch
 
-from medhub.convert._core import stem_hint
+from medhub.convert._core import pool_hint, stem_hint
 from medhub.errors import ConversionError, UsageError
 
 logger = logging.getLogger(__name__)
 
 _REINIT_OK = ("fc_norm.",)  # pooling norms a source trained with token pooling never had
+FEATURE_OPTIONS = ("features_only", "out_indices", "feature_cls")
+"""timm.create_model options that wrap the built model in a feature extractor (timm pops them the same way)."""
+RESAMPLE = dict(interpolation="bicubic", antialias=True)
+"""timm's defaults in its ViT checkpoint filter (vision_transformer.checkpoint_filter_fn)."""
+
+
+def fresh_allowed(key: str) -> bool:
+    """True for keys the contract lets start new besides the classifier (``fc_norm.`` of average pooling)."""
+    return key.startswith(_REINIT_OK)
 
 
 def architecture_state_keys(arch: str, **arch_kwargs) -> set[str]:
@@ -42,6 +56,10 @@ class ArchSpec:
     classifier: tuple[str, ...]
     first_conv: str | None
     pretrained_cfg: dict[str, Any]
+    token_grid: tuple[int, int] | None = None
+    """Patch grid ``(rows, cols)`` of a model with absolute position embeddings (ViT family), else None."""
+    pos_prefix_tokens: int = 0
+    """Leading entries of ``pos_embed`` that are not patch positions (class / distillation tokens)."""
 
     @property
     def classifier_keys(self) -> set[str]:
@@ -49,8 +67,26 @@ class ArchSpec:
 
 
 def architecture_spec(arch: str, **arch_kwargs: Any) -> ArchSpec:
-    """Key shapes, classifier and first-conv names of ``timm.create_model(arch, **arch_kwargs)``."""
-    return _cached_spec(arch, _Frozen(arch_kwargs))
+    """Key shapes, classifier and first-conv names of ``timm.create_model(arch, **arch_kwargs)``.
+
+    Feature-extractor options (:data:`FEATURE_OPTIONS`) are left out: weights are checked against the full
+    model, which timm builds first and prunes after loading.
+    """
+    model_kwargs, _ = split_feature_options(arch_kwargs)
+    return _cached_spec(arch, _Frozen(model_kwargs))
+
+
+def split_feature_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(model kwargs, feature-extractor kwargs)``; the second is empty unless ``features_only`` is true."""
+    model = {k: v for k, v in kwargs.items() if k not in FEATURE_OPTIONS}
+    features = {k: v for k, v in kwargs.items() if k in FEATURE_OPTIONS}
+    if not features.get("features_only"):
+        if features:
+            unused = ", ".join(sorted(set(features) - {"features_only"}))
+            if unused:
+                raise UsageError(f"{unused} only applies with features_only=True; add it or drop {unused}")
+        features = {}
+    return model, features
 
 
 class _Frozen:
@@ -85,12 +121,17 @@ def _cached_spec(arch: str, kwargs: _Frozen) -> ArchSpec:
     cfg = dict(model.pretrained_cfg)
     classifier = cfg.get("classifier") or ()
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    has_pos = isinstance(getattr(model, "pos_embed", None), torch.Tensor) and grid is not None
     return ArchSpec(
         arch=arch,
         shapes={k: tuple(v.shape) for k, v in model.state_dict().items()},
         classifier=classifier,
         first_conv=_first(cfg.get("first_conv")),
         pretrained_cfg=cfg,
+        token_grid=(int(grid[0]), int(grid[1])) if has_pos else None,
+        # as timm's checkpoint filter counts them: none when the class token carries no position
+        pos_prefix_tokens=0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1)),
     )
 
 
@@ -187,7 +228,8 @@ def create_model(
     bounds.check("num_classes", num_classes)
     bounds.check("in_chans", in_chans)
     bounds.check("img_size", timm_kwargs.get("img_size") if isinstance(timm_kwargs.get("img_size"), int) else None)
-    spec = architecture_spec(arch, **timm_kwargs)
+    model_kwargs, feature_kwargs = split_feature_options(timm_kwargs)
+    spec = architecture_spec(arch, **model_kwargs)
     heads = (classifier,) if classifier else spec.classifier
     conv = first_conv or spec.first_conv
     state = dict(state_dict or {})
@@ -197,6 +239,8 @@ def create_model(
         report.dropped = list(conversion.dropped)
         report.adapted = list(conversion.adapted)
         report.conversion = conversion.to_dict()
+    if state_dict is not None:
+        state = fit_to_arch(state, spec, report.adapted, report.dropped)
     source_classes = _source_classes(state, heads)
     if num_classes is not None:
         target_classes = num_classes
@@ -206,25 +250,114 @@ def create_model(
             if spec.classifier and (f"{spec.classifier[0]}.weight" in spec.shapes)
             else 0
         )
-    else:  # keep the source's classifier, or none when it had none
+    else:  # keep the source's classifier (any size), or none when it had none
         target_classes = source_classes or 0
     source_chans = state[f"{conv}.weight"].shape[1] if conv and f"{conv}.weight" in state else 3
     target_chans = in_chans or source_chans
-    kwargs = dict(pretrained=False, num_classes=target_classes, in_chans=target_chans, **timm_kwargs)
-    if state_dict is None:
+    kwargs = dict(pretrained=False, num_classes=target_classes, in_chans=target_chans, **model_kwargs)
+    layout = (heads, conv, source_classes)
+    if feature_kwargs:
+        model = _build_features(arch, kwargs, feature_kwargs, state if state_dict is not None else None, layout,
+                                report)  # fmt: skip
+        target_classes = 0
+    elif state_dict is None:
         model = timm.create_model(arch, **kwargs)
         if prepare is not None:
             prepare(model)
     else:
-        model = _build_and_load(arch, kwargs, state, (heads, conv, source_classes), report, fast_init, prepare)
+        model = _build_and_load(arch, kwargs, state, layout, report, fast_init, prepare)
     report.loaded = len(state) + len(report.missing)  # fresh keys count as loaded, as they always have
     model.pretrained_cfg = model.default_cfg = _fill_cfg(
         model, pretrained_cfg, target_classes, target_chans, keep_labels=report.classifier.startswith("kept"),
-        img_size=timm_kwargs.get("img_size"),
+        img_size=model_kwargs.get("img_size"),
     )
     model.eval()
     logger.info("loaded %s\n%s", arch, report.summary())
     return model, report
+
+
+def fit_to_arch(
+    state: dict[str, torch.Tensor], spec: ArchSpec, adapted: list[str], dropped: list[str]
+) -> dict[str, torch.Tensor]:
+    """Adapt the tensors a timm option legitimately changes, with timm's own functions; log each change.
+
+    * ``patch_embed.proj.weight`` with another kernel (``patch_size=``): ``timm.layers.resample_patch_embed``
+      (FlexiViT's pseudo-inverse of a bicubic, antialiased resize).
+    * ``pos_embed`` with another number of positions (``img_size=``/``patch_size=``): the patch grid is
+      resampled by ``timm.layers.resample_abs_pos_embed`` (bicubic, antialiased), the class/distillation
+      tokens kept; the same call and arguments as timm's ViT ``checkpoint_filter_fn``.
+    * Swin ``relative_position_bias_table`` for another window: SimMIM's geometric resize
+      (:func:`medhub.convert.official.resize_relative_position_tables`).
+    * ``global_pool="avg"`` on a ViT: timm then has ``fc_norm`` after the token average and no final ``norm``;
+      the pre-training ``norm`` is dropped and ``fc_norm`` starts new, as in MAE's fine-tuning recipe.
+
+    Args:
+        state: timm-named weights (not changed; a new dict is returned).
+        spec: the destination architecture (:func:`architecture_spec`).
+        adapted, dropped: report lists to append to (one line per change; dropped keys).
+
+    Returns:
+        The adapted state dict. A tensor already of the destination's shape is left as it is.
+
+    Raises:
+        ConversionError: a ``pos_embed`` whose patch positions do not form a square grid (its size unknown).
+    """
+    from timm.layers import resample_patch_embed
+
+    from medhub.convert.official import resize_relative_position_tables
+
+    state = dict(state)
+    shapes = spec.shapes
+    for key, value in list(state.items()):
+        want = shapes.get(key)
+        if want is None or tuple(value.shape) == tuple(want):
+            continue
+        if key.endswith("patch_embed.proj.weight") and value.ndim == 4 and len(want) == 4:
+            if value.shape[0] == want[0] and tuple(value.shape[2:]) != tuple(want[2:]):
+                state[key] = resample_patch_embed(value, list(want[2:]), **RESAMPLE)
+                adapted.append(
+                    f"{key}: patch {value.shape[2]}x{value.shape[3]} -> {want[2]}x{want[3]} by timm's "
+                    "resample_patch_embed (pseudo-inverse of a bicubic antialiased resize, as FlexiViT)"
+                )
+        elif key == "pos_embed" and spec.token_grid and value.ndim == 3 and value.shape[2] == want[2]:
+            state[key] = _resample_positions(value, spec, adapted)
+    resize_relative_position_tables(state, shapes, adapted)
+    norm = ["norm.weight", "norm.bias"]
+    if "fc_norm.weight" in shapes and "norm.weight" not in shapes and "norm.weight" in state and (
+        "fc_norm.weight" not in state
+    ):
+        for key in norm:
+            state.pop(key, None)
+        dropped += [k for k in norm if k not in dropped]
+        adapted.append(
+            "global_pool='avg': the pre-training norm (norm.weight, norm.bias) is not used; fc_norm after the "
+            "token average starts new (MAE's fine-tuning recipe)"
+        )
+    return state
+
+
+def _resample_positions(value: torch.Tensor, spec: ArchSpec, adapted: list[str]) -> torch.Tensor:
+    """``pos_embed`` (1, prefix + h*w, dim) resampled to ``spec.token_grid`` as timm's ViT filter does."""
+    import math
+
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = spec.pos_prefix_tokens
+    positions = value.shape[1] - prefix
+    side = math.isqrt(max(positions, 0))
+    if positions <= 0 or side * side != positions:
+        raise ConversionError(
+            f"pos_embed holds {positions} patch positions after {prefix} prefix token(s), not a square grid, "
+            f"so its size is unknown; pass img_size= (and patch_size=) the checkpoint was trained with",
+            arch=spec.arch,
+        )
+    grid = list(spec.token_grid)
+    out = resample_abs_pos_embed(value, new_size=grid, old_size=[side, side], num_prefix_tokens=prefix, **RESAMPLE)
+    adapted.append(
+        f"pos_embed: {side}x{side} -> {grid[0]}x{grid[1]} patch grid ({prefix} prefix token(s) kept) by timm's "
+        "resample_abs_pos_embed (bicubic, antialiased)"
+    )
+    return out
 
 
 def _source_classes(state: dict[str, torch.Tensor], heads: tuple[str, ...]) -> int | None:
@@ -260,6 +393,44 @@ def _build_and_load(
         model = timm.create_model(arch, **kwargs)
     own = model.state_dict()
     model.load_state_dict({**state, **{key: own[key] for key in fresh}}, strict=True)
+    return model
+
+
+def _build_features(
+    arch: str, kwargs: dict[str, Any], features: dict[str, Any], state: dict | None, layout: tuple,
+    report: LoadReport,
+) -> torch.nn.Module:
+    """``features_only`` as timm does it: the full model is checked and loaded, then timm wraps and prunes it.
+
+    The contract is applied to the full model (on the meta device); timm's own builder then receives the
+    checked weights as its pretrained state dict, loads them into the full model and wraps it in the
+    architecture's feature extractor (``FeatureListNet``, ``FeatureGetterNet``...), which prunes what no
+    requested output needs.
+    """
+    import timm
+
+    if state is None:
+        return timm.create_model(arch, **kwargs, **features)
+    with torch.device("meta"):
+        full = timm.create_model(arch, **kwargs)
+    _check_strictly(full, state, *layout, report)
+    heads = _head_keys(state, layout[0])
+    loaded = {k: v for k, v in state.items() if k not in heads}
+    report.dropped += sorted(heads - set(report.dropped))
+    report.missing = sorted(set(report.missing) - _head_keys(report.missing, layout[0]))
+    source = layout[2]
+    report.classifier = (
+        f"none (features_only=True: timm's feature extractor has no classifier; source had {source or 'none'})"
+    )
+    # num_classes=-1 in the overlay never equals the extractor's 0, so timm loads without its classifier check
+    overlay = dict(state_dict=loaded, source="", num_classes=-1)
+    model = timm.create_model(arch, **{**kwargs, "pretrained": True}, pretrained_cfg_overlay=overlay, **features)
+    indices = getattr(model, "out_indices", None) or features.get("out_indices")
+    indices = tuple(indices) if indices is not None else "default"
+    report.adapted.append(
+        f"features_only: timm built the full model, loaded it, then wrapped it in {type(model).__name__} "
+        f"(out_indices {indices}); layers after the last output and the classifier are pruned"
+    )
     return model
 
 
@@ -302,7 +473,7 @@ def _check_strictly(
         report.adapted.append(f"{weight_key}: {before} -> {own[weight_key].shape[1]} input channels ({how})")
     unexpected = sorted(set(state) - set(own))
     missing = set(own) - set(state)
-    fresh = sorted(k for k in missing if k in target_heads or k.startswith(_REINIT_OK))
+    fresh = sorted(k for k in missing if k in target_heads or fresh_allowed(k))
     wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
     blocking = sorted(missing - set(fresh))
     if unexpected or blocking or wrong:
@@ -320,7 +491,8 @@ def _check_strictly(
         raise ConversionError(
             f"weights do not fit '{report.arch}' ({'; '.join(p for p in parts if p)}); check the architecture "
             "(and its depth/width/heads/window) or the checkpoint format"
-            + stem_hint({k: (state[k].shape, own[k].shape) for k in wrong}),
+            + stem_hint({k: (state[k].shape, own[k].shape) for k in wrong})
+            + pool_hint(unexpected, blocking),
             arch=report.arch,
             unexpected=unexpected,
             missing=blocking,
@@ -340,7 +512,7 @@ def _fill_cfg(
 ) -> dict[str, Any]:
     """The model's ``pretrained_cfg`` with medhub's overrides, head size, channels and (if built with one) size."""
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    for key in ("url", "hf_hub_id", "file", "tag"):
+    for key in ("url", "hf_hub_id", "file", "tag", "state_dict", "source"):
         cfg.pop(key, None)
     cfg.update(overrides or {})
     if not keep_labels and len(cfg.get("label_names") or ()) != classes:

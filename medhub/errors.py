@@ -71,6 +71,10 @@ class UsageError(MedhubError, ValueError):
     """An option or argument combination that cannot work."""
 
 
+class ArchiveError(MedhubError, ValueError):
+    """A pack archive that is damaged, tampered with or hostile; it is refused before anything is written."""
+
+
 class DownloadError(MedhubError, OSError):
     """A download from an original URL that failed or broke off (a rerun resumes it)."""
 

@@ -72,6 +72,8 @@ def load(
     fmt: str = "auto",
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
+    prefix: str | None = None,
+    key_map: Any = (),
     **timm_kwargs: Any,
 ) -> torch.nn.Module:
     """A timm model with pretrained weights, ready to fine-tune.
@@ -88,7 +90,14 @@ def load(
         fmt: converter format for a checkpoint file (``auto`` detects it).
         cache_dir: medhub cache folder (default ``$MEDHUB_HOME`` or ``~/.cache/medhub``).
         local_files_only: use cached files only (also implied by ``HF_HUB_OFFLINE=1``).
-        **timm_kwargs: passed to ``timm.create_model`` (``drop_path_rate``, ``img_size``, ...).
+        prefix: for a checkpoint file, the wrapper prefix to strip instead of searching for it (``'model.'``;
+            ``'state_dict_ema/module.'`` also picks the container entry); recorded in the load report.
+        key_map: for a checkpoint file, ``{regex: replacement}`` renames applied after the format's own
+            (to the names the "do not fit" error lists); recorded in the load report.
+        **timm_kwargs: passed to ``timm.create_model`` (``drop_path_rate``, ``img_size``, ``patch_size``,
+            ``global_pool``, ``features_only``, ``out_indices``...). Options that change shapes are applied
+            to the weights with timm's own functions (position / patch embeddings resampled, feature
+            extractors pruned after loading) and written into the load report.
 
     Returns:
         The model, with ``pretrained_cfg`` (mean/std, input size, ...) and ``medhub_load_report``.
@@ -104,6 +113,10 @@ def load(
     bounds.check("in_chans", in_chans)
     options = dict(num_classes=num_classes, in_chans=in_chans, timm_kwargs=timm_kwargs)
     name = os.fspath(name_or_path)
+    if (prefix is not None or key_map) and not Path(name).expanduser().is_file():
+        raise UsageError(
+            f"prefix= and key_map= apply to a checkpoint file, and {name} is not one; drop them (or pass the file)"
+        )
     if name.startswith(HF_PREFIX):
         repo_id, _, rev = name[len(HF_PREFIX) :].partition("@")
         folder = _hub_folder(repo_id, rev or revision, cache_dir, local_files_only)
@@ -112,7 +125,9 @@ def load(
     if path.is_dir():
         return _load_folder(path, name, arch=arch, pretrained=pretrained, **options)
     if path.is_file():
-        return _load_file(path, arch=arch, fmt=fmt, pretrained=pretrained, **options)
+        return _load_file(path, arch=arch, fmt=fmt, pretrained=pretrained, prefix=prefix, key_map=key_map,
+                          **options)  # fmt: skip
+
     if name.lower().endswith(CHECKPOINT_SUFFIXES) or os.sep in name:
         raise UsageError(f"no such file or folder: {name}; check the path (or use a registry id)", path=name)
     from medhub.registry import load_registry
@@ -193,7 +208,8 @@ def _load_entry(entry: Checkpoint, *, arch, pretrained, revision, cache_dir, loc
     )  # fmt: skip
 
 
-def _load_file(path: Path, *, arch, fmt, pretrained, num_classes, in_chans, timm_kwargs) -> torch.nn.Module:
+def _load_file(path: Path, *, arch, fmt, pretrained, num_classes, in_chans, timm_kwargs, prefix=None,
+               key_map=()) -> torch.nn.Module:  # fmt: skip
     """A bare checkpoint file in any supported format: needs ``arch``."""
     from medhub.convert import convert_file
 
@@ -201,7 +217,11 @@ def _load_file(path: Path, *, arch, fmt, pretrained, num_classes, in_chans, timm
         raise UsageError(
             f"{path} is a bare checkpoint: pass arch='<timm architecture>' (e.g. arch='resnet50')"
         )
-    state_dict, report = convert_file(path, fmt=fmt, arch=arch, **timm_kwargs) if pretrained else (None, None)
+    state_dict, report = (
+        convert_file(path, fmt=fmt, arch=arch, prefix=prefix, key_map=key_map, **timm_kwargs)
+        if pretrained
+        else (None, None)
+    )
     summary = LoadSummary(str(path), source=f"file {path}" if pretrained else None, conversion=report)
     return _build(
         arch, state_dict, summary, num_classes=num_classes, in_chans=in_chans, timm_kwargs=timm_kwargs

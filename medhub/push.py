@@ -87,10 +87,13 @@ def push(src: str | Path, options: PushOptions) -> PushResult:
             f"{src}: say which timm architecture the weights are for: --arch ARCH (e.g. resnet50)"
         )
     model = _strict_model(arch, state_dict, src)
-    entry = _entry(model_id, arch, model, config, base, options, WeightSource(kind="timm_hf", repo=repo))
+    entry = checkpoint_entry(
+        model_id, arch, model, config, base, options, WeightSource(kind="timm_hf", repo=repo),
+        notes=(f"Published with medhub push to {options.repo}.",),
+    )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="medhub-push-") as tmp:
         folder = Path(tmp)
-        files = _write_folder(folder, model, entry)
+        files = write_folder(folder, model, entry)
         digest = sha256_file(folder / WEIGHTS_FILE)
         from medhub.hub.upload import upload_folder
 
@@ -182,7 +185,7 @@ def _strict_model(arch: str, state_dict: dict[str, torch.Tensor], src: str | Pat
 # ---- what gets published --------------------------------------------------------------------------------
 
 
-def _entry(
+def checkpoint_entry(
     model_id: str,
     arch: str,
     model: torch.nn.Module,
@@ -190,10 +193,20 @@ def _entry(
     base: Checkpoint | None,
     options: PushOptions,
     source: WeightSource,
+    *,
+    notes: tuple[str, ...] = (),
 ) -> Checkpoint:
-    """The registry entry of the pushed weights (its source is replaced by the pinned commit afterwards)."""
+    """The registry entry of published weights (a push replaces its source by the pinned commit afterwards).
+
+    Lineage, licence and preprocessing come from ``base`` when given, else from what a medhub folder's
+    ``config.json`` recorded (its ``medhub`` block), else from the model's ``pretrained_cfg``.
+
+    Raises:
+        UsageError: ``options.labels`` that do not match the model's outputs.
+    """
     cfg = {**dict(getattr(model, "pretrained_cfg", None) or {}), **dict(config.get("pretrained_cfg") or {})}
-    lineage = _lineage(base, options, (config.get("medhub") or {}).get("lineage"))
+    recorded = config.get("medhub") or {}
+    lineage = _lineage(base, options, recorded.get("lineage"))
     labels = options.labels or tuple(config.get("label_names") or ()) or None
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     if labels and len(labels) != num_classes:
@@ -204,7 +217,7 @@ def _entry(
         num_classes=num_classes,
         label_names=labels,
     )
-    inherited = base.licence if base else Licence()
+    inherited = base.licence if base else _recorded_licence(recorded.get("licence"))
     licence = inherited.model_copy(update={"weights": options.licence}) if options.licence else inherited
     return Checkpoint(
         id=model_id,
@@ -218,8 +231,16 @@ def _entry(
         licence=licence,
         paper=base.paper if base and not options.data else None,
         benchmarks=base.benchmarks if base and not options.data else (),
-        notes=(f"Published with medhub push to {options.repo}.",),
+        notes=notes,
     )
+
+
+def _recorded_licence(recorded: Any) -> Licence:
+    """The licence a medhub folder's config.json recorded (empty when absent or not readable)."""
+    if not isinstance(recorded, dict):
+        return Licence()
+    fields = {k: v for k, v in recorded.items() if k in Licence.model_fields and isinstance(v, str)}
+    return Licence(**fields)
 
 
 def _family(arch: str) -> str:
@@ -257,8 +278,12 @@ def _preprocessing(cfg: dict[str, Any]) -> Preprocessing:
     )
 
 
-def _write_folder(folder: Path, model: torch.nn.Module, entry: Checkpoint) -> tuple[str, ...]:
-    """model.safetensors + timm-readable config.json + README.md card; returns the file names."""
+def write_folder(folder: Path, model: torch.nn.Module, entry: Checkpoint) -> tuple[str, ...]:
+    """model.safetensors + timm-readable config.json + README.md card; returns the file names.
+
+    Every file is a pure function of the model's tensors and the registry entry, so the same inputs give
+    the same bytes (``medhub pack`` relies on it).
+    """
     from medhub.export import write_model_folder
     from medhub.preprocessing import pretrained_cfg_for
 

@@ -1,8 +1,10 @@
 """Load, validate and query the registry: the built-in ``registry.yaml`` plus the user's overlays.
 
 Overlays come from ``MEDHUB_REGISTRY=path1:path2`` and ``~/.config/medhub/registry.d/*.yaml``; they merge
-over the built-in file, and an id defined twice is an error that names both files. Loading never
-imports torch or timm; the deep checks against timm live in :mod:`medhub.registry_check`.
+over the built-in file, and an id defined twice is an error that names both files. An overlay may also
+list ``mirrors``: site copies of a checkpoint's weights (written by ``medhub unpack`` and ``medhub mirror``),
+tried before the checkpoint's own sources. Loading never imports torch or timm; the deep checks against
+timm live in :mod:`medhub.registry_check`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +22,12 @@ import yaml
 from pydantic import ValidationError
 
 from medhub.errors import RegistryError, UnknownModelError, UnknownTaskError
-from medhub.schema import RANDOM_PREFIX, Checkpoint, ReportedResult, Task
+from medhub.schema import RANDOM_PREFIX, Checkpoint, ReportedResult, Task, WeightSource
+
+logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SECTIONS = ("checkpoints", "tasks", "results")
+SECTIONS = ("checkpoints", "tasks", "results", "mirrors")
 
 
 def builtin_registry_path() -> Path:
@@ -98,6 +103,24 @@ def _describe(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(entry)"
     return f"field '{where}': {first['msg']}"
+
+
+def _parse_mirrors(path: Path, data: dict) -> dict[str, tuple[WeightSource, ...]]:
+    """The ``mirrors`` section: ``{checkpoint id: [weight source, ...]}``; errors name file, id and field."""
+    raw = data.get("mirrors") or {}
+    if not isinstance(raw, dict):
+        raise RegistryError(f"{path}: 'mirrors' must map checkpoint ids to lists of weight sources", path=path)
+    mirrors = {}
+    for entry_id, sources in raw.items():
+        if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+            raise RegistryError(f"{path}: mirrors.{entry_id}: must be a list of weight sources", path=path)
+        try:
+            mirrors[str(entry_id)] = tuple(WeightSource(**s) for s in sources)
+        except ValidationError as exc:
+            raise RegistryError(f"{path}: mirrors.{entry_id}: {_describe(exc)}", path=path) from exc
+        except TypeError as exc:
+            raise RegistryError(f"{path}: mirrors.{entry_id}: {exc}", path=path) from exc
+    return mirrors
 
 
 def _parse_entries(path: Path, data: dict) -> tuple[dict, dict, list]:
@@ -207,18 +230,22 @@ def merge(files: list[Path]) -> Registry:
 
     One clash is allowed on purpose: a later file may fulfil a *recipe-only* checkpoint (no weights yet) with
     an entry that has weights, as ``medhub adapt --id <that id>`` does. The recipe entry's aliases carry over.
+    ``mirrors`` sections are applied last, in file order; a mirror of an id no file defines is skipped with a
+    warning (a site overlay written by a newer medhub must not stop an older one from starting).
     """
     checkpoints: dict[str, Checkpoint] = {}
     tasks: dict[str, Task] = {}
     results: list[ReportedResult] = []
     origin: dict[str, Path] = {}
     aliases: dict[str, str] = {}
+    mirrors: list[tuple[Path, str, tuple[WeightSource, ...]]] = []
     builtin = builtin_registry_path().resolve()
     for path in files:
         data = read_yaml(path)
         new_ckpts, new_tasks, new_results = _parse_entries(path, data)
         if path.resolve() != builtin:
             check_overlay(path, data, new_ckpts, known_archs={c.arch for c in checkpoints.values()})
+        mirrors += [(path, entry_id, sources) for entry_id, sources in _parse_mirrors(path, data).items()]
         for kind, new, store in (("checkpoint", new_ckpts, checkpoints), ("task", new_tasks, tasks)):
             for entry_id, entry in new.items():
                 key = f"{kind}:{entry_id}"
@@ -245,6 +272,7 @@ def merge(files: list[Path]) -> Registry:
                     )
                 aliases[alias] = entry.id
         results.extend(new_results)
+    _apply_mirrors(checkpoints, aliases, mirrors)
     registry = Registry(checkpoints, tasks, tuple(results), origin, aliases)
     check_references(registry)
     return registry
@@ -273,6 +301,21 @@ def check_overlay(path: Path, data: dict, checkpoints: dict[str, Checkpoint], *,
             close = ", ".join(similar_names(arch, names)) or "none"
             raise RegistryError(f"{path}: checkpoint '{entry_id}' has arch '{arch}', which timm "
                                 f"does not know (similar: {close}); fix its arch", path=path)
+
+
+def _apply_mirrors(
+    checkpoints: dict[str, Checkpoint],
+    aliases: dict[str, str],
+    mirrors: list[tuple[Path, str, tuple[WeightSource, ...]]],
+) -> None:
+    """Add each overlay's mirror sources to the checkpoint they name (by id or alias), in file order."""
+    for path, name, sources in mirrors:
+        entry_id = aliases.get(name, name)
+        entry = checkpoints.get(entry_id)
+        if entry is None:
+            logger.warning("%s: mirrors for unknown checkpoint '%s' skipped (not in this medhub's registry)", path, name)
+            continue
+        checkpoints[entry_id] = entry.model_copy(update={"mirrors": (*entry.mirrors, *sources)})
 
 
 def fulfils_recipe(existing: Checkpoint | None, new: Checkpoint) -> bool:
@@ -321,25 +364,70 @@ def write_overlay_entry(entry: Checkpoint, filename: str = "user.yaml") -> Path:
     The file is ``~/.config/medhub/registry.d/<filename>``. An id that the built-in registry or another
     overlay file already defines is refused (ids are never silently shadowed).
     """
+    path = user_overlay_dir() / filename
+    write_overlay(path, checkpoints=[entry])
+    return path
+
+
+def write_overlay(
+    path: Path,
+    *,
+    checkpoints: list[Checkpoint] | tuple[Checkpoint, ...] = (),
+    mirrors: dict[str, tuple[WeightSource, ...]] | None = None,
+    tasks: list[Task] | tuple[Task, ...] = (),
+    header: str = "medhub user overlay: entries written by medhub push / medhub adapt",
+) -> bool:
+    """Add or replace checkpoint entries and mirror lists in the overlay file ``path``, atomically.
+
+    Entries and mirror lists of other ids already in the file are kept. Nothing is written when the file
+    would not change, so running the same import twice leaves the file (and its mtime) as it was.
+
+    Args:
+        path: the overlay file (created with its folder if missing).
+        checkpoints: entries to add or replace (their ids must not be defined by any other registry file,
+            except to fulfil a recipe-only entry).
+        mirrors: ``{checkpoint id: sources}``; each list replaces the file's list for that id.
+        tasks: task entries to add or replace (for tasks the other registry files do not define).
+        header: first comment line of the file.
+
+    Returns:
+        True when the file was written.
+
+    Raises:
+        RegistryError: an id another registry file defines.
+    """
     from medhub._io import atomic_write_text
 
-    path = user_overlay_dir() / filename
+    path = Path(path)
     data = read_yaml(path) if path.exists() else {}
-    checkpoints = dict(data.get("checkpoints") or {})
+    old_text = path.read_text(encoding="utf-8") if path.exists() else None
+    bodies = dict(data.get("checkpoints") or {})
     others = [p for p in [builtin_registry_path(), *overlay_paths()] if p.exists() and p.resolve() != path.resolve()]
-    taken = merge(others) if others else None
-    clash = taken and (entry.id in taken.checkpoints or entry.id in taken.aliases)
-    if clash and not fulfils_recipe(taken.checkpoints.get(entry.id), entry):
-        first = taken.origin.get(f"checkpoint:{taken.aliases.get(entry.id, entry.id)}")
-        raise RegistryError(
-            f"checkpoint id '{entry.id}' is already defined in {first}; choose another id (--id)", path=path
-        )
-    body = entry.model_dump(mode="json", exclude_defaults=True, exclude={"id"})
-    checkpoints[entry.id] = body
-    data = {"version": 1, **data, "checkpoints": checkpoints}
-    text = "# medhub user overlay: entries written by medhub push / medhub adapt\n" + yaml.safe_dump(
-        data, sort_keys=False, allow_unicode=True
-    )
+    taken = merge(others) if others and checkpoints else None
+    for entry in checkpoints:
+        clash = taken and (entry.id in taken.checkpoints or entry.id in taken.aliases)
+        if clash and not fulfils_recipe(taken.checkpoints.get(entry.id), entry):
+            first = taken.origin.get(f"checkpoint:{taken.aliases.get(entry.id, entry.id)}")
+            raise RegistryError(
+                f"checkpoint id '{entry.id}' is already defined in {first}; choose another id (--id)", path=path
+            )
+        bodies[entry.id] = entry.model_dump(mode="json", exclude_defaults=True, exclude={"id"})
+    data = {"version": 1, **data}
+    if bodies:
+        data["checkpoints"] = bodies
+    if tasks:
+        task_bodies = dict(data.get("tasks") or {})
+        for task in tasks:
+            task_bodies[task.id] = task.model_dump(mode="json", exclude_defaults=True, exclude={"id"})
+        data["tasks"] = task_bodies
+    if mirrors:
+        listed = dict(data.get("mirrors") or {})
+        for entry_id, sources in mirrors.items():
+            listed[entry_id] = [s.model_dump(mode="json", exclude_none=True) for s in sources]
+        data["mirrors"] = listed
+    text = f"# {header}\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    if text == old_text:
+        return False
     atomic_write_text(path, text)
     clear_cache()
-    return path
+    return True

@@ -59,7 +59,8 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
               epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
               img_size: int | None = None, label_fraction: float = 1.0, linear_probe: bool = False,
               device: str = "auto", seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False,
-              arch: str | None = None, progress: bool | str = True, cifar_stem: bool = False) -> dict[str, Any]:
+              arch: str | None = None, progress: bool | str = True, cifar_stem: bool = False,
+              pixels: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` on ``task`` ``runs`` times (seeds ``seed..seed+runs-1``) and report the test metric.
 
     Args:
@@ -77,6 +78,9 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
             nothing (False or "off").
         cifar_stem: give a ``random:`` ResNet MedMNIST v2's CIFAR-style stem (3x3 stride-1 first conv, no
             max-pool), the network behind its reported 28 px numbers; recorded as ``protocol.stem``.
+        pixels: fields of :class:`medhub.schema.PixelRule` replacing the task's (e.g. ``{"window": (-600,
+            1500)}`` for a CT lung window, ``{"frame": 0}`` for multi-frame files); recorded in the plan,
+            the report's data notes and the cache manifest.
 
     Returns:
         The report (also written to ``out/report.json``).
@@ -85,7 +89,7 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     >>> sorted(report)[:4]  # doctest: +SKIP
     ['difference', 'environment', 'mean', 'metric']
     """
-    from medhub.data import load_task_data
+    from medhub.data import load_task_data, pixel_rule
     from medhub.registry import load_registry
     from medhub.train.network import check_input_size, check_stem, is_random, model_arch
     from medhub.train.protocol import make_plan
@@ -109,13 +113,14 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     out_dir = _output_dir(model, entry.id, out, resume)
     existed = out_dir.exists()
     try:
-        data = load_task_data(entry, data_dir, img_size=plan.img_size)
+        data = load_task_data(entry, data_dir, img_size=plan.img_size, pixels=pixels)
         plan = make_plan(entry, **options, train_size=round(len(data.split("train")) * label_fraction))
         if size_note:
             plan.notes.append(size_note)
         splits = prepare_data(entry, data, plan, seed=seed, progress=progress)
         out_dir.mkdir(parents=True, exist_ok=True)
-        planned = {"model": model, "task": entry.id, "seed": seed, **plan.as_dict()}
+        planned = {"model": model, "task": entry.id, "seed": seed, **plan.as_dict(),
+                   **({"pixels": pixel_rule(entry, pixels).model_dump(mode="json")} if pixels else {})}
         _check_same_plan(out_dir / "plan.json", planned, resume)
         atomic_write_text(out_dir / "plan.json", json.dumps(planned, indent=1))
         results = [run_once(model, entry, data, splits, plan, seed=seed + i, run_dir=out_dir / f"run{i}",

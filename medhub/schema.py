@@ -146,6 +146,9 @@ class Checkpoint(Frozen):
     objective: str = Field(description="objective of the last stage, or 'supervised'")
     lineage: tuple[LineageStage, ...]
     sources: tuple[WeightSource, ...] = ()
+    mirrors: tuple[WeightSource, ...] = Field(
+        (), description="site copies (medhub unpack / medhub mirror overlays), tried before the sources"
+    )
     preprocessing: Preprocessing = Preprocessing()
     head: Head
     licence: Licence = Licence()
@@ -222,6 +225,39 @@ class Protocol(Frozen):
     notes: str | None = None
 
 
+class PixelRule(Frozen):
+    """How stored pixel values become the uint8 grey levels a network sees (``medhub.data.images``).
+
+    The defaults are the rule for every dataset that names nothing: a DICOM's own VOI LUT or window
+    (its first, with its VOI LUT Function), else the full range its bit depth allows after the modality
+    LUT; 16-bit PNG/TIFF through their significant bits. Recorded in cache manifests and reports.
+    """
+
+    window: tuple[float, float] | None = Field(
+        None, description="(center, width) of a VOI window used instead of the DICOM file's own, in the units "
+        "after the modality LUT (Hounsfield units for CT), e.g. a lung window (-600, 1500)")
+    voi_function: Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"] = Field(
+        "LINEAR", description="VOI LUT Function of `window` (DICOM PS3.3 C.11.2.1.2-3)")
+    frame: int | None = Field(
+        None, ge=0, description="multi-frame DICOM or multi-page TIFF/GIF: the frame to read (0-based); "
+        "None refuses such files")
+    bits: int | None = Field(
+        None, ge=1, le=16, description="16-bit PNG/TIFF: significant bits, 0..2**bits-1 onto 0..255 "
+        "(None: the PNG's sBIT chunk, else 16)")
+    no_window: Literal["bit_depth"] = Field(
+        "bit_depth", description="a DICOM without VOI LUT or window: the range its Bits Stored allows, "
+        "through the modality LUT, onto 0..255")
+
+    @model_validator(mode="after")
+    def _width(self) -> PixelRule:
+        width = self.window[1] if self.window is not None else 1.0
+        if width <= 0 or (self.voi_function == "LINEAR" and width < 1):
+            bound = ">= 1" if self.voi_function == "LINEAR" else "> 0"
+            raise ValueError(f"window width must be {bound} for {self.voi_function} (DICOM PS3.3 C.11.2.1.2-3), "
+                             f"got {width:g}")
+        return self
+
+
 class DataLayout(Frozen):
     """What the reader expects on disk, relative to the task's data folder."""
 
@@ -230,6 +266,7 @@ class DataLayout(Frozen):
     files: tuple[str, ...] = ()
     download: str | None = Field(None, description="where the data comes from (URL or instructions)")
     md5: dict[str, str] = Field(default_factory=dict, description="official md5 per file, when known")
+    pixels: PixelRule = Field(default_factory=PixelRule, description="how pixel values become grey levels")
 
 
 class Task(Frozen):

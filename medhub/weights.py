@@ -60,8 +60,8 @@ def describe(source: WeightSource, revision: str | None = None) -> str:
 
 
 def ordered_sources(entry: Checkpoint) -> list[WeightSource]:
-    """The entry's sources in resolution order (stable within one kind)."""
-    return sorted(entry.sources, key=lambda s: SOURCE_ORDER.index(s.kind))
+    """The entry's site mirrors first (as listed), then its sources in resolution order (stable within a kind)."""
+    return [*entry.mirrors, *sorted(entry.sources, key=lambda s: SOURCE_ORDER.index(s.kind))]
 
 
 def recipe_error(entry: Checkpoint) -> WeightsUnavailableError:

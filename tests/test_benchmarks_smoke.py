@@ -1,4 +1,4 @@
-"""Smoke tests for benchmarks/load.py, train_step.py and pipeline.py: they run and print their JSON.
+"""Smoke tests for benchmarks/load.py, train_step.py, pipeline.py and contention.py: they run and print their JSON.
 
 Tiny settings only; nothing here asserts a time or a ratio's size (speed lives in BENCHMARKS.md).
 """
@@ -35,6 +35,10 @@ CASES = {
             "1",
         ],
         ["ratio", "medhub_images_per_s", "bare_images_per_s"],
+    ),
+    "contention": (
+        ["--arch", "test_resnet", "--img-size", "32", "--batch-size", "4", "--batches", "1", "--burners", "0"],
+        ["worst_ratio_to_best"],
     ),
     "pipeline": (
         ["--images", "4", "--batch-size", "2", "--repeats", "1"],

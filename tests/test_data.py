@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pydicom
 import pytest
 
 from medhub.data import load_task_data
@@ -149,8 +150,10 @@ def test_nih_layout_with_official_lists(registry, shared_data, tmp_path):
 
 def test_dicom_inputs(shared_data):
     folder = shared_data / "dicom_pydicom"
-    ct = read_image(folder / "CT_small.dcm")
-    assert ct.shape == (128, 128) and ct.dtype == np.uint8 and ct.max() == 255
+    ct = read_image(folder / "CT_small.dcm")  # no window: signed 16-bit range, through the rescale, onto 0..255
+    stored = pydicom.dcmread(folder / "CT_small.dcm").pixel_array
+    assert ct.shape == (128, 128) and ct.dtype == np.uint8
+    assert np.array_equal(ct, np.round((stored + 32768.0) * 255 / 65535).astype(np.uint8))
     reference = read_image(folder / "MR_small.dcm")
     for name in ("MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm"):
         assert np.array_equal(read_image(folder / name), reference), name

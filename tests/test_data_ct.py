@@ -79,7 +79,7 @@ def test_three_hu_windows_as_rgb(tmp_path, task, ct_slice):
     ds = pydicom.dcmread(ct_slice)
     hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     for channel, (center, width) in enumerate(((-600, 1500), (100, 700), (40, 400))):
-        expected = np.round(np.clip((hu - (center - width / 2)) / width, 0, 1) * 255)
+        expected = np.round(np.clip(((hu - (center - 0.5)) / (width - 1) + 0.5) * 255, 0, 255))  # PS3.3 C.11.2.1.2.1
         assert np.array_equal(rgb[..., channel], expected.astype(np.uint8)), channel
     assert len({rgb[..., c].tobytes() for c in range(3)}) == 3  # three different windows, not gray copies
     cached = cached_split(task.id, data.split("val"), 32, data.channels, progress=False)

@@ -76,6 +76,35 @@ def test_segmentation_unet_on_montgomery_layout(tmp_path, shared_data):
                        batch_size=8, out=tmp_path / "out", progress=False)
     assert report["metric"] == "dice" and 0.0 <= report["mean"] <= 1.0
     assert report["protocol"]["recipe"] == "benchmark_segmentation"
+    run = report["runs"][0]
+    assert run["metric"] == run["per_class"]["dice_pooled"] and 0.0 <= run["per_class"]["dice_per_image"] <= 1.0
+
+
+@pytest.mark.slow
+def test_segmentation_upernet_on_a_synthetic_scr_task(tmp_path, shared_data):
+    """JSRT/SCR layout from real chest X-rays with a stand-in mask (the bright pixels of a central ellipse):
+    ConvNeXt -> the 2025 recipe with smp's UperNet, the SCR fold split, the albumentations pipeline."""
+    root = tmp_path / "jsrt"
+    (root / "images").mkdir(parents=True)
+    (root / "masks" / "heart").mkdir(parents=True)
+    pngs = sorted((shared_data / "nih_cxr14_1000_64px" / "NIH1000" / "train" / "0_normal").glob("*.png"))[:16]
+    yy, xx = np.mgrid[:64, :64]
+    ellipse = ((xx - 34) / 14.0) ** 2 + ((yy - 40) / 11.0) ** 2 <= 1
+    for i, png in enumerate(pngs):
+        name = f"JPCLN{i + 1:03d}"
+        gray = np.asarray(Image.open(png).convert("L"))
+        shutil.copy(png, root / "images" / f"{name}.png")
+        mask = (ellipse & (gray > np.median(gray[ellipse]))).astype(np.uint8) * 255
+        Image.fromarray(mask).save(root / "masks" / "heart" / f"{name}.gif")
+    report = reproduce("random:convnext_atto", "scr_heart", data_dir=root, epochs=2, img_size=32, batch_size=4,
+                       out=tmp_path / "out", progress=False)
+    plan = report["protocol"]
+    assert (plan["recipe"], plan["family"], plan["decoder"]) == ("benchmark_segmentation_v2", "convnext", "upernet")
+    assert plan["augment_pipeline"] == "btl_segmentation" and plan["augment_val"] and plan["image_resize"] == "nearest"
+    assert any("SCR fold 1 (8 images)" in note for note in plan["data_notes"])
+    run = report["runs"][0]
+    assert run["epochs"] == 2 and run["history"][0]["lr"] == pytest.approx(2e-4 / 20)  # warm-up: 0, then lr/20
+    assert 0.0 <= run["per_class"]["dice_pooled"] <= 1.0 and report["mean"] == run["per_class"]["dice_pooled"]
 
 
 def test_adapt_then_load_by_new_id(tmp_path, shared_data):

@@ -86,10 +86,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     print("\nWeight sources (tried in order):")
     if not entry.sources:
         print("  none published yet")
-    for source in entry.sources:
-        where = source.url or f"{source.repo}{'@' + source.revision if source.revision else ''}"
+    from medhub.weights import ordered_sources
+
+    for source in ordered_sources(entry):
+        where = (source.url or source.filename) if source.kind == "local" else source.url
+        where = where or f"{source.repo}{'@' + source.revision if source.revision else ''}"
         fmt = f" [format {source.format}]" if source.format else ""
-        print(f"  - {source.kind}: {where}{fmt}{' sha256 ' + source.sha256 if source.sha256 else ''}")
+        mirror = " (site mirror)" if source in entry.mirrors else ""
+        print(f"  - {source.kind}{mirror}: {where}{fmt}{' sha256 ' + source.sha256 if source.sha256 else ''}")
     if entry.recipe:
         print(f"\nRecipe: {entry.recipe.command}")
     pre = entry.preprocessing

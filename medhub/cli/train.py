@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--linear-probe", action="store_true", help="train the classifier only (frozen backbone)")
     p.add_argument("--cifar-stem", action="store_true", help="random:<resnet> only: MedMNIST v2's CIFAR-style "
                    "stem (3x3 stride-1 first conv, no max-pool), the network behind its 28 px numbers")
+    p.add_argument("--window", metavar="CENTER,WIDTH", help="DICOM VOI window replacing the files' own, in the "
+                   "units after the rescale (HU for CT), e.g. --window=-600,1500 (lung); bounds map onto 0..255")
+    p.add_argument("--voi-function", choices=["LINEAR", "LINEAR_EXACT", "SIGMOID"],
+                   help="the DICOM VOI LUT Function of --window (default LINEAR)")
+    p.add_argument("--frame", type=int, metavar="N", help="read frame N (0-based) of multi-frame DICOM/TIFF "
+                   "files (default: such files are refused)")
     p.add_argument("--out", help="output folder")
     _common(p)
     p.set_defaults(func=cmd_reproduce)
@@ -67,6 +73,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_adapt)
 
 
+def pixel_options(args: argparse.Namespace) -> dict | None:
+    """``--window C,W``, ``--voi-function`` and ``--frame`` as PixelRule fields (None when none is given)."""
+    from medhub.errors import UsageError
+
+    pixels = {}
+    if args.window is not None:
+        try:
+            center, width = (float(v) for v in args.window.split(","))
+        except ValueError:
+            raise UsageError(f"--window takes CENTER,WIDTH (e.g. --window=-600,1500), got '{args.window}'") from None
+        pixels["window"] = (center, width)
+    if args.voi_function is not None:
+        if args.window is None:
+            raise UsageError("--voi-function applies to --window; give both, e.g. --window=40,400 --voi-function SIGMOID")
+        pixels["voi_function"] = args.voi_function
+    if args.frame is not None:
+        pixels["frame"] = args.frame
+    return pixels or None
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """``medhub reproduce``."""
     from medhub.reproduce import reproduce
@@ -76,7 +102,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         args.model, args.task, data_dir=args.data_dir, runs=args.runs, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, label_fraction=args.label_fraction,
         linear_probe=args.linear_probe, device=args.device, seed=args.seed, out=args.out, resume=args.resume,
-        arch=args.arch, progress=_progress(args), cifar_stem=args.cifar_stem,
+        arch=args.arch, progress=_progress(args), cifar_stem=args.cifar_stem, pixels=pixel_options(args),
     )
     if args.json:
         print_json(report)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from medhub.convert import foreign, official, resnet_family, ssl
-from medhub.convert._core import ConversionReport, Rules, Target, listed, stem_hint
+from medhub.convert._core import ConversionReport, KeyMap, Rules, Target, listed, pool_hint, stem_hint
 from medhub.convert._detect import detect_format, detect_path_format
 from medhub.convert._read import read_checkpoint
 from medhub.errors import ConversionError
@@ -71,15 +71,26 @@ def _check_fmt(fmt: str) -> None:
 
 
 def convert_state(
-    obj: Any, fmt: str = "auto", *, target: Target | None = None, path: str | Path | None = None
-) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    obj: Any, fmt: str = "auto", *, target: Target | None = None, path: str | Path | None = None,
+    prefix: str | None = None, key_map: KeyMap = (),
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:  # fmt: skip
     """Convert a loaded checkpoint object (see :func:`read_checkpoint`) to timm key names.
 
     Args:
         obj: what the checkpoint file holds (a dict, possibly nested).
         fmt: a name from :data:`FORMATS`, or ``"auto"`` to detect it.
-        target: key -> shape of the destination timm model, when known.
+        target: key -> shape of the destination timm model, when known; the container and wrapper prefix
+            are then searched (every nested dict of tensors, every dotted prefix of its keys) for the reading
+            whose keys name the most of the target's tensors with the target's shapes.
         path: the file it came from (helps detection, appears in errors).
+        prefix: the wrapper prefix to strip, instead of searching (``'model.'``; ``'state_dict_ema/module.'``
+            also selects the container entry; ``''`` for none).
+        key_map: the caller's renames, ``{regex: replacement}`` or pairs, applied after the format's own.
+
+    Raises:
+        ConversionError: no weights, a refused format, or two different networks that fit equally well
+            (the message names each as a ``prefix=`` to pass).
+        UsageError: a ``key_map`` pattern that is not a regular expression.
 
     Returns:
         ``(state_dict, report)``.
@@ -95,7 +106,7 @@ def convert_state(
             f"format '{fmt}' needs the file and an architecture; use convert_file(path, arch=...)", fmt=fmt
         )
     report = ConversionReport(fmt=fmt, detected=detected, reason=reason)
-    state = RULES[fmt].apply(obj, target, report)
+    state = RULES[fmt].apply(obj, target, report, prefix=prefix, key_map=key_map)
     logger.info(
         "converted %s as '%s': %d kept, %d renamed, %d dropped",
         path or "checkpoint",
@@ -108,14 +119,17 @@ def convert_state(
 
 
 def convert_file(
-    path: str | Path, *, fmt: str = "auto", arch: str | None = None, **arch_kwargs: Any
-) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    path: str | Path, *, fmt: str = "auto", arch: str | None = None, prefix: str | None = None,
+    key_map: KeyMap = (), **arch_kwargs: Any,
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:  # fmt: skip
     """Read a checkpoint file and convert it; with ``arch``, check its keys against that timm model.
 
     Args:
         path: the checkpoint file.
         fmt: a name from :data:`FORMATS`, or ``"auto"``.
-        arch: the timm architecture the weights are for (needed for ``.npz`` and to resize/reshape).
+        arch: the timm architecture the weights are for (needed for ``.npz``, to search the container and
+            prefix, and to resample/reshape).
+        prefix, key_map: see :func:`convert_state`.
         **arch_kwargs: extra ``timm.create_model`` arguments describing the architecture (``depths``,
             ``num_heads``, ``img_size``, ``window_size`` ...).
 
@@ -150,20 +164,37 @@ def convert_file(
         )
     else:
         state, report = convert_state(
-            read_checkpoint(path), fmt, target=spec.shapes if spec else None, path=path
-        )
+            read_checkpoint(path), fmt, target=spec.shapes if spec else None, path=path, prefix=prefix,
+            key_map=key_map,
+        )  # fmt: skip
     if spec is not None:
-        check_keys(state, spec.shapes, spec.classifier_keys, arch)
+        from medhub import build
+
+        state = build.fit_to_arch(state, spec, report.adapted, report.dropped)
+        check_keys(state, spec.shapes, spec.classifier_keys, arch, first_conv=spec.first_conv)
     return state, report
 
 
-def check_keys(state: dict[str, torch.Tensor], shapes: Target, classifier_keys: set[str], arch: str) -> None:
-    """Raise :class:`ConversionError` unless ``state`` fits ``shapes`` up to an absent or resized classifier."""
+def check_keys(
+    state: dict[str, torch.Tensor], shapes: Target, classifier_keys: set[str], arch: str,
+    first_conv: str | None = None,
+) -> None:  # fmt: skip
+    """Raise :class:`ConversionError` unless ``state`` fits ``shapes`` up to what the build may change.
+
+    Allowed: an absent or resized classifier, an absent ``fc_norm`` (created by ``global_pool="avg"``) and a
+    first conv (``first_conv``) with another number of input channels (adapted by the build to ``in_chans``).
+    """
+    from medhub.build import fresh_allowed
+
     unexpected = set(state) - set(shapes)
-    missing = set(shapes) - set(state) - classifier_keys
-    wrong = sorted(
-        k for k in set(state) & set(shapes) - classifier_keys if tuple(state[k].shape) != tuple(shapes[k])
-    )
+    missing = {k for k in set(shapes) - set(state) - classifier_keys if not fresh_allowed(k)}
+    conv = f"{first_conv}.weight" if first_conv else None
+
+    def fits(key: str) -> bool:
+        got, want = tuple(state[key].shape), tuple(shapes[key])
+        return got == want or (key == conv and len(got) == len(want) > 1 and got[:1] + got[2:] == want[:1] + want[2:])
+
+    wrong = sorted(k for k in set(state) & set(shapes) - classifier_keys if not fits(k))
     if unexpected or missing or wrong:
         parts = []
         if unexpected:
@@ -177,7 +208,8 @@ def check_keys(state: dict[str, torch.Tensor], shapes: Target, classifier_keys: 
             )
         raise ConversionError(
             f"the converted weights do not fit '{arch}' ({'; '.join(parts)}); check --arch (and its depth, "
-            "width, heads or window) or --format" + stem_hint({k: (state[k].shape, shapes[k]) for k in wrong}),
+            "width, heads or window) or --format" + stem_hint({k: (state[k].shape, shapes[k]) for k in wrong})
+            + pool_hint(unexpected, missing),
             arch=arch,
             unexpected=sorted(unexpected),
             missing=sorted(missing),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,6 +59,14 @@ def stem_hint(wrong: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> s
     return ""
 
 
+def pool_hint(unexpected: Any, missing: Any) -> str:
+    """A pointer to ``global_pool='avg'`` when the weights have ``fc_norm`` where the arch has ``norm`` (else "")."""
+    if any(k.startswith("fc_norm.") for k in unexpected) and any(k.startswith("norm.") for k in missing):
+        return ("; the weights have fc_norm and no final norm: they were fine-tuned with average pooling, "
+                "pass global_pool='avg'")
+    return ""
+
+
 @dataclass
 class ConversionReport:
     """What a conversion did, for the caller, the log and ``medhub convert``.
@@ -69,6 +77,8 @@ class ConversionReport:
         reason: why that format (the evidence auto-detection used, or "given explicitly").
         container: the top-level entry that held the weights (``state_dict``, ``model``, ``teacher``…).
         prefix: the wrapper prefix stripped from every kept key ('' when none).
+        found: why that container and prefix (searched against the architecture, or given by the caller).
+        key_map: the caller's ``regex -> replacement`` renames, as given.
         source_keys: number of tensors in the container before conversion.
         renamed: old key -> new key for every key whose name changed.
         dropped: keys removed (other networks, heads, buffers timm recomputes).
@@ -89,6 +99,8 @@ class ConversionReport:
     adapted: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    found: str = ""
+    key_map: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -100,6 +112,8 @@ class ConversionReport:
         lines = [
             f"format: {self.fmt} ({how}: {self.reason})",
             f"container: {self.container or '(top level)'}; prefix stripped: {self.prefix or '(none)'}",
+            *([f"found: {self.found}"] if self.found else []),
+            *([f"key_map: {'; '.join(self.key_map)}"] if self.key_map else []),
             f"keys: {self.source_keys} in source, {self.kept} kept, {len(self.renamed)} renamed, "
             f"{len(self.dropped)} dropped",
         ]
@@ -113,6 +127,62 @@ class ConversionReport:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+KeyMap = Mapping[str, str] | Sequence[tuple[str, str]]
+"""A caller's ``(regex, replacement)`` renames, applied to stripped keys after the format's own."""
+
+
+def compile_key_map(pairs: Any) -> list[tuple[re.Pattern, str]]:
+    """Compile a caller's ``key_map``: a dict or pairs of ``(regex, replacement)``.
+
+    Raises:
+        UsageError: a pattern that is not a valid regular expression, or pairs of the wrong form.
+    """
+    from medhub.errors import UsageError
+
+    items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs or ())
+    out = []
+    for item in items:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+            raise UsageError(f"key_map entries are (regex, replacement) pairs of strings, got {item!r}")
+        try:
+            out.append((re.compile(item[0]), item[1]))
+        except re.error as exc:
+            raise UsageError(f"key_map pattern '{item[0]}' is not a valid regular expression ({exc})") from None
+    return out
+
+
+def unwrap_sequential_heads(state: dict, target: Target, report: ConversionReport) -> dict:
+    """``fc.0.weight`` -> ``fc.weight`` where a head was a ``Sequential`` holding one layer with weights.
+
+    Fine-tuning code wraps the classifier as ``Sequential(Linear, Sigmoid)`` (CheXNet, the JLiang lab) or
+    ``Sequential(Dropout, Linear)``; only a module whose one indexed child carries tensors, and whose plain
+    name the target has and the state lacks, is renamed.
+    """
+    children: dict[str, set[str]] = {}
+    for key in state:
+        match = re.match(r"^(.+)\.(\d+)\.(weight|bias)$", key)
+        if match:
+            children.setdefault(match.group(1), set()).add(match.group(2))
+    moves = {}
+    for key in state:
+        match = re.match(r"^(.+)\.(\d+)\.(weight|bias)$", key)
+        if not match or key in target or len(children[match.group(1)]) != 1:
+            continue
+        new = f"{match.group(1)}.{match.group(3)}"
+        if new in target and new not in state:
+            moves[key] = new
+    if not moves:
+        return state
+    earlier = {new: old for old, new in report.renamed.items()}
+    for old, new in moves.items():
+        report.renamed[earlier.get(old, report.prefix + old)] = new
+    report.notes.append(
+        "a Sequential head (" + ", ".join(sorted({k.rsplit(".", 2)[0] + "." + k.split(".")[-2] for k in moves}))
+        + ") read as the plain classifier"
+    )
+    return {moves.get(k, k): v for k, v in state.items()}
 
 
 Hook = Callable[[dict[str, torch.Tensor], "Target | None", ConversionReport], dict[str, torch.Tensor]]
@@ -142,19 +212,91 @@ class Rules:
     renames: tuple[tuple[str, str], ...] = ()
     hook: Hook | None = None
 
-    def apply(self, obj: Any, target: Target | None, report: ConversionReport) -> dict[str, torch.Tensor]:
-        """Convert a loaded checkpoint object into a timm-named state dict, filling ``report``."""
-        state = self._unwrap(obj, report)
-        report.source_keys = len(state)
-        state = self._drop(state, report)
-        state = self._strip(state, report)
+    def apply(
+        self, obj: Any, target: Target | None, report: ConversionReport, *, prefix: str | None = None,
+        key_map: KeyMap = (),
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Convert a loaded checkpoint object into a timm-named state dict, filling ``report``.
+
+        With ``target`` (or a caller's ``prefix``) the container and wrapper prefix are searched
+        (:mod:`medhub.convert._locate`); without, the format's listed containers and prefixes are used.
+        ``key_map`` (regex, replacement) pairs run after the format's renames, on the stripped keys.
+        """
+        user_map = compile_key_map(key_map)
+        report.key_map = [f"{pattern.pattern} -> {replacement}" for pattern, replacement in user_map]
+        state = self._locate(obj, target, report, prefix, user_map)
+        if state is None:
+            state = self._unwrap(obj, report)
+            report.source_keys = len(state)
+            state = self._drop(state, report)
+            state = self._strip(state, report)
         state = self._rename(state, report)
+        if user_map:
+            state = rename_keys(state, user_map, report)
         if self.hook is not None:
             state = self.hook(state, target, report)
         if target is not None:
+            state = unwrap_sequential_heads(state, target, report)
             state = fill_batchnorm_counters(state, target, report)
         report.kept = len(state)
         return state
+
+    def _locate(
+        self, obj: Any, target: Target | None, report: ConversionReport, prefix: str | None,
+        user_map: list[tuple[re.Pattern, str]],
+    ) -> dict[str, torch.Tensor] | None:  # fmt: skip
+        """The searched (or caller-given) container and prefix; ``None`` when nothing fits (listed names used)."""
+        from medhub.convert import _locate
+
+        if (target is None and prefix is None) or not isinstance(obj, Mapping):
+            return None
+        container, key_prefix = None, prefix
+        if prefix is not None and "/" in prefix:
+            container, _, key_prefix = prefix.rpartition("/")
+        renames = [(re.compile(p), r) for p, r in self.renames] + list(user_map)
+
+        def name(key: str) -> str:
+            for pattern, replacement in renames:
+                key = pattern.sub(replacement, key)
+            return key
+
+        dropping = self._drop_pattern()
+        found, everything = [], dict(_locate.tensor_dicts(obj))
+        for path, tensors in everything.items():
+            if container is not None and "/".join(path) != container:
+                continue
+            kept = {k: v for k, v in tensors.items() if not (dropping and dropping.match(k))}
+            found += _locate.candidates(kept, path, target, name, key_prefix)
+        if prefix is not None and not found:
+            raise ConversionError(
+                f"no tensor of the file is under prefix '{prefix}'"
+                + (" that names a tensor of the architecture" if target is not None else "")
+                + "; leave prefix unset to search, or check its spelling (CONTAINER/ before it selects an entry)",
+                fmt=self.name,
+            )
+        if not found or (prefix is None and not max(c.fits for c in found)):
+            return None
+        best, reason = _locate.choose(found, self.containers, self.name, given=prefix is not None)
+        report.container, report.prefix, report.found = best.container, best.prefix, reason
+        report.source_keys = len(everything[best.path])
+        level: Any = obj
+        for entry in best.path:
+            report.metadata.update(describe_metadata(level, skip=entry))
+            level = level[entry]
+        state = self._drop(everything[best.path], report)
+        outside = sorted(k for k in state if not k.startswith(best.prefix))
+        if outside:
+            report.dropped += outside
+            report.notes.append(
+                f"{len(outside)} tensors outside prefix '{best.prefix}' dropped (other modules of the wrapper): "
+                + listed(outside, 6)
+            )
+        return {k[len(best.prefix) :]: v for k, v in state.items() if k.startswith(best.prefix)}
+
+    def _drop_pattern(self) -> re.Pattern | None:
+        if not self.drop:
+            return None
+        return re.compile(r"^(?:module\.)?(?:{})".format("|".join(re.escape(d) for d in self.drop)))
 
     def _unwrap(self, obj: Any, report: ConversionReport) -> dict[str, torch.Tensor]:
         if not isinstance(obj, Mapping):
@@ -188,9 +330,9 @@ class Rules:
         return tensors
 
     def _drop(self, state: dict, report: ConversionReport) -> dict:
-        if not self.drop:
+        pattern = self._drop_pattern()
+        if pattern is None:
             return state
-        pattern = re.compile(r"^(?:module\.)?(?:{})".format("|".join(re.escape(d) for d in self.drop)))
         kept = {}
         for key, value in state.items():
             if pattern.match(key):

@@ -14,16 +14,26 @@ _CONTAINERS = ("state_dict", "model", "teacher", "network", "state_dict_ema", "m
 
 
 def weight_keys(obj: Mapping) -> list[str]:
-    """Keys of the (first) weights dict inside a checkpoint, with a DataParallel ``module.`` removed."""
+    """Keys of the weights dict inside a checkpoint, with DataParallel / torch.compile wrappers removed.
+
+    The first of the usual container entries that holds weights, else the largest dict of tensors anywhere
+    in the file (``{'net': ...}``, ``{'checkpoint': {'model': ...}}``).
+    """
+    from medhub.convert._locate import tensor_dicts
+
     current = obj
     for _ in range(3):
         if is_state_dict(current):
             break
         entry = next((c for c in _CONTAINERS if isinstance(current.get(c), Mapping)), None)
         if entry is None:
-            return []
+            found = sorted(tensor_dicts(obj), key=lambda item: -len(item[1]))
+            if not found:
+                return []
+            current = found[0][1]
+            break
         current = current[entry]
-    return [k[7:] if k.startswith("module.") else k for k in map(str, current)]
+    return [re.sub(r"^(module\.|_orig_mod\.)+", "", k) for k in map(str, current)]
 
 
 def detect_path_format(path: str | Path) -> tuple[str, str] | None:
@@ -73,7 +83,10 @@ def detect_format(obj: Any, path: str | Path | None = None) -> tuple[str, str]:
     keys = weight_keys(obj)
     if not keys:
         raise ConversionError(f"no weights found in the checkpoint (entries: {', '.join(sorted(top)[:10])})")
-    return _by_keys(keys, top)
+    fmt, reason = _by_keys(keys, top)
+    if "pytorch-lightning_version" in top:
+        reason = f"a PyTorch Lightning checkpoint (its 'state_dict' entry); {reason}"
+    return fmt, reason
 
 
 def _has(keys: list[str], *prefixes: str) -> bool:
@@ -93,24 +106,31 @@ def _by_keys(keys: list[str], top: set[str]) -> tuple[str, str]:  # noqa: C901 -
         return "radimagenet", "keys 'backbone.<index>.*' (RadImageNet's nn.Sequential ResNet)"
     if _has(keys, "encoder.") and _has(keys, "predictor."):
         return "simsiam", "keys 'encoder.*' and 'predictor.*' (SimSiam)"
-    if _has(keys, "encoder.") and ("model_ema" in top or _has(keys, "head.", "head_jig", "jigsaw")):
+    if _has(keys, "encoder.") and ({"model_ema", "opt"} & top or _has(keys, "head_jig", "jigsaw")):
         return (
             "pycontrast",
             "keys 'encoder.*' with 'head*' under 'model' (PyContrast; 'model' is kept, not model_ema)",
         )
     if _has(keys, "encoder.layers.") and _has(keys, "decoder.", "encoder.mask_token"):
         return "simmim_swin", "keys 'encoder.layers.*' with 'decoder.*'/'encoder.mask_token' (SimMIM Swin)"
-    if _has(keys, "encoder.blocks."):
+    if _has(keys, "encoder.blocks.") and _has(keys, "decoder.", "encoder.mask_token"):
         raise ConversionError(
             "an 'encoder.blocks.*' checkpoint (SimMIM ViT/BEiT-style) is not supported yet; "
             "convert the Swin variant or use timm's beit loader"
         )
-    if _has(keys, "decoder_embed", "decoder_blocks", "mask_token") and _has(keys, "blocks."):
-        return "mae", "ViT keys with 'decoder_*'/'mask_token' (an MAE encoder-decoder)"
+    if _has(keys, "decoder_embed", "decoder_blocks") and _has(keys, "blocks."):
+        return "mae", "ViT keys with 'decoder_*' (an MAE encoder-decoder; decoder and mask_token dropped)"
+    if _has(keys, "dino_head.", "ibot_head.") or (
+        _has(keys, "blocks.", "backbone.blocks.") and _has(keys, "mask_token", "register_tokens", "backbone.mask_token")
+    ):
+        return "dinov2", (
+            "ViT keys with 'mask_token'/'register_tokens' and no decoder (a DINOv2 backbone; its iBOT mask "
+            "token is dropped)"
+        )
     if _has(keys, "backbone.") and _has(keys, "projector."):
         return "barlowtwins", "keys 'backbone.*' and 'projector.*' (Barlow Twins training checkpoint)"
-    if _has(keys, "backbone."):
-        return "dino", "keys 'backbone.*' (a DINO MultiCropWrapper; its head is dropped)"
+    if _has(keys, "backbone.") and (_has(keys, "head.mlp.", "head.last_layer.") or "teacher" in top):
+        return "dino", "keys 'backbone.*' with a DINO head 'head.mlp'/'head.last_layer' (MultiCropWrapper; head dropped)"
     if _has(keys, "downsample_layers."):
         return "convnext_official", "keys 'downsample_layers.*' and 'stages.i.j.dwconv' (original ConvNeXt)"
     if any(re.match(r"layers\.\d+\.blocks\.\d+\.attn\.relative_position_index", k) for k in keys) or (
@@ -127,4 +147,6 @@ def _by_keys(keys: list[str], top: set[str]) -> tuple[str, str]:  # noqa: C901 -
             "torchvision ResNet names with no wrapper (as Barlow Twins, DINO-ResNet and "
             "VICRegL publish theirs; identical to timm's)"
         )
-    return "timm", "no wrapper or foreign layout recognised; keys taken as timm names"
+    return "timm", (
+        "no foreign layout recognised; keys taken as timm/torchvision names (the wrapper prefix is searched)"
+    )

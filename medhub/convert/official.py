@@ -72,14 +72,15 @@ def swin_layout_hook(
             report,
         )
     if target is not None:
-        resize_relative_position_tables(state, target, report)
+        resize_relative_position_tables(state, target, report.adapted)
     return state
 
 
-def resize_relative_position_tables(
-    state: dict[str, torch.Tensor], target: Target, report: ConversionReport
-) -> None:
-    """Resize every ``relative_position_bias_table`` whose length differs from the target's, in place."""
+def resize_relative_position_tables(state: dict[str, torch.Tensor], target: Target, adapted: list[str]) -> None:
+    """Resize every ``relative_position_bias_table`` whose length differs from the target's, in place.
+
+    One line per distinct resize is appended to ``adapted`` (a report's list).
+    """
     resized = set()
     for key, value in list(state.items()):
         if not key.endswith("relative_position_bias_table") or key not in target:
@@ -96,7 +97,7 @@ def resize_relative_position_tables(
         state[key] = geometric_resize_table(value, int(math.isqrt(rows)))
         resized.add((int(math.isqrt(value.shape[0])), int(math.isqrt(rows))))
     for src, dst in sorted(resized):
-        report.adapted.append(
+        adapted.append(
             f"relative_position_bias_table {src}x{src} -> {dst}x{dst} (window {(src + 1) // 2} -> "
             f"{(dst + 1) // 2}) by SimMIM's geometric-progression bicubic interpolation"
         )

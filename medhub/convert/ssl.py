@@ -1,13 +1,16 @@
 """Self-supervised checkpoints: keep the backbone the original project publishes, drop everything else.
 
 MoCo v1/v2, PCL and CLSA keep the query encoder; MoCo-v3 the base encoder; DINO the teacher backbone;
-SimSiam the encoder without its projector; PyContrast the ``model`` entry (never ``model_ema``). Projection
+SimSiam the encoder without its projector; PyContrast the ``model`` entry (never ``model_ema``); DINOv2 the
+backbone (its iBOT ``mask_token`` dropped, register tokens laid out as timm's). Projection
 heads, predictors, prototypes, momentum encoders, queues, decoders and mask tokens are dropped.
 """
 
 from __future__ import annotations
 
-from medhub.convert._core import Rules
+import torch
+
+from medhub.convert._core import ConversionReport, Rules, Target
 
 MOCO = Rules(
     name="moco",
@@ -73,4 +76,31 @@ MOCOV3_VIT = Rules(
     drop=("momentum_encoder.", "predictor.", "base_encoder.head."),
 )
 
-RULES = (MOCO, SWAV, BARLOWTWINS, SIMSIAM, PYCONTRAST, DINO, MAE, MOCOV3_VIT)
+
+def _dinov2_hook(state: dict[str, torch.Tensor], target: Target | None, report: ConversionReport) -> dict:
+    """Register tokens -> timm's ``reg_token`` (its class token then carries the first position; the
+    position table loses that entry), as timm's ``_convert_dinov2`` lays them out."""
+    if "register_tokens" not in state:
+        return state
+    pos = state["pos_embed"]
+    state["reg_token"] = state.pop("register_tokens")
+    state["cls_token"] = state["cls_token"] + pos[:, :1]
+    state["pos_embed"] = pos[:, 1:]
+    report.renamed[report.prefix + "register_tokens"] = "reg_token"
+    report.adapted.append(
+        "register tokens: cls_token + pos_embed[0] -> cls_token, pos_embed[1:] -> pos_embed (timm's no_embed_class layout)"
+    )
+    return state
+
+
+DINOV2 = Rules(
+    name="dinov2",
+    summary="DINOv2 backbone (hub .pth or the teacher of a training checkpoint): mask_token and heads dropped",
+    containers=("teacher", "model", "state_dict"),
+    prefixes=("backbone.", ""),
+    drop=("mask_token", "backbone.mask_token", "dino_head.", "ibot_head."),
+    renames=((r"^(blocks\.\d+\.mlp\.)w12\.", r"\1fc1."), (r"^(blocks\.\d+\.mlp\.)w3\.", r"\1fc2.")),
+    hook=_dinov2_hook,
+)
+
+RULES = (MOCO, SWAV, BARLOWTWINS, SIMSIAM, PYCONTRAST, DINO, DINOV2, MAE, MOCOV3_VIT)

@@ -1,8 +1,9 @@
 """Decode and resize each image once into a uint8 memory-mapped array, reused by every later epoch and run.
 
 One ``.npy`` per (task, split, size, channels) under :func:`medhub.data.paths.cache_root`, with a JSON
-manifest holding the source fingerprint (every file's path, size and mtime, and the labels) and the
-sha256 of the array. A changed source folder changes the fingerprint, so the stale array is replaced.
+manifest holding the source fingerprint (every file's path, size and mtime, and the labels), the pixel
+rule that decoded the files (window, photometric handling, bit-depth mapping; ``pixels``) and the sha256
+of the array. A changed source folder or rule changes the key, so the stale array is replaced.
 Arrays are built in a temporary file and renamed into place: a crash never leaves half an array.
 """
 
@@ -21,14 +22,15 @@ import numpy as np
 from filelock import FileLock
 
 from medhub._io import atomic_write_text, sha256_file
-from medhub.data.images import read_image, read_mask, resize, resize_cv2_nearest, set_channels
+from medhub.cpu import usable_cpus
+from medhub.data.images import pixel_record, read_image, read_mask, resize, resize_cv2_nearest, set_channels
 from medhub.data.paths import cache_root
 from medhub.data.progress import BAR, Progress, progress_mode, say
 from medhub.data.sources import SplitData
 from medhub.errors import DataError
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 3  # bump when decoding or resizing changes (3: JPEGs decoded at a reduced DCT scale)
+CACHE_VERSION = 4  # bump when decoding or resizing changes (3: JPEGs at a reduced DCT scale; 4: pixel rules)
 
 
 @dataclass
@@ -52,16 +54,18 @@ def _decode(split: SplitData, index: int, size: int, channels: int,
         image = set_channels(split.images[index], channels)
         image = resize(image, size, nearest=nearest or size > image.shape[0])
     elif nearest:  # the benchmark's segmentation loaders: cv2.INTER_NEAREST on the full-size image
-        image = resize_cv2_nearest(read_image(split.paths[index], channels=channels, decoder=split.decoder), size)
+        image = resize_cv2_nearest(read_image(split.paths[index], channels=channels, decoder=split.decoder,
+                                              rule=split.pixels), size)
     else:
-        image = resize(read_image(split.paths[index], channels=channels, decoder=split.decoder, min_size=size), size)
+        image = resize(read_image(split.paths[index], channels=channels, decoder=split.decoder, min_size=size,
+                                  rule=split.pixels), size)
     image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
     mask = None
     shrink = resize_cv2_nearest if nearest else (lambda array, side: resize(array, side, nearest=True))
     if isinstance(split.masks, np.ndarray):
         mask = shrink(split.masks[index], size)
     elif split.masks is not None:
-        mask = shrink(read_mask(split.masks[index]), size)
+        mask = shrink(read_mask(split.masks[index], split.pixels), size)
     return image, mask
 
 
@@ -107,7 +111,7 @@ def _build(split: SplitData, size: int, channels: int, target: Path, mask_target
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, channels, size, size))
         masks = (np.lib.format.open_memmap(tmp_mask, mode="w+", dtype=np.uint8, shape=(count, size, size))
                  if tmp_mask else None)
-        workers = min(8, os.cpu_count() or 1) if split.paths is not None else 1
+        workers = min(8, usable_cpus()) if split.paths is not None else 1
         say(progress, f"{label}: building the decode-once cache ({count} images; later runs reuse it)")
         with ThreadPoolExecutor(workers) as pool, tqdm(total=count, desc=label, unit="img",
                                                        disable=progress_mode(progress) != BAR, leave=False) as bar:
@@ -131,10 +135,16 @@ def _build(split: SplitData, size: int, channels: int, target: Path, mask_target
                 path.unlink()
 
 
+def pixels_used(split: SplitData) -> dict | None:
+    """The pixel rule that decodes ``split``'s files (:func:`medhub.data.images.pixel_record`); None for arrays."""
+    return pixel_record(split.pixels) if split.paths is not None else None
+
+
 def cache_key(task_id: str, split: SplitData, size: int, channels: int, nearest: bool = False) -> str:
-    """Hex digest naming the cached array: changes with the source fingerprint, size, channels, resampling, version."""
-    parts = [CACHE_VERSION, task_id, split.name, size, channels, split.fingerprint()]
-    text = json.dumps(parts + (["nearest"] if nearest else []))
+    """Hex digest naming the cached array: changes with the source fingerprint, the pixel rule, size, channels,
+    resampling and version."""
+    parts = [CACHE_VERSION, task_id, split.name, size, channels, split.fingerprint(), pixels_used(split)]
+    text = json.dumps(parts + (["nearest"] if nearest else []), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -194,6 +204,7 @@ def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, 
             "key": key, "task": task_id, "split": split.name, "size": size, "channels": channels,
             "resize": "nearest" if nearest else "bilinear",
             "count": len(split), "source_fingerprint": split.fingerprint(), "version": CACHE_VERSION,
+            "pixels": pixels_used(split),
             "bytes": {k: p.stat().st_size for k, p in files.items()},
             "sha256": {k: sha256_file(p) for k, p in files.items()},
             "seconds": round(time.perf_counter() - started, 3),

@@ -40,7 +40,8 @@ def read_rsna_pe(task, root: Path, img_size: int = 0, explicit: bool = True) -> 
 
     Studies absent from ``train/`` are skipped (a partial download); a present study missing one of its
     listed slices is an error. Slices are decoded in Hounsfield units through three windows as RGB
-    (``medhub.data.images.CT_PE_WINDOWS``); the split is 70/10/20 by a hash of ``StudyInstanceUID``.
+    (``medhub.data.images.CT_PE_WINDOWS``, DICOM's LINEAR VOI function onto 0..255); the split is 70/10/20
+    by a hash of ``StudyInstanceUID``.
     """
     rows = _rsna_rows(task, root)
     studies = sorted({r["StudyInstanceUID"] for r in rows})

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medhub.data.images import SUPPORTED_SUFFIXES
+from medhub.data.images import SUPPORTED_SUFFIXES, unnamed_dicoms
 from medhub.data.sources import SPLITS, SplitData, TaskData, find_files, patient_split
 from medhub.errors import DataError
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
-FOLDER_LAYOUT = "<dir>/{train,val,test}/<class name>/<image files> (val may be 'valid'; DICOM, PNG or JPEG)"
+FOLDER_LAYOUT = ("<dir>/{train,val,test}/<class name>/<image files> (val may be 'valid'; DICOM, also without "
+                 ".dcm, PNG, JPEG or TIFF)")
 CSV_LAYOUT = ("<dir>/labels.csv with a 'path' column (relative to the CSV), an optional 'split' column "
               "(train/val/test) and either a 'label' column (class index or name) or one 0/1 column per label")
 
@@ -83,7 +84,7 @@ def read_image_folder(task, root: Path, img_size: int = 0, explicit: bool = True
     for split, folder in found.items():
         paths, labels = [], []
         for class_dir in sorted(c for c in folder.iterdir() if c.is_dir()):
-            files = find_files(class_dir, SUPPORTED_SUFFIXES)
+            files = sorted(find_files(class_dir, SUPPORTED_SUFFIXES) + unnamed_dicoms(class_dir))
             paths += files
             labels += [mapping[class_dir.name]] * len(files)
         if not paths:

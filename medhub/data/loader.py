@@ -9,7 +9,6 @@ lets ``--resume`` end where an uninterrupted run would.
 from __future__ import annotations
 
 import logging
-import os
 import re
 
 import numpy as np
@@ -196,7 +195,9 @@ def default_workers(device: torch.device) -> int:
     On a CPU the model's own threads use every core and the cached pipeline costs well under a millisecond
     per image, so worker processes would only compete with the model.
     """
-    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    from medhub.cpu import usable_cpus
+
+    return min(8, usable_cpus()) if device.type == "cuda" else 0
 
 
 def set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:

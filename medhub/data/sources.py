@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medhub.errors import DataError
+from medhub.schema import PixelRule
 
 SPLITS = ("train", "val", "test")
 
@@ -32,6 +33,7 @@ class SplitData:
     ids: list[str] | None = None
     source: str | None = None  # a cheap identity of ``images`` (file, size, mtime) instead of hashing them
     decoder: str | None = None  # a special decoder of medhub.data.images.DECODERS for ``paths`` (CT windows)
+    pixels: PixelRule | None = None  # how ``paths`` become grey levels (load_task_data sets the task's rule)
 
     def __post_init__(self) -> None:
         count = len(self.paths) if self.paths is not None else len(self.images)
@@ -55,6 +57,7 @@ class SplitData:
             source=f"{self.source}[{hashlib.sha256(np.asarray(pick).tobytes()).hexdigest()[:16]}]"
             if self.source else None,
             decoder=self.decoder,
+            pixels=self.pixels,
         )
 
     def fingerprint(self) -> str:

@@ -24,6 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from medhub.cpu import usable_cpus
 from medhub.errors import UsageError
 from medhub.grid import runner
 
@@ -88,7 +89,7 @@ class LocalExecutor(_Driver):
     """Worker processes on this machine (spawned; each imports torch once and runs many cells).
 
     Args:
-        workers: parallel cells; default ``cpu_count // cpus_per_run`` (and the GPU count allows).
+        workers: parallel cells; default usable cores (affinity, cgroup quota) ``// cpus_per_run`` (and the GPU count allows).
         cpus_per_run: torch threads per cell.
         gpus_per_run: whole GPUs per cell; each worker sees only its own through ``CUDA_VISIBLE_DEVICES``.
         max_retries: re-runs of a cell whose worker process died.
@@ -106,7 +107,7 @@ class LocalExecutor(_Driver):
                 "the local executor gives whole GPUs to a run; use --gpus-per-run 1 (or --executor ray)"
             )
         self.gpu_slots = self._gpu_slots()
-        default = max(1, (os.cpu_count() or 1) // self.cpus_per_run)
+        default = max(1, usable_cpus() // self.cpus_per_run)
         self.capacity = max(1, int(workers or default))
         if self.gpu_slots is not None:
             self.capacity = min(self.capacity, len(self.gpu_slots))
@@ -194,7 +195,7 @@ class RayExecutor(_Driver):
 
     Args:
         address: a cluster address; None starts a local instance sized by ``workers`` x ``cpus_per_run``.
-        workers: parallel cells on a local instance (default ``cpu_count // cpus_per_run``).
+        workers: parallel cells on a local instance (default usable cores (affinity, cgroup quota) ``// cpus_per_run``).
     """
 
     name = "ray"
@@ -212,7 +213,7 @@ class RayExecutor(_Driver):
         self.gpus_per_run = gpus_per_run
         self.workers = workers
         self.max_retries = max_retries
-        self.capacity = max(1, int(workers or (os.cpu_count() or 1) // max(1, cpus_per_run)))
+        self.capacity = max(1, int(workers or usable_cpus() // max(1, cpus_per_run)))
         self._remote = None
         self._local = False
 

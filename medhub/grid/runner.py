@@ -29,6 +29,7 @@ def prepare_worker(threads: int = 1, gpu_ids: str | None = None, parent_pid: int
     """
     global _PREPARED
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ["MEDHUB_THREADS"] = str(max(1, threads))  # each cell's run keeps this share (medhub.cpu)
     if gpu_ids is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_ids
     if parent_pid:

@@ -1,6 +1,8 @@
 """Publishing: create a Hub repo and commit a folder to it; the commit id is what medhub pins.
 
-Reads ``HF_ENDPOINT`` and ``HF_TOKEN`` at call time (so a server configured after import still applies).
+Reads ``HF_ENDPOINT`` and ``HF_TOKEN`` at call time (so a server configured after import still applies);
+every function also takes an explicit ``endpoint`` (``medhub mirror`` downloads from one Hub and publishes
+to another).
 Errors become one-line :class:`~medhub.errors.HubError` messages that never contain the token.
 """
 
@@ -16,22 +18,48 @@ from medhub.errors import HubError
 logger = logging.getLogger(__name__)
 
 
-def _api(token: str | None):
+def _api(token: str | None, endpoint: str | None = None):
     from huggingface_hub import HfApi
 
-    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    return HfApi(endpoint=(endpoint or os.environ.get("HF_ENDPOINT") or None), token=token)
 
 
-def repo_head(repo_id: str, *, token: str | None = None) -> str | None:
+def repo_head(repo_id: str, *, token: str | None = None, endpoint: str | None = None) -> str | None:
     """Commit id of ``main`` in ``repo_id``, or None when the repo does not exist."""
     from huggingface_hub import errors
 
     try:
-        return _api(token).repo_info(repo_id, repo_type="model").sha
+        return _api(token, endpoint).repo_info(repo_id, repo_type="model").sha
     except errors.RepositoryNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - every client error becomes one medhub error
-        raise _upload_error(exc, repo_id, "read") from exc
+        raise _upload_error(exc, repo_id, "read", endpoint) from exc
+
+
+def remote_files(
+    repo_id: str, revision: str, *, token: str | None = None, endpoint: str | None = None
+) -> dict[str, tuple[str | None, str]]:
+    """``{path: (sha256 of an LFS file or None, git blob id)}`` of every file of ``repo_id`` at ``revision``."""
+    try:
+        tree = _api(token, endpoint).list_repo_tree(repo_id, revision=revision, recursive=True, repo_type="model")
+        files = {}
+        for item in tree:
+            if hasattr(item, "blob_id"):
+                lfs = getattr(item, "lfs", None)
+                files[item.path] = (lfs.sha256 if lfs else None, item.blob_id)
+        return files
+    except Exception as exc:  # noqa: BLE001
+        raise _upload_error(exc, repo_id, "list the files of", endpoint) from exc
+
+
+def create_tag(
+    repo_id: str, tag: str, revision: str, *, token: str | None = None, endpoint: str | None = None
+) -> None:
+    """Tag ``revision`` of ``repo_id`` as ``tag`` (an existing tag is left as it is)."""
+    try:
+        _api(token, endpoint).create_tag(repo_id, tag=tag, revision=revision, repo_type="model", exist_ok=True)
+    except Exception as exc:  # noqa: BLE001
+        raise _upload_error(exc, repo_id, f"tag {tag} in", endpoint) from exc
 
 
 def upload_folder(
@@ -41,6 +69,7 @@ def upload_folder(
     private: bool = False,
     commit_message: str = "Upload with medhub push",
     token: str | None = None,
+    endpoint: str | None = None,
 ) -> str:
     """Create ``repo_id`` if needed and commit every file of ``folder`` to its ``main`` branch.
 
@@ -50,13 +79,14 @@ def upload_folder(
         private: create the repo private (an existing repo keeps its visibility).
         commit_message: summary of the commit.
         token: Hub token; ``None`` uses ``HF_TOKEN`` or the saved login.
+        endpoint: the Hub's URL; default ``HF_ENDPOINT`` (else huggingface.co).
 
     Returns:
         The 40-hex commit id of the new commit.
     """
     folder = Path(folder)
-    api = _api(token)
-    existed = repo_head(repo_id, token=token) is not None
+    api = _api(token, endpoint)
+    existed = repo_head(repo_id, token=token, endpoint=endpoint) is not None
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         info = api.upload_folder(
@@ -66,7 +96,7 @@ def upload_folder(
         if not existed:  # leave no empty repo behind a failed push
             with contextlib.suppress(Exception):
                 api.delete_repo(repo_id, repo_type="model", missing_ok=True)
-        raise _upload_error(exc, repo_id, "upload to") from exc
+        raise _upload_error(exc, repo_id, "upload to", endpoint) from exc
     commit = info.oid
     logger.info(
         "committed %s to %s at %s", ", ".join(sorted(p.name for p in folder.iterdir())), repo_id, commit
@@ -74,12 +104,12 @@ def upload_folder(
     return commit
 
 
-def _upload_error(exc: Exception, repo_id: str, action: str) -> Exception:
+def _upload_error(exc: Exception, repo_id: str, action: str, endpoint: str | None = None) -> Exception:
     from huggingface_hub import errors
 
     if not isinstance(exc, (OSError, errors.HfHubHTTPError, ValueError)):
         return exc  # a programming error: let it surface unchanged
-    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if status in (401, 403):
         hint = "the Hub refused the credentials: set HF_TOKEN to a token with write access"

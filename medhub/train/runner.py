@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from medhub._io import atomic_write_text
+from medhub.cpu import torch_threads
 from medhub.data.cache import CachedSplit, cached_split
 from medhub.data.loader import default_workers, make_loader, train_transform
 from medhub.data.progress import Progress
@@ -19,7 +20,7 @@ from medhub.train import metrics
 from medhub.train.loop import FitConfig, evaluate, fit
 from medhub.train.network import build_network, is_random
 from medhub.train.report import build_report, plot_learning_curves, plot_roc, write_json, write_markdown
-from medhub.train.state import deterministic
+from medhub.train.state import deterministic, run_threads
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,10 @@ def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, se
     if resume and result_path.is_file():
         log.info("%s already finished; kept", run_dir)
         return json.loads(result_path.read_text())
-    with deterministic(device, seed):
+    threads = run_threads(run_dir, resume)
+    log.info("%s: %d torch threads (%s; %d usable cores, %.1f busy elsewhere)", run_dir.name, threads.threads,
+             threads.source, threads.usable, threads.busy)
+    with deterministic(device, seed), torch_threads(threads.threads):
         return _run(model, task, data, splits, plan, seed=seed, run_dir=run_dir, device=device, resume=resume,
                     arch=arch, progress=progress, in_chans=in_chans, label=label or run_dir.name)
 
@@ -96,6 +100,7 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         network = network.to(memory_format=torch.channels_last)
     config = fit_config(task, plan, channels=_input_channels(network), normalization=_normalization(network, plan,
                         model), device=device, seed=seed)
+    _check_last_batch(network, len(splits["train"]), plan.batch_size)
     workers = default_workers(device)
     common = dict(batch_size=plan.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     augment = _train_augment(plan, config.segmentation)
@@ -120,10 +125,25 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         "seconds": sum(h["seconds"] for h in outcome.history) + time.perf_counter() - started,
         "resumed_after_epoch": outcome.resumed_from, "history": outcome.history,
         "checkpoint": str(run_dir / "best.safetensors"),
-        "input": {"channels": config.channels, "normalization": config.normalization, "device": str(device)},
+        "input": {"channels": config.channels, "normalization": config.normalization, "device": str(device),
+                  "threads": torch.get_num_threads()},
     }
     atomic_write_text(result_path, json.dumps(result, indent=1, default=lambda v: None))
     return result
+
+
+def _check_last_batch(network: torch.nn.Module, count: int, batch_size: int) -> None:
+    """A last training batch of one sample cannot pass BatchNorm in training mode (e.g. UperNet's 1x1 pyramid bin).
+
+    Raises:
+        UsageError: ``count % batch_size == 1`` for a network with BatchNorm layers.
+    """
+    if count > 1 and count % batch_size == 1 and any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in network.modules()):
+        from medhub.errors import UsageError
+
+        raise UsageError(f"{count} training samples in batches of {batch_size} leave a last batch of 1, which "
+                         f"BatchNorm cannot train on; pass --batch-size {batch_size + 1} (or another size)")
 
 
 def _train_augment(plan, segmentation: bool):

@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 from medhub._io import atomic_open
+from medhub.cpu import ThreadChoice, choose_threads
 from medhub.errors import DataError
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 BEST_FILE = "best.safetensors"
+THREADS_FILE = "threads.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -58,6 +60,29 @@ def deterministic(device: torch.device, seed: int) -> Iterator[None]:
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch: resuming at any epoch reproduces the RNG stream of an uninterrupted run."""
     return (seed * 7919 + epoch * 104_729) % (2**31)
+
+
+def run_threads(run_dir: Path, resume: bool) -> ThreadChoice:
+    """The intra-op thread count of the run in ``run_dir``: the saved one when resuming, else a fresh
+    :func:`medhub.cpu.choose_threads` (written to ``run_dir/threads.json``).
+
+    A run keeps one count from start to end, across ``--resume`` too: the count changes floating-point
+    summation order, and a resumed run must end where an uninterrupted one would.
+    """
+    import json
+
+    from medhub._io import atomic_write_text
+
+    path = run_dir / THREADS_FILE
+    if resume and path.is_file():
+        try:
+            return ThreadChoice(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            log.warning("%s is unreadable; choosing the thread count again", path)
+    choice = choose_threads()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(choice.as_dict()))
+    return choice
 
 
 def rng_states() -> dict[str, Any]:
