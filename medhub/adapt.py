@@ -53,8 +53,14 @@ def _base_entry(base: str) -> Checkpoint | None:
 def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str | os.PathLike,
           new_id: str | None = None, epochs: int | None = None, batch_size: int | None = None,
           lr: float | None = None, img_size: int | None = None, device: str = "auto", seed: int = 0,
-          resume: bool = False, arch: str | None = None, progress: bool | str = True) -> dict[str, Any]:
+          resume: bool = False, arch: str | None = None, progress: bool | str = True,
+          overlay: str | os.PathLike | None = None) -> dict[str, Any]:
     """Fine-tune ``base`` on ``task``, save its backbone to ``out`` and register it as ``new_id``.
+
+    ``overlay`` is the registry overlay file the new entry goes into (default: the user's
+    ``~/.config/medhub/registry.d/user.yaml``); a throwaway ``out`` (an example, a test) should name its own
+    overlay, so the user's registry never points at a folder that will vanish. Add that file to
+    ``MEDHUB_REGISTRY`` to load the new id.
 
     Returns:
         ``{"id", "out", "lineage", "val_metric", "test_metric", "epochs"}``.
@@ -83,6 +89,8 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
     torch_device = pick_device(device)
     check_input_size(base, img_size or task_entry.protocol.img_size, arch=arch)
     out_dir = check_output_dir(out, "--out").resolve()
+    if overlay is not None and Path(overlay).is_dir():
+        raise UsageError(f"--overlay {overlay} is a folder; pass the overlay file to write (e.g. {overlay}/mine.yaml)")
     if resume and not (out_dir / "training").is_dir():
         raise UsageError(f"--resume: {out_dir} holds no adaptation to continue; drop --resume to start one there")
     existed = out_dir.exists()
@@ -111,7 +119,7 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
     atomic_write_text(out_dir / "README.md", _card(entry))
     from medhub.registry import write_overlay_entry
 
-    overlay = write_overlay_entry(entry)
+    overlay = write_overlay_entry(entry, Path(overlay).resolve() if overlay is not None else "user.yaml")
     log.info("registered %s in %s", model_id, overlay)
     return {"id": model_id, "out": str(out_dir), "overlay": str(overlay),
             "lineage": [s.model_dump(mode="json", exclude_none=True) for s in lineage],

@@ -41,7 +41,8 @@ BOUNDS: dict[str, Bound] = {
     "port": Bound(0, 65_535),
     "max_upload_mb": Bound(1, 10_000_000),
     "min_age_hours": Bound(0, 1_000_000),
-    "n_images": Bound(2, 1_000_000),  # medhub rank's sample: two images at the very least for any score
+    "n_images": Bound(2, 1_000_000),
+    "frame": Bound(0, 100_000),  # 0-based frame of a multi-frame DICOM/TIFF  # medhub rank's sample: two images at the very least for any score
 }
 
 

@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "units after the rescale (HU for CT), e.g. --window=-600,1500 (lung); bounds map onto 0..255")
     p.add_argument("--voi-function", choices=["LINEAR", "LINEAR_EXACT", "SIGMOID"],
                    help="the DICOM VOI LUT Function of --window (default LINEAR)")
-    p.add_argument("--frame", type=int, metavar="N", help="read frame N (0-based) of multi-frame DICOM/TIFF "
+    p.add_argument("--frame", type=cli_type("frame"), metavar="N", help="read frame N (0-based) of multi-frame DICOM/TIFF "
                    "files (default: such files are refused)")
     p.add_argument("--out", help="output folder")
     _common(p)
@@ -69,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("task", help="task id whose labels train the backbone")
     p.add_argument("--out", required=True, help="folder for the new checkpoint")
     p.add_argument("--id", dest="new_id", help="registry id of the new checkpoint (default: <base>_<task>)")
+    p.add_argument("--overlay", help="registry overlay file to register it in (default: "
+                   "~/.config/medhub/registry.d/user.yaml; add another file to MEDHUB_REGISTRY to use it)")
     _common(p)
     p.set_defaults(func=cmd_adapt)
 
@@ -123,7 +125,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     result = adapt(
         args.base, args.task, data_dir=args.data_dir, out=args.out, new_id=args.new_id, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, device=args.device, seed=args.seed,
-        resume=args.resume, arch=args.arch, progress=_progress(args),
+        resume=args.resume, arch=args.arch, progress=_progress(args), overlay=args.overlay,
     )
     if args.json:
         print_json(result)
