@@ -6,8 +6,10 @@ trainer (:func:`medhub.train.loop.train_epoch` over :func:`medhub.data.loader.ma
 uint8 split) for a few batches and reports its median step time. Sides, each a new interpreter so that the
 thread count is set before torch starts working:
 
-* ``auto``: medhub's default, :func:`medhub.cpu.choose_threads` (what ``medhub reproduce`` runs with);
-* ``t1``, ``t2``, ...: ``torch.set_num_threads(k)`` for every ``k`` up to the usable cores, chosen by hand.
+* ``auto``: medhub's default as ``medhub reproduce`` runs: ``import medhub`` before torch (OpenMP threads
+  sleep when idle, ``OMP_WAIT_POLICY=PASSIVE``) and :func:`medhub.cpu.choose_threads`;
+* ``1``, ``2``, ...: torch imported first with its defaults, then ``torch.set_num_threads(k)``, for every
+  ``k`` up to the usable cores: a user choosing the count by hand.
 
 Sides alternate order each round; per burner count the JSON gives every side's median step time,
 ``ratio_to_best`` (auto / the best hand-chosen count; goal <= 1.1) and ``ratio_to_fair_share`` (auto /
@@ -30,8 +32,10 @@ from _common import emit, machine, median, note, parser
 
 _STEP_CODE = r"""
 import json, os, sys, time
-import numpy as np, torch
 threads = sys.argv[1]
+if threads == "auto":  # medhub's default: import medhub before torch, as the CLI does (OpenMP wait policy)
+    import medhub
+import numpy as np, torch
 from medhub.cpu import choose_threads
 choice = choose_threads(None if threads == "auto" else int(threads))
 torch.set_num_threads(choice.threads)
@@ -76,7 +80,7 @@ def stop(processes: list[subprocess.Popen]) -> None:
 def run_side(threads: str, batches: int, model: tuple[str, int, int]) -> dict:
     """One fresh interpreter training ``batches`` batches of ``model`` = (arch, image size, batch size) with
     ``threads`` (``auto`` or a count)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MEDHUB_THREADS", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MEDHUB_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     out = subprocess.run([sys.executable, "-c", _STEP_CODE, threads, str(batches), *map(str, model)],
                          capture_output=True, text=True, env=env, timeout=1800)
     if out.returncode != 0:

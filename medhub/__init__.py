@@ -12,9 +12,15 @@ Importing medhub is cheap: torch and timm are imported only when a function need
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# OpenMP threads that wait for work sleep instead of spinning (unless the user chose a policy): on a busy
+# machine, GNU OpenMP's default spin-wait made a 2-thread training step several times slower than 1 thread
+# (medhub/cpu.py, BENCHMARKS.md "contention"). Takes effect only when torch has not been imported yet.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # public name -> "module:attribute", resolved on first use
 _LAZY = {

@@ -457,14 +457,20 @@ def _check_strictly(
         and all(state[k].shape == own[k].shape for k in source_heads)
     )
     if head_fits:
-        report.classifier = f"kept ({source_classes} classes)"
+        report.classifier = f"kept ({_classes(source_classes)})"
+        weight = state.get(f"{heads[0]}.weight")
+        if weight is not None and not weight.is_meta and not bool(weight.count_nonzero()):
+            report.classifier = (
+                f"kept ({_classes(source_classes)}; its weights are all zeros, so every input gets the same "
+                "output: an untrained head)"
+            )
     else:
         for key in sorted(source_heads):
             del state[key]
         report.dropped += sorted(source_heads)
         size = own[f"{heads[0]}.weight"].shape[0] if f"{heads[0]}.weight" in own else 0
         origin = f"source had {source_classes}" if source_heads else "source had none"
-        report.classifier = f"re-initialised ({size} classes; {origin})" if size else f"none ({origin})"
+        report.classifier = f"re-initialised ({_classes(size)}; {origin})" if size else f"none ({origin})"
     weight_key = f"{conv}.weight" if conv else None
     if weight_key in state and weight_key in own and state[weight_key].shape[1] != own[weight_key].shape[1]:
         before = state[weight_key].shape[1]
@@ -499,6 +505,10 @@ def _check_strictly(
         )
     report.missing = fresh
     return fresh
+
+
+def _classes(count: int | None) -> str:
+    return f"{count} class" if count == 1 else f"{count} classes"
 
 
 def _short(keys: list[str], limit: int = 12) -> str:

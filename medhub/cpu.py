@@ -13,6 +13,11 @@ runs as many threads as there are cores nobody else is using, never more than th
 * an explicit choice wins: ``MEDHUB_THREADS`` (or ``OMP_NUM_THREADS``, which torch honours anyway), or the
   ``threads`` argument of :func:`choose_threads`.
 
+OpenMP's wait policy: ``import medhub`` sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets a policy,
+so threads waiting at the end of a parallel region sleep instead of spinning on cores another process needs
+(GNU OpenMP reads it once, when torch loads its runtime: import medhub before torch, or set it yourself).
+:func:`openmp_wait_policy` says what the running process got.
+
 The choice is made once per run and kept for the whole run (saved with the training state, so ``--resume``
 continues with the same count): a different thread count changes floating-point summation order, and the
 same seed must give the same numbers.
@@ -144,6 +149,11 @@ def choose_threads(threads: int | None = None, *, measure: bool = True) -> Threa
     # busy threads fill the cores outside this process's share first (an optimistic, cheap estimate)
     busy_here = max(0.0, busy - (total - usable))
     return ThreadChoice(max(1, min(usable, round(usable - busy_here))), usable, round(busy, 2), "auto")
+
+
+def openmp_wait_policy() -> str:
+    """The OpenMP wait policy this process asked for (``OMP_WAIT_POLICY``; GNU OpenMP's default otherwise)."""
+    return os.environ.get("OMP_WAIT_POLICY", "default (spin, then sleep)")
 
 
 @contextlib.contextmanager

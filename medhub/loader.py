@@ -251,10 +251,17 @@ def _load_folder(
         cfg["mean"], cfg["std"] = fit_stats(cfg["mean"], in_chans), fit_stats(cfg["std"], in_chans)
         cfg["input_size"] = (in_chans, *tuple(cfg.get("input_size", (3, 224, 224)))[1:])
     summary = LoadSummary(name, source=f"folder {folder}" if pretrained else None)
-    return _build(
+    model = _build(
         arch, state_dict if pretrained else None, summary, num_classes=classes, in_chans=in_chans,
         pretrained_cfg=cfg, timm_kwargs={**(config.get("model_args") or {}), **timm_kwargs},
     )  # fmt: skip
+    written = str((config.get("medhub") or {}).get("classifier") or "")
+    if written.startswith("re-initialised") and summary.load.classifier.startswith("kept"):
+        # the folder's head is the random one `medhub convert --num-classes` created: never call it trained
+        summary.load.classifier = summary.load.classifier[:-1] + (
+            "; created at random when the folder was written, never trained)"
+        )
+    return model
 
 
 def _hub_folder(repo_id: str, revision: str | None, cache_dir, local_files_only: bool) -> Path:

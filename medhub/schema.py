@@ -217,8 +217,9 @@ class Protocol(Frozen):
     augment_pipeline: str | None = Field(None, description="a named augmentation pipeline, e.g. btl_segmentation "
                                          "(albumentations, medhub.data.seg_augment)")
     augment_val: bool = Field(False, description="the training augmentation is applied to the validation split too")
-    image_resize: str = Field("bilinear", description="how images are resized to img_size: bilinear or nearest "
-                              "(cv2 INTER_NEAREST, image and mask)")
+    image_resize: Literal["bilinear", "nearest", "linear"] = Field(
+        "bilinear", description="how images are resized to img_size: bilinear (PIL, antialiased; masks nearest), "
+        "nearest (cv2 INTER_NEAREST, image and mask) or linear (cv2 INTER_LINEAR, mask thresholded at 127)")
     decoder: str | None = Field(None, description="segmentation decoder: unet or upernet; None: the released "
                                 "choice for the backbone (UperNet for ConvNeXt/Swin, U-Net otherwise)")
     source: str | None = None

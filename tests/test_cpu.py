@@ -95,3 +95,13 @@ def test_a_run_keeps_its_thread_count_across_resume(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("MEDHUB_THREADS", "2")
     assert run_threads(tmp_path, resume=True) == first  # the saved count, not today's choice
     assert run_threads(tmp_path, resume=False).threads == 2  # a new run chooses again
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_import_medhub_makes_openmp_threads_sleep_unless_the_user_chose(given: str | None, expected: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, medhub; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == expected

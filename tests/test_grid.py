@@ -183,3 +183,22 @@ def test_reading_a_missing_results_database_creates_nothing(tmp_path, capsys):
     assert main(["results", "--db", url]) == 2
     assert "no such results database" in capsys.readouterr().err
     assert not (tmp_path / "absent").exists()
+
+
+def test_rows_fetch_only_the_report_keys_asked_for(tmp_path):
+    """report_keys: the database extracts the fields; they equal the full report's, absent ones are None."""
+    store = ResultStore(str(tmp_path / "r.db"))
+    cells = expand_grid(["random:a"], ["t"], [1.0], runs=2)
+    store.add_cells(cells)
+    report = {**_report(0.8, 0), "reported": {"mean": 0.9, "std": 0.01, "source": "x", "setting": {"a": [1, 2]}},
+              "verdict": "not reproduced"}
+    assert store.claim(cells[0].key) and store.mark_done(cells[0].key, report)
+    full = {r["key"]: r for r in store.rows()}
+    part = {r["key"]: r for r in store.rows(report_keys=("reported", "verdict", "absent"))}
+    assert part[cells[0].key]["report"] == {"reported": report["reported"], "verdict": "not reproduced", "absent": None}
+    assert full[cells[0].key]["report"]["reported"] == report["reported"]
+    assert part[cells[1].key]["report"] is None  # pending: no report
+    assert {k: v for k, v in part[cells[0].key].items() if k != "report"} == \
+        {k: v for k, v in full[cells[0].key].items() if k != "report"}
+    with pytest.raises(ValueError):
+        store.rows(report_keys=("x') OR 1=1 --",))

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
+from pg_server import PG_BIN, postgres_available, throwaway_postgres
 
 from medhub.cli import main
 from medhub.grid.cells import expand_grid
@@ -23,12 +19,6 @@ from medhub.grid.run import plan_grid
 from medhub.grid.store import RUNNING, ResultStore
 
 pytestmark = pytest.mark.slow
-PG_BIN = Path(os.environ.get("MEDHUB_PG_BIN", "/usr/local/bin"))
-
-
-def _as_server_user(cmd: str) -> list[str]:
-    """PostgreSQL refuses to run as root: run its tools as the ``postgres`` user then."""
-    return ["su", "postgres", "-c", cmd] if os.geteuid() == 0 else ["sh", "-c", cmd]
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +26,10 @@ def pg_url():
     pytest.importorskip(
         "psycopg", reason="the psycopg driver is not installed (pip install 'medhub[postgres]')"
     )
-    if not (PG_BIN / "pg_ctl").exists() or not (PG_BIN / "initdb").exists():
+    if not postgres_available():
         pytest.skip(f"no PostgreSQL server binaries in {PG_BIN} (set MEDHUB_PG_BIN)")
-    root = Path(tempfile.mkdtemp(prefix="medhub-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", 54000 + os.getpid() % 1000
-    subprocess.run(
-        _as_server_user(f"{PG_BIN}/initdb -D {data} -A trust -U medhub"), check=True, capture_output=True
-    )
-    start = f"{PG_BIN}/pg_ctl -D {data} -o '-k {root} -p {port} -c listen_addresses=' -l {root}/log -w start"
-    subprocess.run(_as_server_user(start), check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://medhub@/postgres?host={root}&port={port}"
-    finally:
-        subprocess.run(_as_server_user(f"{PG_BIN}/pg_ctl -D {data} -m fast stop"), capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with throwaway_postgres() as url:
+        yield url
 
 
 def _fresh(url: str) -> ResultStore:
@@ -98,6 +76,9 @@ def test_resume_and_results_on_postgres(pg_url, capsys):
         cells[0].key, {"metric": "auc", "runs": [{"metric": 0.0}]}
     )  # never overwritten
     assert plan_grid(store, cells, resume=True) == []
+    picked = {r["key"]: r["report"] for r in store.rows(report_keys=("mean", "runs", "absent"))}
+    full = {r["key"]: r["report"] for r in store.rows()}
+    assert picked == {k: {"mean": v["mean"], "runs": v["runs"], "absent": None} for k, v in full.items()}
     assert main(["results", "--db", pg_url, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [(e["model"], e["n"]) for e in data["matrix"]] == [("random:a", 2), ("random:b", 2)]

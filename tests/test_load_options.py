@@ -245,3 +245,30 @@ def test_in_chans_on_convert_file_and_a_one_channel_source(tmp_path):
     x = torch.randn(1, 1, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x), gray.eval()(x), atol=1e-5)
+
+
+# ---- the contract stays strict -------------------------------------------------------------------------
+
+
+def test_options_do_not_loosen_the_contract(tmp_path):
+    path, _ = _tv_resnet_file(tmp_path)
+    with pytest.raises(ConversionError, match="do not fit 'resnet34'"):
+        medhub.load(path, arch="resnet34", features_only=True)
+    arch = "vit_small_patch16_224"
+    src = om.randomize(timm.create_model(arch, img_size=64, num_classes=0, **VIT_KW), 16)
+    vit = _save(tmp_path / "vit.pth", src.state_dict())
+    with pytest.raises(ConversionError, match="do not fit .* with other shapes"):
+        medhub.load(vit, arch=arch, img_size=32, embed_dim=96, depth=2, num_heads=3)
+    with pytest.raises(medhub.errors.UsageError, match="out_indices only applies with features_only=True"):
+        medhub.load(path, arch="resnet18", out_indices=(1, 2))
+
+
+def test_a_timm_swin_at_another_window_has_its_tables_resized_and_reported(tmp_path):
+    arch, kw = "swin_tiny_patch4_window7_224", dict(om.SWIN)
+    src = om.randomize(timm.create_model(arch, num_classes=0, **kw), 17)
+    path = _save(tmp_path / "swin.pth", src.state_dict())
+    model = medhub.load(path, arch=arch, img_size=192, window_size=6, **kw)
+    adapted = model.medhub_load_report.load.adapted
+    assert any("relative_position_bias_table 13x13 -> 11x11 (window 7 -> 6)" in a for a in adapted)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 192, 192)).shape == (1, 96)

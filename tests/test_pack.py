@@ -201,11 +201,10 @@ def members(path: Path) -> dict[str, bytes]:
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``root`` with its size and mtime (to show that nothing changed)."""
+    """Every file and folder under ``root`` with its size and mtime (to show that nothing changed)."""
     return {
-        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        str(p.relative_to(root)): (p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
         for p in sorted(root.rglob("*"))
-        if p.is_file()
     }
 
 
@@ -419,14 +418,8 @@ HOSTILE = {
 }  # fmt: skip
 
 
-def nothing_written(env_root: Path, *extra: Path) -> None:
-    assert not (env_root / "medhub").exists() and not (env_root / ".config").exists()
-    for path in extra:
-        assert not path.exists()
-
-
 @pytest.mark.parametrize("kind", [*HOSTILE, "huge size", "truncated", "manifest not first"])
-def test_hostile_or_damaged_archive_is_refused_and_nothing_is_written(small_pack, tmp_path, kind):
+def test_hostile_or_damaged_archive_is_refused_and_nothing_is_written(small_pack, tmp_path, kind, capsys):
     bad = tmp_path / f"{kind.replace(' ', '_')}.tar"
     if kind in HOSTILE:
         edit, expected = HOSTILE[kind]
@@ -449,19 +442,18 @@ def test_hostile_or_damaged_archive_is_refused_and_nothing_is_written(small_pack
     else:
         rebuild(small_pack, bad, lambda items: items[1:] + items[:1])
         expected = "its first member must be manifest.json"
-    root = tmp_path / "victim"
-    env = machine(root)
-    for args in (["--cache"], ["--to-store", str(root / "store")]):
-        done = run_medhub(env, "unpack", str(bad), *args)
-        assert done.returncode == 2, done.stdout
-        assert expected in done.stderr and "nothing was written" in done.stderr, done.stderr
-        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
-        nothing_written(
-            root,
-            root / "store",
-            tmp_path / "evil.txt",
-            Path("/tmp/evil.txt") if kind == "absolute" else root / "x",
-        )
+    home = Path(os.environ["HOME"])  # this test's own HOME: caches, config and overlays all live under it
+    before = tree_state(home)
+    for args in (
+        ["--cache"],
+        ["--to-store", str(home / "store")],
+        ["--to-store", str(home / "s2"), "--overlay", str(home / "o.yaml")],
+    ):
+        assert cli(["unpack", str(bad), *args]) == 2
+        out, err = capsys.readouterr()
+        assert expected in err and "nothing was written" in err and err.count("\n") == 1 and not out, err
+        assert tree_state(home) == before
+    assert not (tmp_path.parent / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
 
 
 # ---- mirror ------------------------------------------------------------------------------------------------
@@ -508,3 +500,31 @@ def test_mirror_publishes_skips_unchanged_and_reports_failures(site_a, tmp_path,
         site.stop()
     assert torch.equal(got[MOCO_ID], expected[MOCO_ID]) and torch.equal(got[HUB_ID], expected[HUB_ID])
     assert f"{MOCO_ID} medhub_hf medhub/{MOCO_ID}@{pinned[MOCO_ID][0]['revision'][:7]}" in stdout
+
+
+def test_mirror_to_an_unreachable_hub_stops_before_converting(site_a, tmp_path, capsys):
+    from hub_fixture import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    assert (
+        cli(
+            [
+                "mirror",
+                "*packtest*",
+                "--endpoint",
+                endpoint,
+                "--accept-terms",
+                "--overlay",
+                str(tmp_path / "o.yaml"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1
+        and "Connection refused" in err
+        and "nothing was mirrored" in err
+        and endpoint in err
+    )
+    assert site_a["server"].requests == [] and not (tmp_path / "o.yaml").exists()

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from medhub.errors import RegistryError, UnknownModelError, UnknownTaskError
 from medhub.registry import builtin_registry_path, load_registry, merge, write_overlay_entry
@@ -151,3 +152,24 @@ def test_an_overlay_may_fulfil_a_recipe_only_checkpoint():
     assert "swin_base_imagenet21k_chestx" in fulfilled.aliases
     with pytest.raises(RegistryError, match="already defined"):  # a published entry is never replaced
         write_overlay_entry(made.model_copy(update={"id": "resnet50_imagenet1k"}))
+
+
+def test_overlay_mirrors_are_tried_first_and_unknown_ids_are_skipped(tmp_path, monkeypatch, caplog):
+    from medhub.weights import ordered_sources
+
+    digest = "ab" * 32
+    overlay = tmp_path / "site.yaml"
+    mirror = {"kind": "medhub_hf", "repo": "medhub/resnet50_imagenet1k", "revision": "c" * 40,
+              "filename": "model.safetensors", "format": "timm", "sha256": digest}  # fmt: skip
+    overlay.write_text(yaml.safe_dump({"version": 1, "mirrors": {"resnet50_imagenet1k": [mirror],
+                                                                  "no_such_checkpoint": [mirror]}}))  # fmt: skip
+    monkeypatch.setenv("MEDHUB_REGISTRY", str(overlay))
+    with caplog.at_level("WARNING"):
+        entry = load_registry().get_model("resnet50_imagenet1k")
+    assert "mirrors for unknown checkpoint 'no_such_checkpoint' skipped" in caplog.text
+    builtin = merge([builtin_registry_path()]).get_model("resnet50_imagenet1k")
+    assert entry.mirrors[0].revision == "c" * 40 and entry.sources == builtin.sources
+    assert ordered_sources(entry)[0] == entry.mirrors[0] and ordered_sources(entry)[1:] == ordered_sources(builtin)
+    overlay.write_text(yaml.safe_dump({"version": 1, "mirrors": {"resnet50_imagenet1k": [{"kind": "medhub_hf"}]}}))
+    with pytest.raises(RegistryError, match="mirrors.resnet50_imagenet1k: .*repo"):
+        load_registry()

@@ -39,6 +39,8 @@ def test_unet_resnet50_is_smps_unet_with_the_released_decoder():
     reference = smp.Unet("tu-resnet50", encoder_weights=None, decoder_channels=(256, 128, 64, 32, 16),
                          decoder_interpolation="nearest", classes=1)
     assert _count(network) == _count(reference) == 32_521_105
+    # smp's own torchvision-style ResNet-50 U-Net, the construction of the released code (smp.Unet('resnet50'))
+    assert _count(smp.Unet("resnet50", encoder_weights=None)) == 32_521_105
     assert [block.conv2[0].out_channels for block in network.decoder.blocks] == [256, 128, 64, 32, 16]
     assert all(block.interpolation_mode == "nearest" for block in network.decoder.blocks)
     assert network.segmentation_head[0].kernel_size == (3, 3)
@@ -195,3 +197,19 @@ def test_registry_recipes_per_architecture_family_and_unknown_splits():
     for task in ("montgomery_lung", "siim_pneumothorax", "usbreast"):
         assert registry.get_task(task).split_unknown
     assert registry.get_task("scr_heart").split_unknown is None
+
+
+def test_opencv_resizes_as_the_released_loaders():
+    from PIL import Image
+
+    from medhub.data.images import resize_cv2
+
+    image = np.arange(36, dtype=np.uint8).reshape(6, 6)
+    # INTER_NEAREST takes source pixel floor(x * 3): rows/columns 0 and 3; PIL's NEAREST samples centres (1, 4)
+    assert resize_cv2("nearest", image, 2).tolist() == [[0, 3], [18, 21]]
+    assert np.asarray(Image.fromarray(image).resize((2, 2), Image.Resampling.NEAREST)).tolist() == [[7, 10], [25, 28]]
+    mask = np.zeros((4, 4), np.uint8)
+    mask[:, 1:] = 1  # linear: 0/255 resized, thresholded at 127 (DRIVE loader, Version1/dataloader.py:356-358)
+    assert resize_cv2("linear", mask, 2, mask=True).tolist() == [[1, 1], [1, 1]]
+    with pytest.raises(ValueError, match="unknown OpenCV resize mode"):
+        resize_cv2("cubic", image, 2)

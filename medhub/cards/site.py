@@ -41,12 +41,12 @@ def load_reproduced(db_url: str) -> list[ReportedResult]:
     Each comes back as a :class:`ReportedResult` whose ``source`` starts with ``"reproduced"``; the site
     marks those rows and draws them beside the published numbers. Values off the 0-1 scale are skipped.
     """
-    from medhub.grid.analysis import summarize
+    from medhub.grid.analysis import REPORT_KEYS, summarize
     from medhub.grid.store import ResultStore
 
     store = ResultStore(db_url, create=False)
     try:
-        matrix = summarize(store.rows(status="done"))["matrix"]
+        matrix = summarize(store.rows(status="done", report_keys=REPORT_KEYS))["matrix"]
     finally:
         store.close()
     results = []

@@ -203,7 +203,7 @@ def show_db_results(args: argparse.Namespace) -> int:
         check_output_dir(args.plots, "--plots")
     store = ResultStore(args.db, create=False)
     try:
-        rows = store.rows(task=args.task, model=getattr(args, "model", None))
+        rows = store.rows(task=args.task, model=getattr(args, "model", None), report_keys=analysis.REPORT_KEYS)
     finally:
         store.close()
     summary = analysis.summarize(rows, baseline=getattr(args, "baseline", None))

@@ -40,6 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--label-names", default=None, help="comma-separated class names for a kept classifier"
     )
+    parser.add_argument(
+        "--prefix",
+        default=None,
+        help="wrapper prefix to strip instead of searching for it, e.g. model. or module.backbone. "
+        "(CONTAINER/PREFIX also picks the entry, e.g. state_dict_ema/; '' for none)",
+    )
+    parser.add_argument(
+        "--key-map",
+        action="append",
+        default=[],
+        metavar="REGEX=REPLACEMENT",
+        help="rename keys after the prefix is stripped (the names a 'do not fit' error lists); repeatable, "
+        r"applied in order, e.g. '^head\.=fc.'",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
 
@@ -57,6 +71,17 @@ def _model_args(pairs: list[str]) -> dict:
     return out
 
 
+def _key_map(pairs: list[str]) -> list[tuple[str, str]]:
+    """``REGEX=REPLACEMENT`` strings -> pairs, split at the last ``=`` (a replacement is a key name)."""
+    out = []
+    for pair in pairs:
+        pattern, sep, replacement = pair.rpartition("=")
+        if not sep or not pattern:
+            raise UsageError(f"--key-map expects REGEX=REPLACEMENT, got '{pair}'")
+        out.append((pattern, replacement))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Convert, load strictly, write the folder, print the report."""
     from medhub._io import check_output_dir
@@ -66,8 +91,16 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_dir(args.output, "-o")
     model_args = _model_args(args.model_arg)
+    options = sorted(set(model_args) & {"features_only", "out_indices", "feature_cls"})
+    if options:
+        raise UsageError(
+            f"--model-arg {', '.join(options)}: convert writes the whole network; pass "
+            f"{options[0]}= when loading the folder (medhub.load or timm.create_model)"
+        )
     labels = [s.strip() for s in args.label_names.split(",")] if args.label_names else None
-    state, conversion = convert_file(args.path, fmt=args.fmt, arch=args.arch, **model_args)
+    state, conversion = convert_file(
+        args.path, fmt=args.fmt, arch=args.arch, prefix=args.prefix, key_map=_key_map(args.key_map), **model_args
+    )
     model, report = create_model(
         args.arch,
         state,

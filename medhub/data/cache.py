@@ -23,7 +23,15 @@ from filelock import FileLock
 
 from medhub._io import atomic_write_text, sha256_file
 from medhub.cpu import usable_cpus
-from medhub.data.images import pixel_record, read_image, read_mask, resize, resize_cv2_nearest, set_channels
+from medhub.data.images import (
+    RESIZE_MODES,
+    pixel_record,
+    read_image,
+    read_mask,
+    resize,
+    resize_cv2,
+    set_channels,
+)
 from medhub.data.paths import cache_root
 from medhub.data.progress import BAR, Progress, progress_mode, say
 from medhub.data.sources import SplitData
@@ -49,19 +57,24 @@ class CachedSplit:
 
 
 def _decode(split: SplitData, index: int, size: int, channels: int,
-            nearest: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+            mode: str = "bilinear") -> tuple[np.ndarray, np.ndarray | None]:
     if split.images is not None:  # MedMNIST arrays: upsampled with NEAREST, as MedMNIST v2's "(224)" runs did
         image = set_channels(split.images[index], channels)
-        image = resize(image, size, nearest=nearest or size > image.shape[0])
-    elif nearest:  # the benchmark's segmentation loaders: cv2.INTER_NEAREST on the full-size image
-        image = resize_cv2_nearest(read_image(split.paths[index], channels=channels, decoder=split.decoder,
+        image = resize(image, size, nearest=mode == "nearest" or size > image.shape[0])
+    elif mode != "bilinear":  # the benchmark's segmentation loaders: OpenCV on the full-size image
+        image = resize_cv2(mode, read_image(split.paths[index], channels=channels, decoder=split.decoder,
                                               rule=split.pixels), size)
     else:
         image = resize(read_image(split.paths[index], channels=channels, decoder=split.decoder, min_size=size,
                                   rule=split.pixels), size)
     image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
     mask = None
-    shrink = resize_cv2_nearest if nearest else (lambda array, side: resize(array, side, nearest=True))
+    if mode == "bilinear":
+        def shrink(array, side):
+            return resize(array, side, nearest=True)
+    else:
+        def shrink(array, side):
+            return resize_cv2(mode, array, side, mask=True)
     if isinstance(split.masks, np.ndarray):
         mask = shrink(split.masks[index], size)
     elif split.masks is not None:
@@ -99,7 +112,7 @@ def _gib(n: int) -> str:
 
 
 def _build(split: SplitData, size: int, channels: int, target: Path, mask_target: Path | None,
-           progress: Progress, label: str, nearest: bool = False) -> None:
+           progress: Progress, label: str, mode: str = "bilinear") -> None:
     """Decode every sample into temporary .npy files (threads), then rename them into place."""
     from tqdm.auto import tqdm
 
@@ -115,7 +128,7 @@ def _build(split: SplitData, size: int, channels: int, target: Path, mask_target
         say(progress, f"{label}: building the decode-once cache ({count} images; later runs reuse it)")
         with ThreadPoolExecutor(workers) as pool, tqdm(total=count, desc=label, unit="img",
                                                        disable=progress_mode(progress) != BAR, leave=False) as bar:
-            for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels, nearest), range(count))):
+            for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels, mode), range(count))):
                 images[i] = image
                 if masks is not None:
                     masks[i] = mask
@@ -140,11 +153,11 @@ def pixels_used(split: SplitData) -> dict | None:
     return pixel_record(split.pixels) if split.paths is not None else None
 
 
-def cache_key(task_id: str, split: SplitData, size: int, channels: int, nearest: bool = False) -> str:
+def cache_key(task_id: str, split: SplitData, size: int, channels: int, mode: str = "bilinear") -> str:
     """Hex digest naming the cached array: changes with the source fingerprint, the pixel rule, size, channels,
     resampling and version."""
     parts = [CACHE_VERSION, task_id, split.name, size, channels, split.fingerprint(), pixels_used(split)]
-    text = json.dumps(parts + (["nearest"] if nearest else []), sort_keys=True)
+    text = json.dumps(parts + ([mode] if mode != "bilinear" else []), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -160,31 +173,38 @@ def _valid(manifest_path: Path, target: Path, mask_target: Path | None, key: str
 
 
 def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, progress: Progress = True,
-                 root: Path | None = None, verify: bool = False, nearest: bool = False) -> CachedSplit:
+                 root: Path | None = None, verify: bool = False, resize_mode: str = "bilinear") -> CachedSplit:
     """The split decoded at ``size x size`` with ``channels``; built on first use, memory-mapped afterwards.
 
-    ``nearest``: resize images with nearest-neighbour sampling from full resolution, as the benchmark's
-    segmentation loaders do (``cv2.INTER_NEAREST``, BTL ``Version1/dataloader.py:313-314``); default bilinear.
+    ``resize_mode``: ``bilinear`` (PIL, antialiased; masks nearest), or OpenCV from full resolution as the
+    benchmark's segmentation loaders do: ``nearest`` (``cv2.INTER_NEAREST`` for image and mask, BTL
+    ``Version1/dataloader.py:313-314``) or ``linear`` (``cv2.INTER_LINEAR`` for both, the mask thresholded at
+    127 of 255, the DRIVE loader ``Version1/dataloader.py:356-358``).
+
+    Raises:
+        ValueError: an unknown ``resize_mode``.
 
     >>> # cached = cached_split("pneumoniamnist", task_data.split("train"), 28, 1)
     """
     folder = (root or cache_root()) / task_id
     folder.mkdir(parents=True, exist_ok=True)
-    key = cache_key(task_id, split, size, channels, nearest)
-    stem = f"{split.name}-{size}px-{channels}ch" + ("-nearest" if nearest else "")
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {resize_mode!r}; use one of {', '.join(RESIZE_MODES)}")
+    key = cache_key(task_id, split, size, channels, resize_mode)
+    stem = f"{split.name}-{size}px-{channels}ch" + (f"-{resize_mode}" if resize_mode != "bilinear" else "")
     target = folder / f"{stem}-{key}.npy"
     mask_target = folder / f"{stem}-{key}-masks.npy" if split.masks is not None else None
     manifest_path = folder / f"{stem}-{key}.json"
     with FileLock(str(folder / f".{stem}.lock")):  # parallel runs (grid workers) build each array once
         _ensure(task_id, split, size, channels, key, stem, (target, mask_target, manifest_path), progress, verify,
-                nearest)
+                resize_mode)
     images = np.load(target, mmap_mode="r")
     masks = np.load(mask_target, mmap_mode="r") if mask_target else None
     return CachedSplit(split.name, images, split.labels, masks, target, mask_target)
 
 
 def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, stem: str,
-            paths: tuple[Path, Path | None, Path], progress: Progress, verify: bool, nearest: bool = False) -> None:
+            paths: tuple[Path, Path | None, Path], progress: Progress, verify: bool, mode: str = "bilinear") -> None:
     """Build the array unless a valid one exists (called under the folder's lock)."""
     target, mask_target, manifest_path = paths
     folder = target.parent
@@ -198,11 +218,11 @@ def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, 
             stale.unlink(missing_ok=True)
         started = time.perf_counter()
         _build(split, size, channels, target, mask_target, progress, f"decode {task_id}/{split.name} {size}px",
-               nearest)
+               mode)
         files = {"images": target, **({"masks": mask_target} if mask_target else {})}
         manifest = {
             "key": key, "task": task_id, "split": split.name, "size": size, "channels": channels,
-            "resize": "nearest" if nearest else "bilinear",
+            "resize": mode,
             "count": len(split), "source_fingerprint": split.fingerprint(), "version": CACHE_VERSION,
             "pixels": pixels_used(split),
             "bytes": {k: p.stat().st_size for k, p in files.items()},

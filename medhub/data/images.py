@@ -471,15 +471,31 @@ def resize(array: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray
     return np.asarray(image.resize((size, size), method))
 
 
-def resize_cv2_nearest(array: np.ndarray, size: int) -> np.ndarray:
-    """``size x size`` with OpenCV's ``INTER_NEAREST`` (source pixel ``floor(x · scale)``), as the benchmark's
-    segmentation loaders resize image and mask (BTL ``Version1/dataloader.py:313-314``; PIL's NEAREST samples
-    pixel centres and picks other pixels)."""
+RESIZE_MODES = ("bilinear", "nearest", "linear")
+
+
+def resize_cv2(mode: str, array: np.ndarray, size: int, *, mask: bool = False) -> np.ndarray:
+    """``size x size`` with OpenCV, as the benchmark's segmentation loaders resize image and mask.
+
+    ``nearest``: ``cv2.INTER_NEAREST`` (source pixel ``floor(x · scale)``; PIL's NEAREST samples pixel centres and
+    picks other pixels) for image and mask (BTL ``Version1/dataloader.py:313-314``). ``linear``:
+    ``cv2.INTER_LINEAR`` without antialiasing for both; a 0/1 mask is resized as 0/255 and thresholded at 127
+    (``cv2.threshold(.., 127, 255, THRESH_BINARY)``, the DRIVE loader ``Version1/dataloader.py:356-358``).
+
+    Raises:
+        ValueError: another ``mode``.
+    """
     import cv2
 
+    if mode not in ("nearest", "linear"):
+        raise ValueError(f"unknown OpenCV resize mode {mode!r}; use nearest or linear")
     if array.shape[0] == size and array.shape[1] == size:
         return array
-    return cv2.resize(np.ascontiguousarray(array), (size, size), interpolation=cv2.INTER_NEAREST)
+    flag = cv2.INTER_NEAREST if mode == "nearest" else cv2.INTER_LINEAR
+    if mask and mode == "linear":
+        scaled = cv2.resize(np.ascontiguousarray(array.astype(np.uint8) * 255), (size, size), interpolation=flag)
+        return (scaled > 127).astype(np.uint8)
+    return cv2.resize(np.ascontiguousarray(array), (size, size), interpolation=flag)
 
 
 def _mask_part(path: Path, rule: PixelRule) -> np.ndarray:

@@ -30,6 +30,8 @@ METHOD = (
     "two-sided paired t-test over seeds (scipy.stats.ttest_rel) where seeds pair up; "
     "Welch's t-test (scipy.stats.ttest_ind, equal_var=False) otherwise"
 )
+# the report fields summarize() reads: ResultStore.rows(report_keys=REPORT_KEYS) fetches only these
+REPORT_KEYS = ("reported",)
 MATRIX_FIELDS = (
     "model", "task", "label_fraction", "setting", "metric", "n", "mean", "std", "seeds",
     "reported_mean", "reported_std", "reported_source", "difference",

@@ -17,10 +17,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sqlalchemy import (
+    JSON,
     Column,
     Float,
     Integer,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    cast,
     create_engine,
     event,
     inspect,
@@ -286,10 +288,24 @@ class ResultStore:
         return out
 
     def rows(
-        self, *, status: str | None = None, task: str | None = None, model: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        task: str | None = None,
+        model: str | None = None,
+        report_keys: Sequence[str] | None = None,
     ) -> list[dict]:
-        """Stored cells as dicts (``settings`` and ``report`` decoded)."""
-        query = select(cells_table)
+        """Stored cells as dicts (``settings`` and ``report`` decoded).
+
+        Args:
+            status, task, model: filters.
+            report_keys: top-level report keys to return (``row["report"]`` holds only those; None where the
+                cell has no report). The database extracts them (SQLite ``->``, PostgreSQL ``json ->``), so a
+                large grid is not decoded whole: 5,000 full reports are ~60 MB of JSON. None: the whole report.
+        """
+        extract = self._report_extractors(report_keys) if report_keys else None
+        columns = [c for c in cells_table.c if not (extract and c.name == "report")]
+        query = select(*columns, *(extract or {}).values())
         if status:
             query = query.where(cells_table.c.status == status)
         if task:
@@ -300,5 +316,25 @@ class ResultStore:
             rows = [dict(r._mapping) for r in conn.execute(query.order_by(cells_table.c.key))]
         for row in rows:
             row["settings"] = json.loads(row["settings"] or "{}")
-            row["report"] = json.loads(row["report"]) if row["report"] else None
+            if not extract:
+                report = json.loads(row["report"]) if row["report"] else None
+                row["report"] = report if report is None or not report_keys else {k: report.get(k) for k in report_keys}
+                continue
+            parts = {key: row.pop(f"report_{key}") for key in extract}
+            if row["status"] != DONE or all(v is None for v in parts.values()):
+                row["report"] = None
+            else:
+                row["report"] = {k: json.loads(v) if isinstance(v, str) else v for k, v in parts.items()}
         return rows
+
+    def _report_extractors(self, keys: Sequence[str]) -> dict:
+        """``{key: SQL expression giving report[key] as JSON text (or decoded JSON)}`` for this database;
+        empty where the database cannot (the reports are then decoded whole and picked in Python)."""
+        if any(not key.isidentifier() for key in keys):
+            raise ValueError(f"report keys must be identifiers, got {list(keys)}")
+        dialect = self.engine.dialect
+        if dialect.name == "sqlite" and dialect.dbapi.sqlite_version_info >= (3, 38):
+            return {k: cells_table.c.report.op("->")(f"$.{k}").label(f"report_{k}") for k in keys}
+        if dialect.name == "postgresql":
+            return {k: cast(cells_table.c.report, JSON)[k].label(f"report_{k}") for k in keys}
+        return {}

@@ -241,9 +241,10 @@ def hf_file(
     from huggingface_hub import hf_hub_download
 
     offline = local_files_only or is_offline()
+    commit = cached_commit(repo_id, revision, cache_dir) if offline else None
     try:
         path = hf_hub_download(
-            repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=offline,
+            repo_id, filename, revision=commit or revision, cache_dir=cache_dir, local_files_only=offline,
             token=token, endpoint=os.environ.get("HF_ENDPOINT") or None,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - every client error becomes one medhub error
@@ -267,14 +268,87 @@ def hf_snapshot(
     from huggingface_hub import snapshot_download
 
     offline = local_files_only or is_offline()
+    commit = cached_commit(repo_id, revision, cache_dir) if offline else None
     try:
         path = snapshot_download(
-            repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline, token=token,
+            repo_id, revision=commit or revision, cache_dir=cache_dir, local_files_only=offline, token=token,
             allow_patterns=allow_patterns, endpoint=os.environ.get("HF_ENDPOINT") or None,
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001
         raise _hub_error(exc, repo_id, None, revision, offline) from exc
     return Path(path)
+
+
+def hub_cache_folder(repo_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder of a model repo: ``<cache>/models--ORG--NAME`` (huggingface_hub's layout)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    return root / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def cached_commit(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None = None) -> str | None:
+    """The commit a branch or tag points to in the local Hub cache, read the way a person may have written it.
+
+    ``refs/<revision>`` is read with surrounding whitespace removed, so a cache staged by hand
+    (``echo <sha> > refs/main`` leaves a newline, which huggingface_hub would take as part of the hash)
+    resolves. Returns ``None`` when the repo is not cached at all, or ``revision`` is already a commit
+    (huggingface_hub then reports what is missing).
+
+    Raises:
+        OfflineError: a refs file that holds no 40-hex commit, or names a commit whose snapshot folder is
+            absent, or a snapshot file whose blob is missing; the message names the file or folder to fix.
+    """
+    import re
+
+    rev = revision or "main"
+    folder = hub_cache_folder(repo_id, cache_dir)
+    if re.fullmatch(r"[0-9a-f]{40}", rev):
+        _check_links(folder / "snapshots" / rev)
+        return None
+    ref = folder / "refs" / rev
+    if not folder.is_dir():
+        return None
+    if not ref.is_file():
+        raise OfflineError(
+            f"{repo_id}@{rev} is not in the local Hub cache: {ref} does not exist (the cache has "
+            f"{_listing(folder / 'refs') or 'no refs'}); write the commit hash of a folder in "
+            f"{folder / 'snapshots'} into it, or unset HF_HUB_OFFLINE and load it once",
+            repo_id=repo_id, revision=revision, path=ref,
+        )  # fmt: skip
+    text = ref.read_text(errors="replace")
+    commit = text.strip()
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise OfflineError(
+            f"{ref} holds {text[:60]!r}, not a 40-character commit hash; write the name of a folder in "
+            f"{folder / 'snapshots'} into it",
+            repo_id=repo_id, revision=revision, path=ref,
+        )  # fmt: skip
+    if not (folder / "snapshots" / commit).is_dir():
+        raise OfflineError(
+            f"{ref} points to commit {commit}, but {folder / 'snapshots' / commit} does not exist; copy that "
+            f"snapshot (and its blobs) into the cache, or correct {ref} (snapshots present: "
+            f"{_listing(folder / 'snapshots') or 'none'})",
+            repo_id=repo_id, revision=revision, path=ref,
+        )  # fmt: skip
+    _check_links(folder / "snapshots" / commit)
+    return commit
+
+
+def _listing(folder: Path) -> str:
+    return ", ".join(sorted(p.name for p in folder.iterdir())[:5]) if folder.is_dir() else ""
+
+
+def _check_links(snapshot: Path) -> None:
+    """Raise :class:`OfflineError` naming a snapshot file whose blob is missing (a half-copied cache)."""
+    for file in sorted(snapshot.rglob("*")) if snapshot.is_dir() else []:
+        if file.is_symlink() and not file.exists():
+            raise OfflineError(
+                f"{file} in the local Hub cache points to {os.readlink(file)}, which does not exist; copy the "
+                f"repo's blobs folder along with its snapshots",
+                path=file,
+            )
 
 
 def _hub_error(

@@ -67,7 +67,9 @@ def remote_files(
 ) -> dict[str, tuple[str | None, str]]:
     """``{path: (sha256 of an LFS file or None, git blob id)}`` of every file of ``repo_id`` at ``revision``."""
     try:
-        tree = _api(token, endpoint).list_repo_tree(repo_id, revision=revision, recursive=True, repo_type="model")
+        tree = _api(token, endpoint).list_repo_tree(
+            repo_id, revision=revision, recursive=True, repo_type="model"
+        )
         files = {}
         for item in tree:
             if hasattr(item, "blob_id"):
@@ -83,7 +85,9 @@ def create_tag(
 ) -> None:
     """Tag ``revision`` of ``repo_id`` as ``tag`` (an existing tag is left as it is)."""
     try:
-        _api(token, endpoint).create_tag(repo_id, tag=tag, revision=revision, repo_type="model", exist_ok=True)
+        _api(token, endpoint).create_tag(
+            repo_id, tag=tag, revision=revision, repo_type="model", exist_ok=True
+        )
     except Exception as exc:  # noqa: BLE001
         raise _upload_error(exc, repo_id, f"tag {tag} in", endpoint) from exc
 
@@ -130,14 +134,31 @@ def upload_folder(
     return commit
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's connection/timeout errors (huggingface_hub's client is httpx2, httpx or requests;
+    requests' errors are already ``OSError``)."""
+    import importlib
+
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def _upload_error(exc: Exception, repo_id: str, action: str, endpoint: str | None = None) -> Exception:
     from huggingface_hub import errors
 
-    if not isinstance(exc, (OSError, errors.HfHubHTTPError, ValueError)):
+    transport = _transport_errors()
+    if not isinstance(exc, (OSError, errors.HfHubHTTPError, ValueError, *transport)):
         return exc  # a programming error: let it surface unchanged
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     status = getattr(getattr(exc, "response", None), "status_code", None)
-    if status in (401, 403):
+    if isinstance(exc, transport):
+        hint = f"cannot connect ({exc}); check that the Hub runs there, HF_ENDPOINT and the network"
+    elif status in (401, 403):
         hint = "the Hub refused the credentials: set HF_TOKEN to a token with write access"
     elif status == 409:
         hint = "the repo changed while uploading; retry"

@@ -174,7 +174,7 @@ def _iter_members(path: Path, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]
         reason = unsafe_name(info.name)
         if reason:
             raise _refused(path, f"member '{info.name}' {reason}")
-        if not info.isreg():
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):  # not sparse or contiguous variants either
             raise _refused(
                 path, f"member '{info.name}' is {_kind(info)}; a medhub pack holds regular files only"
             )

@@ -74,6 +74,7 @@ def mirror(
     entries = [e for e in registry.list_models(pattern) if e.published]
     if not entries:
         raise UsageError(f"no published checkpoint matches '{pattern}'; see medhub list")
+    _check_endpoint(endpoint.rstrip("/"), f"{namespace}/{entries[0].id}", token)
     done, failed = [], []
     for entry in entries:
         try:
@@ -110,6 +111,17 @@ def mirror(
         else False
     )
     return MirrorResult(tuple(done), tuple(failed), overlay_path, changed)
+
+
+def _check_endpoint(endpoint: str, probe: str, token: str | None) -> None:
+    """Fail once, before any conversion, when the site Hub cannot be reached or refuses the token."""
+    from medhub.errors import HubError
+    from medhub.hub.upload import repo_head
+
+    try:
+        repo_head(probe, token=token, endpoint=endpoint)
+    except HubError as exc:
+        raise UsageError(f"{exc}; nothing was mirrored") from None
 
 
 def _mirror_one(

@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 def prepare_data(task, data, plan, *, seed: int, progress: Progress) -> dict[str, CachedSplit]:
     """Decode (once) every split at the plan's cache size; keep ``label_fraction`` of train."""
-    nearest = getattr(plan, "image_resize", "bilinear") == "nearest"
+    mode = getattr(plan, "image_resize", "bilinear")
     splits = {name: cached_split(task.id, data.split(name), plan.cache_size, data.channels, progress=progress,
-                                 nearest=nearest)
+                                 resize_mode=mode)
               for name in ("train", "val", "test")}
     if plan.label_fraction < 1.0:
         train = splits["train"]
