@@ -86,6 +86,10 @@ ROWS: list[tuple[str, str, list[str], dict[str, str], str]] = [
      {}, "wrong type"),
     ("convert", "--label-names", ["convert", "{ckpt}", "--arch", "resnet10t", "-o", "{new}", "--label-names",
                                   "a,b,c"], {}, "wrong count"),
+    ("convert", "--prefix", ["convert", "{ckpt}", "--arch", "resnet10t", "-o", "{new}", "--prefix", "nosuch."], {},
+     "unknown name"),
+    ("convert", "--key-map", ["convert", "{ckpt}", "--arch", "resnet10t", "-o", "{new}", "--key-map", "(=x"], {},
+     "wrong type"),
     ("convert", "--json", ["convert", "{ckpt}", "--arch", "resnet10t", "-o", "{new}", "--json=1"], {},
      "value on a flag"),
     # fetch

@@ -159,9 +159,6 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     token = _read_token(args.token_file) if args.token_file else None
     _check_namespace(args.namespace)
     _check_overlay_path(args.overlay)
-    from medhub.hub.upload import check_endpoint
-
-    check_endpoint(args.endpoint)
 
     def show(model_id: str, outcome: str) -> None:
         if not args.json:

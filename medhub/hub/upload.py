@@ -24,32 +24,6 @@ def _api(token: str | None, endpoint: str | None = None):
     return HfApi(endpoint=(endpoint or os.environ.get("HF_ENDPOINT") or None), token=token)
 
 
-def check_endpoint(url: str, option: str = "--endpoint", timeout: float = 5.0) -> str:
-    """Refuse, before any work, a Hub address that is not an http(s) URL or where nothing listens.
-
-    Only a TCP connection is opened (no request), so a server that needs a token passes.
-
-    Raises:
-        UsageError: not an ``http://`` or ``https://`` URL with a host.
-        HubError: nothing answers at the host and port.
-    """
-    import socket
-    from urllib.parse import urlsplit
-
-    from medhub.errors import UsageError
-
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"{option} '{url}' is not a Hub address; write http://HOST:PORT (e.g. http://127.0.0.1:8080)")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout).close()
-    except OSError as exc:
-        raise HubError(f"cannot reach the Hub at {url} ({exc.strerror or exc}); start it (medhub serve) or check "
-                       f"{option} and the network", endpoint=url) from None
-    return url.rstrip("/")
-
-
 def repo_head(repo_id: str, *, token: str | None = None, endpoint: str | None = None) -> str | None:
     """Commit id of ``main`` in ``repo_id``, or None when the repo does not exist."""
     from huggingface_hub import errors
