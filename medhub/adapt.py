@@ -85,7 +85,7 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
         raise UsageError(f"'{model_id}' is not a valid id (lowercase letters, digits, _ . -); choose another --id")
     _check_free(model_id)
     bounds.check("seed", seed, label="--seed")
-    make_plan(task_entry, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size)  # checks the overrides
+    make_plan(task_entry, model=base, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size)  # checks the overrides
     torch_device = pick_device(device)
     check_input_size(base, img_size or task_entry.protocol.img_size, arch=arch)
     out_dir = check_output_dir(out, "--out").resolve()
@@ -96,7 +96,7 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
     existed = out_dir.exists()
     try:
         data = load_task_data(task_entry, data_dir, img_size=img_size or task_entry.protocol.img_size)
-        plan = make_plan(task_entry, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
+        plan = make_plan(task_entry, model=base, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
                          train_size=len(data.split("train")))
         splits = prepare_data(task_entry, data, plan, seed=seed, progress=progress)
         result = run_once(base, task_entry, data, splits, plan, seed=seed, run_dir=out_dir / "training",

@@ -59,7 +59,9 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
               epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
               img_size: int | None = None, label_fraction: float = 1.0, linear_probe: bool = False,
               device: str = "auto", seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False,
-              arch: str | None = None, progress: bool | str = True, cifar_stem: bool = False,
+              arch: str | None = None, progress: bool | str = True, cifar_stem: bool | None = None,
+              keep_head: bool = False, precision: str | None = None, subset_seed: int | None = None,
+              quick: bool = False, native_size: bool = False, dry_run: bool = False,
               pixels: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` on ``task`` ``runs`` times (seeds ``seed..seed+runs-1``) and report the test metric.
 
@@ -76,14 +78,25 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
         arch: timm architecture of a bare checkpoint file.
         progress: tqdm bars (True or "bar"), one stderr line per epoch and cache build ("lines"), or
             nothing (False or "off").
-        cifar_stem: give a ``random:`` ResNet MedMNIST v2's CIFAR-style stem (3x3 stride-1 first conv, no
-            max-pool), the network behind its reported 28 px numbers; recorded as ``protocol.stem``.
+        cifar_stem: MedMNIST v2's CIFAR-style stem (3x3 stride-1 first conv, no max-pool) for a ``random:``
+            ResNet: None follows the recipe (on at 28 px for MedMNIST, the published network); True/False
+            force it (recorded as an override when it differs).
+        keep_head: keep a pretrained classifier whose shape fits (default: re-initialise it the released
+            code's way); an override, recorded.
+        precision: fp32, fp16 or bf16 (default: the released code's, fp32 for classification); an override
+            makes the run "not comparable".
+        subset_seed: seed of the label-fraction subset (default 99, the released code's ``random.Random(99)``).
+        quick: MedMNIST only: a ~150-step version of the 100-epoch schedule (indicative, not a verdict).
+        native_size: MedMNIST only: read the native MedMNIST+ file of ``img_size`` instead of upsampling 28 px.
+        dry_run: return the resolved plan (``Plan.as_dict()`` plus ``model``/``task``/``seed``/``runs``)
+            without reading data, building the network or writing anything.
         pixels: fields of :class:`medhub.schema.PixelRule` replacing the task's (e.g. ``{"window": (-600,
             1500)}`` for a CT lung window, ``{"frame": 0}`` for multi-frame files); recorded in the plan,
             the report's data notes and the cache manifest.
 
     Returns:
-        The report (also written to ``out/report.json``).
+        The report (also written to ``out/report.json``), ending in ``verdict`` and ``verdict_reasons``;
+        with ``dry_run``, the plan.
 
     >>> report = reproduce("random:resnet18", "pneumoniamnist", epochs=1)  # doctest: +SKIP
     >>> sorted(report)[:4]  # doctest: +SKIP
@@ -93,28 +106,34 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     from medhub.registry import load_registry
     from medhub.train.network import check_input_size, check_stem, is_random, model_arch
     from medhub.train.protocol import make_plan
-    from medhub.train.report import environment, reported_for
+    from medhub.train.report import environment
     from medhub.train.runner import prepare_data, run_once, write_outputs
 
     bounds.check("runs", runs, label="--runs")
     bounds.check("seed", seed, label="--seed")
     entry = load_registry().get_task(task)
-    name = model_arch(model, arch)  # an unknown id or architecture is refused before anything is written
-    check_stem(model, arch=arch, stem="cifar" if cifar_stem else None)
-    from medhub.train.segnet import architecture_family
-
-    options = dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size, label_fraction=label_fraction,
-                   linear_probe=linear_probe, cifar_stem=cifar_stem,
-                   random_model=is_random(model) and "resnet" in model.lower(),
-                   family=architecture_family(name) if name else None)
-    plan = make_plan(entry, **options)  # checks the overrides before any data is read
-    torch_device = pick_device(device)
+    model_arch(model, arch)  # an unknown id or architecture is refused before anything is written
+    options = dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
+                   label_fraction=label_fraction, linear_probe=linear_probe, cifar_stem=cifar_stem,
+                   random_model=is_random(model) and "resnet" in model.lower(), keep_head=keep_head,
+                   precision=precision, subset_seed=subset_seed, quick=quick, native_size=native_size, arch=arch,
+                   pixels=pixels)
+    known_train = next((s.size for s in entry.splits if s.name == "train" and s.size), None)
+    plan = make_plan(entry, **options,  # checks the overrides before any data is read
+                     train_size=int(known_train * label_fraction) if known_train else None)
     size_note = None if entry.type == "segmentation" else check_input_size(model, plan.img_size, arch=arch)
+    if size_note:
+        plan.notes.append(size_note)
+    if dry_run:
+        return {"model": model, "task": entry.id, "seed": seed, "runs": runs, **plan.as_dict()}
+    check_stem(model, arch=arch, stem=plan.stem)
+    torch_device = pick_device(device)
     out_dir = _output_dir(model, entry.id, out, resume)
     existed = out_dir.exists()
     try:
-        data = load_task_data(entry, data_dir, img_size=plan.img_size, pixels=pixels)
-        plan = make_plan(entry, **options, train_size=round(len(data.split("train")) * label_fraction))
+        reader_options = {"native_size": native_size} if plan.recipe == "medmnist_v2" else {}
+        data = load_task_data(entry, data_dir, img_size=plan.img_size, pixels=pixels, **reader_options)
+        plan = make_plan(entry, **options, train_size=int(len(data.split("train")) * label_fraction))
         if size_note:
             plan.notes.append(size_note)
         splits = prepare_data(entry, data, plan, seed=seed, progress=progress)
@@ -134,7 +153,7 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     protocol = {**plan.as_dict(), "data_notes": data.notes, "data_root": str(data.root), "model_arch": arch,
                 "device": str(torch_device)}
     report = write_outputs(out_dir, model, entry, metric, results, protocol, environment(str(torch_device)),
-                           reported_for(model, entry.id, metric, plan.img_size, label_fraction))
+                           plan.published)
     log.info("report written to %s", out_dir / "report.json")
     return report
 
@@ -159,7 +178,8 @@ def _check_same_plan(path: Path, planned: dict[str, Any], resume: bool) -> None:
     if not resume or not path.is_file():
         return
     saved = json.loads(path.read_text())
-    ignored = {"notes"}
+    ignored = {"notes", "deviations", "setting", "published", "reference", "comparable", "shortened", "sources",
+               "protocol_partly_unknown", "known_differences", "data_layout", "split", "augment"}  # derived
     changed = sorted(k for k in set(saved) | set(planned) if k not in ignored and saved.get(k) != planned.get(k))
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {planned.get(k)!r}" for k in changed[:4])

@@ -15,6 +15,7 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9_.\-]*$"
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 RANDOM_PREFIX = "random:"
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 TaskType = Literal["multi-label", "binary", "multi-class", "ordinal", "segmentation"]
 SourceKind = Literal["medhub_hf", "timm_hf", "url", "manual", "local"]
@@ -212,8 +213,8 @@ class Protocol(Frozen):
     test_transform: str | None = None
     selection: str = Field("val_loss", description="what picks the best epoch: val_loss or val_auc")
     warmup_epochs: int = Field(0, ge=0, description="epochs of linear lr warm-up from 0 (scheduler warmup_cosine)")
-    precision: str | None = Field(None, description="fp16 (autocast + grad scaler), bf16 or fp32 on a GPU; None: "
-                                  "medhub's default (bf16 autocast)")
+    precision: str = Field("fp32", description="the released code's arithmetic: fp32, fp16 (autocast + grad "
+                           "scaler) or bf16 (autocast)")
     augment_pipeline: str | None = Field(None, description="a named augmentation pipeline, e.g. btl_segmentation "
                                          "(albumentations, medhub.data.seg_augment)")
     augment_val: bool = Field(False, description="the training augmentation is applied to the validation split too")
@@ -222,6 +223,35 @@ class Protocol(Frozen):
         "nearest (cv2 INTER_NEAREST, image and mask) or linear (cv2 INTER_LINEAR, mask thresholded at 127)")
     decoder: str | None = Field(None, description="segmentation decoder: unet or upernet; None: the released "
                                 "choice for the backbone (UperNet for ConvNeXt/Swin, U-Net otherwise)")
+    head_init: dict[str, dict[str, float | str]] = Field(
+        default_factory=dict,
+        description="how the released code initialises a fresh classifier, per model family ('*': any other), "
+                    "e.g. {resnet: {kind: normal, std: 0.01, bias: 0}}; empty: the network's own init")
+    code: str | None = Field(None, description="the released code these values come from: owner/repo@commit")
+    sources: dict[str, str] = Field(
+        default_factory=dict,
+        description="per protocol value, where the released code sets it: 'path:line' in ``code`` (or "
+                    "'owner/repo@commit path:line' for another repository)")
+    unknown: tuple[str, ...] = Field((), description="values the released code leaves unknown or ambiguous")
+    source: str | None = None
+    notes: str | None = None
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+        return value
+
+
+class LabelSubset(Frozen):
+    """How the released code cuts a labelled subset at a label fraction (``--anno_percent``)."""
+
+    rule: str = Field("random99_first_int", description="random99_first_int: Python random.Random(seed).shuffle "
+                      "of the indexes in list-file order, then the first int(N * fraction)")
+    seed: int = 99
+    splits: tuple[str, ...] = Field(("train",), description="the splits cut (each with its own shuffle)")
+    sizes: dict[str, int] = Field(default_factory=dict, description="published subset sizes, e.g. {'0.1': 9000}")
     source: str | None = None
     notes: str | None = None
 
@@ -279,23 +309,38 @@ class Task(Frozen):
     modality: str
     type: TaskType
     labels: tuple[str, ...]
+    labels_trained: tuple[str, ...] | None = Field(
+        None, description="the head's outputs when they differ from ``labels`` (the evaluated ones, a subset)")
     metric: str = Field(description="auc, acc or dice")
     splits: tuple[Split, ...]
     protocol: Protocol
     family_protocols: dict[str, Protocol] = Field(
         default_factory=dict, description="architecture family (resnet, convnext, swin) -> the protocol that "
         "family was run with, when it differs from `protocol`")
-    split_unknown: str | None = Field(None, description="why the published split is not known (then a verdict "
-                                      "says 'split unknown' instead of comparing)")
+    split_unknown: str | None = Field(None, description="why the published split is not known (the plan lists it "
+                                      "under protocol_partly_unknown)")
+    label_subset: LabelSubset = LabelSubset()
     layout: DataLayout
     licence: Licence = Licence()
     paper: Paper | None = None
     notes: tuple[str, ...] = ()
 
+    @model_validator(mode="after")
+    def _evaluated_are_trained(self) -> Task:
+        if self.labels_trained is not None and not set(self.labels) <= set(self.labels_trained):
+            missing = sorted(set(self.labels) - set(self.labels_trained))
+            raise ValueError(f"labels {missing} are evaluated but not in labels_trained")
+        return self
+
+    @property
+    def trained_labels(self) -> tuple[str, ...]:
+        """The labels the head learns (``labels_trained`` or ``labels``)."""
+        return self.labels_trained or self.labels
+
     @property
     def num_classes(self) -> int:
         """Outputs of the network's head for this task."""
-        return 1 if self.type == "binary" else len(self.labels)
+        return 1 if self.type == "binary" else len(self.trained_labels)
 
 
 class ReportedResult(Frozen):

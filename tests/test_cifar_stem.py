@@ -35,15 +35,15 @@ def test_cifar_stem_keeps_28px_resolution():
         assert plain.forward_features(torch.zeros(2, 1, 28, 28)).shape == (2, 512, 1, 1)
 
 
-def test_plan_records_stem_and_notes_its_absence():
+def test_plan_stem_is_the_recipe_default_and_its_absence_is_an_override():
     task = load_registry().get_task("breastmnist")
-    with_stem = make_plan(task, epochs=1, cifar_stem=True, random_model=True)
-    assert with_stem.stem == "cifar" and with_stem.overrides["stem"]["value"] == "cifar"
-    assert CIFAR_STEM_NOTE not in with_stem.notes
-    without = make_plan(task, epochs=1, random_model=True)
-    assert without.stem is None and "stem" not in without.overrides and CIFAR_STEM_NOTE in without.notes
-    assert CIFAR_STEM_NOTE not in make_plan(task, epochs=1, img_size=64, random_model=True).notes
-    assert CIFAR_STEM_NOTE not in make_plan(task, epochs=1).notes  # not a random: ResNet
+    default = make_plan(task, model="random:resnet18", epochs=1)
+    assert default.stem == "cifar" and "stem" not in default.overrides and CIFAR_STEM_NOTE not in default.notes
+    without = make_plan(task, model="random:resnet18", epochs=1, cifar_stem=False)
+    assert without.stem is None and without.overrides["stem"]["value"] == "standard" and CIFAR_STEM_NOTE in without.notes
+    assert make_plan(task, model="random:resnet18", epochs=1, img_size=64).stem is None  # torchvision's at --resize
+    assert make_plan(task, model="random:test_resnet", epochs=1).stem is None  # no single-conv ResNet stem
+    assert make_plan(task, model="resnet50_imagenet1k", epochs=1).stem is None  # not a random: ResNet
 
 
 def test_reproduce_with_cifar_stem_and_reload(tmp_path, shared_data):
@@ -51,7 +51,7 @@ def test_reproduce_with_cifar_stem_and_reload(tmp_path, shared_data):
     report = reproduce("random:resnet18", "breastmnist", data_dir=shared_data / "breastmnist", epochs=1,
                        label_fraction=0.1, out=out, progress=False, device="cpu", cifar_stem=True)
     on_disk = json.loads((out / "report.json").read_text())
-    assert on_disk["protocol"]["stem"] == "cifar" and on_disk["protocol"]["overrides"]["stem"]["value"] == "cifar"
+    assert on_disk["protocol"]["stem"] == "cifar" and "stem" not in on_disk["protocol"]["overrides"]
     assert report["runs"][0]["epochs"] == 1
     assert '"stem": "cifar"' in (out / "report.md").read_text()
     best = out / "run0" / "best.safetensors"

@@ -59,24 +59,36 @@ def test_npz_missing_arrays_are_listed(registry, shared_data, tmp_path):
     with np.load(shared_data / "breastmnist" / "breastmnist.npz") as npz:
         np.savez(tmp_path / "breastmnist_64.npz", train_images=npz["train_images"], train_labels=npz["train_labels"])
     with pytest.raises(DataError, match="missing arrays val_images, val_labels, test_images, test_labels") as info:
-        load_task_data(without_md5(registry.get_task("breastmnist")), tmp_path, img_size=64)
+        load_task_data(without_md5(registry.get_task("breastmnist")), tmp_path, img_size=64, native_size=True)
     assert "val_images" in info.value.missing
 
 
 def test_folder_without_the_file_lists_what_it_found(registry, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match=r"no breastmnist \.npz file \(found notes\.txt\)"):
+    with pytest.raises(DataError, match=r"no breastmnist\.npz \(found notes\.txt\)"):
         load_task_data(registry.get_task("breastmnist"), tmp_path)
 
 
-def test_size_specific_file_is_preferred(registry, shared_data, tmp_path):
+def test_medmnist_plus_file_only_with_native_size(registry, shared_data, tmp_path):
     with np.load(shared_data / "breastmnist" / "breastmnist.npz") as npz:
         arrays = {k: npz[k] for k in npz.files}
     big = {k: (np.kron(v, np.ones((1, 2, 2), dtype=np.uint8)) if k.endswith("images") else v) for k, v in arrays.items()}
     np.savez(tmp_path / "breastmnist_64.npz", **big)  # 56 px stand-in, named as the 64 px file
     np.savez(tmp_path / "breastmnist.npz", **arrays)
-    data = load_task_data(without_md5(registry.get_task("breastmnist")), tmp_path, img_size=64)
-    assert data.split("train").images.shape[1] == 56
+    task = without_md5(registry.get_task("breastmnist"))
+    # MedMNIST v2's numbers at any size come from the 28 px file (upsampled by the cache with NEAREST)
+    assert load_task_data(task, tmp_path, img_size=64).split("train").images.shape[1] == 28
+    native = load_task_data(task, tmp_path, img_size=64, native_size=True)
+    assert native.split("train").images.shape[1] == 56
+    with pytest.raises(DataError, match="not 100"):
+        load_task_data(task, tmp_path, img_size=100, native_size=True)
+
+
+def test_medmnist_plus_md5_is_checked(registry, shared_data, tmp_path):
+    with np.load(shared_data / "breastmnist" / "breastmnist.npz") as npz:
+        np.savez(tmp_path / "breastmnist_64.npz", **{k: npz[k] for k in npz.files})
+    with pytest.raises(DataError, match="md5"):
+        load_task_data(registry.get_task("breastmnist"), tmp_path, img_size=64, native_size=True)
 
 
 def test_class_folders_on_nih_subset(registry, shared_data):

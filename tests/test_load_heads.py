@@ -99,3 +99,34 @@ def test_dinov2_register_tokens_laid_out_as_timm(tmp_path):
     x = torch.randn(1, 3, 56, 56)
     with torch.no_grad():
         assert torch.allclose(model(x), original(x), atol=1e-5)
+
+
+def test_a_dinov2_training_state_keeps_the_teacher_prefix_over_the_student(tmp_path):
+    kw = dict(patch_size=14, embed_dim=48, depth=2, num_heads=3, img_size=56)
+    arch = "vit_small_patch14_dinov2"
+    teacher = om.randomize(timm.create_model(arch, num_classes=0, **kw), 57)
+    student = om.randomize(timm.create_model(arch, num_classes=0, **kw), 58)
+    model_state = {}
+    for role, net in (("teacher", teacher), ("student", student)):
+        model_state.update({f"{role}.backbone.{k}": v for k, v in net.state_dict().items()})
+        model_state.update({f"{role}.backbone.mask_token": torch.zeros(1, 48), f"{role}.dino_head.last_layer.weight": torch.randn(8, 48)})
+    path = _save(tmp_path / "model_0012499.rank_0.pth", {"model": model_state, "iteration": 12499})
+    model = medhub.load(path, arch=arch, **kw)
+    conversion = model.medhub_load_report.conversion
+    assert conversion.fmt == "dinov2" and conversion.prefix == "teacher.backbone."
+    assert "prefix='model/student.backbone.'" in conversion.found
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.allclose(model(x), teacher(x), atol=1e-5)
+
+
+def test_an_ema_entry_no_format_documents_is_refused(tmp_path):
+    net = om.randomize(timm.create_model("resnet18", num_classes=2), 59)
+    ema = om.randomize(timm.create_model("resnet18", num_classes=2), 60)
+    path = _save(tmp_path / "ckpt.pth", {"state_dict": net.state_dict(), "ema_state_dict": ema.state_dict()})
+    try:
+        medhub.load(path, arch="resnet18")
+    except medhub.errors.ConversionError as exc:
+        assert "prefix='state_dict/'" in str(exc) and "prefix='ema_state_dict/'" in str(exc)
+    else:
+        raise AssertionError("two different networks must be refused")

@@ -214,3 +214,16 @@ def test_cli_convert_prefix_and_key_map(tmp_path, net, capsys):
         assert torch.allclose(model(X), head(backbone(X)), atol=1e-5)
     assert main(["convert", str(src), "--arch", "resnet18", "-o", str(out), "--key-map", "no-equals-sign"]) == 2
     assert "--key-map" in capsys.readouterr().err
+
+
+def test_torchvision_reference_training_checkpoint_keeps_model_over_its_ema(tmp_path):
+    """torchvision's references/classification/train.py saves model, optimizer, ..., and model_ema (an
+    AveragedModel: `module.` keys and an `n_averaged` counter)."""
+    net = om.randomize(torchvision.models.resnet18(num_classes=3), 61)
+    ema = torch.optim.swa_utils.AveragedModel(om.randomize(torchvision.models.resnet18(num_classes=3), 62))
+    ckpt = {"model": net.state_dict(), "optimizer": {}, "lr_scheduler": {}, "epoch": 89, "model_ema": ema.state_dict()}
+    path = _save(tmp_path / "checkpoint.pth", ckpt)
+    model = medhub.load(path, arch="resnet18")
+    assert _same(model, net)
+    assert "prefix='model_ema/module.'" in model.medhub_load_report.conversion.found
+    assert _same(medhub.load(path, arch="resnet18", prefix="model_ema/module."), ema.module)

@@ -528,3 +528,46 @@ def test_mirror_to_an_unreachable_hub_stops_before_converting(site_a, tmp_path, 
         and endpoint in err
     )
     assert site_a["server"].requests == [] and not (tmp_path / "o.yaml").exists()
+
+
+def test_with_tasks_carries_task_descriptions_and_adds_unknown_ones(tmp_path, monkeypatch, capsys):
+    """A site task defined on A (an overlay) reaches B's registry through the pack; data never travels."""
+    import timm
+
+    from medhub.registry import clear_cache, load_registry
+
+    torch.manual_seed(6)
+    model = timm.create_model("test_resnet", num_classes=2).eval()
+    folder = write_model_folder(tmp_path / "cxr_site", model.state_dict(), arch="test_resnet", num_classes=2,
+                                pretrained_cfg=model.pretrained_cfg, extra={"licence": OPEN})  # fmt: skip
+    task = load_registry().get_task("pneumoniamnist").model_dump(mode="json", exclude={"id"})
+    task["name"] = "Site pneumonia set"
+    overlay = tmp_path / "tasks.yaml"
+    overlay.write_text(yaml.safe_dump({"version": 1, "tasks": {"site_pneumonia": task}}))
+    monkeypatch.setenv("MEDHUB_REGISTRY", str(overlay))
+    clear_cache()
+    archive = tmp_path / "tasks.tar"
+    assert pack_cli(str(folder), "-o", str(archive), "--with-tasks")[0] == 0
+    content = members(archive)
+    manifest = json.loads(content["manifest.json"])
+    assert "site_pneumonia" in manifest["tasks"] and "tasks/site_pneumonia.yaml" in content
+    assert not any(name.endswith((".npz", ".png", ".dcm")) for name in content)  # descriptions only
+
+    b = tmp_path / "b"  # machine B in this process: its own HOME, config and caches, offline
+    for name, value in {
+        "HOME": b,
+        "XDG_CONFIG_HOME": b / ".config",
+        "MEDHUB_HOME": b / "medhub",
+        "HF_HOME": b / "hf",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv("MEDHUB_REGISTRY")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clear_cache()
+    assert cli(["unpack", str(archive)]) == 0
+    registry = load_registry()
+    assert registry.get_task("site_pneumonia").name == "Site pneumonia set"
+    assert registry.get_task("site_pneumonia").layout == load_registry().get_task("pneumoniamnist").layout
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(medhub.load("cxr_site").eval()(x), model(x))

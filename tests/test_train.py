@@ -96,14 +96,16 @@ def test_linear_probe_trains_the_classifier_only(tmp_path):
     from safetensors.torch import load_file
 
     from medhub.reproduce import reproduce
-    from medhub.train.network import build_network
+    from medhub.train.network import build_network, init_from_scratch
     from medhub.train.state import seed_everything
 
     report = reproduce("random:test_resnet", "breastmnist", epochs=1, linear_probe=True, seed=2,
                        out=tmp_path / "probe", progress=False)
     assert report["protocol"]["overrides"]["linear_probe"] == {"value": True, "protocol": False}
     seed_everything(2)
-    initial = build_network("random:test_resnet", num_outputs=2, in_chans=1).state_dict()
+    initial = build_network("random:test_resnet", num_outputs=2, in_chans=1)
+    init_from_scratch(initial, report["protocol"]["scratch_init"])  # torchvision's: no zero-initialised last BN
+    initial = initial.state_dict()
     trained = load_file(str(tmp_path / "probe" / "run0" / "best.safetensors"))
     changed = {k for k in initial if not torch.equal(initial[k], trained[k])}
     assert changed and all(k.startswith("fc.") for k in changed)  # BatchNorm statistics untouched too

@@ -13,8 +13,8 @@ DATA_HELP = ("the task's data folder, laid out as 'medhub tasks' documents (defa
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help=DATA_HELP)
-    p.add_argument("--epochs", type=cli_type("epochs"), help="maximum epochs (default: the protocol's; MedMNIST: a ~360-step "
-                   "short run of its 100-epoch schedule)")
+    p.add_argument("--epochs", type=cli_type("epochs"), help="maximum epochs (default: the protocol's, e.g. 100 for MedMNIST); "
+                   "fewer than the protocol's is a shortened schedule: indicative, not a verdict")
     p.add_argument("--batch-size", type=cli_type("batch_size"), help="batch size (default: the protocol's)")
     p.add_argument("--lr", type=cli_type("lr", float), help="learning rate (default: the protocol's)")
     p.add_argument("--img-size", type=cli_type("img_size"), help="input size in pixels (default: the protocol's)")
@@ -45,10 +45,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="registry id, checkpoint folder/file (with --arch), or random:<timm arch>")
     p.add_argument("task", help="task id (see 'medhub tasks')")
     p.add_argument("--runs", type=cli_type("runs"), default=1, help="independent runs (seeds seed..seed+runs-1)")
-    p.add_argument("--label-fraction", type=cli_type("label_fraction", float), default=1.0, help="fraction of the training labels to use")
+    p.add_argument("--label-fraction", type=cli_type("label_fraction", float), default=1.0, help="fraction of the labelled data to use: the "
+                   "released code's fixed subset (random.Random(99) shuffle of the list order, first int(N*p)), the "
+                   "same for every run and model; the splits cut are the task's (see --dry-run)")
+    p.add_argument("--subset-seed", type=cli_type("seed"), help="seed of the label-fraction subset (default 99, the released "
+                   "code's); another seed is recorded and makes the run not comparable")
     p.add_argument("--linear-probe", action="store_true", help="train the classifier only (frozen backbone)")
-    p.add_argument("--cifar-stem", action="store_true", help="random:<resnet> only: MedMNIST v2's CIFAR-style "
-                   "stem (3x3 stride-1 first conv, no max-pool), the network behind its 28 px numbers")
+    p.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=None,
+                   help="random:<resnet> only: MedMNIST v2's CIFAR-style stem (3x3 stride-1 first conv, no "
+                   "max-pool); default: on for MedMNIST at 28 px (the published network), off otherwise")
+    p.add_argument("--keep-head", action="store_true", help="keep a pretrained classifier whose shape fits the "
+                   "task (default: re-initialise it as the released code does, e.g. normal std 0.01, bias 0 for "
+                   "ResNets); recorded, and makes the run not comparable")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="arithmetic (default: the released "
+                   "code's, fp32 for classification); any other is an override that makes the run not comparable")
+    p.add_argument("--quick", action="store_true", help="MedMNIST only: a ~150-step version of the 100-epoch "
+                   "schedule (a few minutes on a 2-core CPU); its report says 'shortened schedule: indicative, not a "
+                   "verdict'")
+    p.add_argument("--native-size", action="store_true", help="MedMNIST only: read the native MedMNIST+ file of "
+                   "--img-size (64/128/224) instead of upsampling the 28 px images with NEAREST as MedMNIST v2's "
+                   "published numbers did (a different setting, compared with nothing unless registered)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan (every protocol value with its "
+                   "source, the overrides, the published number it will be compared with, the expected data "
+                   "layout) without reading data or building the network; with --json, as one JSON object")
     p.add_argument("--window", metavar="CENTER,WIDTH", help="DICOM VOI window replacing the files' own, in the "
                    "units after the rescale (HU for CT), e.g. --window=-600,1500 (lung); bounds map onto 0..255")
     p.add_argument("--voi-function", choices=["LINEAR", "LINEAR_EXACT", "SIGMOID"],
@@ -98,24 +117,55 @@ def pixel_options(args: argparse.Namespace) -> dict | None:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """``medhub reproduce``."""
     from medhub.reproduce import reproduce
-    from medhub.train.report import DISCLAIMER, comparison_line
+    from medhub.train.report import DISCLAIMER, comparison_line, verdict_lines
 
-    report = reproduce(
+    result = reproduce(
         args.model, args.task, data_dir=args.data_dir, runs=args.runs, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, label_fraction=args.label_fraction,
         linear_probe=args.linear_probe, device=args.device, seed=args.seed, out=args.out, resume=args.resume,
-        arch=args.arch, progress=_progress(args), cifar_stem=args.cifar_stem, pixels=pixel_options(args),
+        arch=args.arch, progress=_progress(args), cifar_stem=args.cifar_stem, keep_head=args.keep_head,
+        precision=args.precision, subset_seed=args.subset_seed, quick=args.quick, native_size=args.native_size,
+        dry_run=args.dry_run, pixels=pixel_options(args),
     )
     if args.json:
-        print_json(report)
+        print_json(result)
         return 0
-    print(comparison_line(report))
-    overrides = report["protocol"].get("overrides") or {}
-    if "epochs" in overrides and overrides["epochs"].get("why"):
-        print(f"note: {overrides['epochs']['value']} epochs ({overrides['epochs']['why']})")
-    print(f"report: {report['out']}/report.md")
+    if args.dry_run:
+        print(plan_text(result))
+        return 0
+    print(comparison_line(result))
+    print(f"report: {result['out']}/report.md")
     print(DISCLAIMER)
+    print("\n".join(verdict_lines(result)))
     return 0
+
+
+def plan_text(plan: dict) -> str:
+    """The dry-run plan as aligned ``key: value`` lines, sources beside the values they back."""
+    import json
+
+    sources = plan.get("sources") or {}
+    shown = ("recipe", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "scheduler", "scheduler_kwargs",
+             "warmup_epochs", "patience", "loss", "metric", "selection", "normalization", "head_init", "scratch_init",
+             "precision", "stem", "img_size", "input", "augment", "split", "label_fraction", "subset",
+             "labels_trained", "labels_evaluated", "decoder")
+    lines = [f"plan for {plan['model']} on {plan['task']} (nothing read, nothing built)"]
+    for key in shown:
+        if key not in plan or (plan[key] is None and key not in ("scheduler",)):
+            continue
+        value = plan[key] if isinstance(plan[key], str) else json.dumps(plan[key])
+        where = sources.get(key)
+        lines.append(f"  {key:<17} {value}" + (f"   [{where}]" if where else ""))
+    lines.append(f"  {'overrides':<17} {json.dumps(plan['overrides']) if plan['overrides'] else 'none'}")
+    published = plan.get("published")
+    lines.append(f"  {'published':<17} " + (f"{published['mean']:.4f} ({published['source']})" if published
+                                             else "none for this setting"))
+    lines.append(f"  {'comparable':<17} {plan['comparable']}")
+    for title, items in (("deviations", plan["deviations"]), ("protocol partly unknown", plan["protocol_partly_unknown"]),
+                         ("known differences", plan["known_differences"]), ("notes", plan["notes"])):
+        lines += [f"  {title}:"] + [f"    - {item}" for item in items] if items else []
+    lines.append(f"  data layout ({plan['data_layout']['reader']}): {plan['data_layout']['description']}")
+    return "\n".join(lines)
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:

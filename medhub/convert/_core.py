@@ -202,6 +202,9 @@ class Rules:
             the published backbone (projection heads, predictors, momentum encoders, queues, decoders).
         renames: ``(regex, replacement)`` pairs applied in order to each stripped key.
         hook: a function for what renames cannot express (reshapes, table resizing, layout moves).
+        preferred_prefixes: wrapper prefixes in the order the project documents when one file holds several
+            copies of the network under one container (``teacher.`` before ``student.``); ``containers``
+            plays that part for copies in separate entries.
     """
 
     name: str
@@ -211,6 +214,7 @@ class Rules:
     drop: tuple[str, ...] = ()
     renames: tuple[tuple[str, str], ...] = ()
     hook: Hook | None = None
+    preferred_prefixes: tuple[str, ...] = ()
 
     def apply(
         self, obj: Any, target: Target | None, report: ConversionReport, *, prefix: str | None = None,
@@ -276,7 +280,9 @@ class Rules:
             )
         if not found or (prefix is None and not max(c.fits for c in found)):
             return None
-        best, reason = _locate.choose(found, self.containers, self.name, given=prefix is not None)
+        best, reason = _locate.choose(
+            found, self.containers, self.name, given=prefix is not None, prefixes=self.preferred_prefixes
+        )
         report.container, report.prefix, report.found = best.container, best.prefix, reason
         report.source_keys = len(everything[best.path])
         level: Any = obj

@@ -120,7 +120,7 @@ def _by_keys(keys: list[str], top: set[str]) -> tuple[str, str]:  # noqa: C901 -
         )
     if _has(keys, "decoder_embed", "decoder_blocks") and _has(keys, "blocks."):
         return "mae", "ViT keys with 'decoder_*' (an MAE encoder-decoder; decoder and mask_token dropped)"
-    if _has(keys, "dino_head.", "ibot_head.") or (
+    if any(re.search(r"(^|\.)(dino_head|ibot_head)\.", k) for k in keys) or (
         _has(keys, "blocks.", "backbone.blocks.") and _has(keys, "mask_token", "register_tokens", "backbone.mask_token")
     ):
         return "dinov2", (

@@ -109,48 +109,69 @@ def same_weights(a: Candidate, b: Candidate) -> bool:
     )
 
 
-def choose(found: list[Candidate], preferred: tuple[str, ...], fmt: str, given: bool) -> tuple[Candidate, str]:
-    """The candidate to load and one sentence saying why; refuses two different networks of equal standing.
+def prevails(a: Candidate, b: Candidate, containers: tuple[str, ...], prefixes: tuple[str, ...]) -> bool:
+    """True when the format's documented order puts ``a`` before ``b``.
+
+    Where the container paths differ, the first differing entries must both be in ``containers`` (timm's
+    ``state_dict`` before ``state_dict_ema``, DINO's ``teacher`` before ``student``); where only the prefixes
+    differ, both must start with one of ``prefixes`` (``teacher.`` before ``student.``). Anything else has no
+    documented order.
+    """
+    if a.path != b.path:
+        pair = next(((x, y) for x, y in zip(a.path, b.path) if x != y), None)
+        if pair is None or not all(name in containers for name in pair):
+            return False
+        return containers.index(pair[0]) < containers.index(pair[1])
+
+    def rank(c: Candidate) -> int | None:
+        return next((i for i, p in enumerate(prefixes) if c.prefix.startswith(p)), None)
+
+    ra, rb = rank(a), rank(b)
+    return ra is not None and rb is not None and ra < rb
+
+
+def choose(
+    found: list[Candidate], containers: tuple[str, ...], fmt: str, given: bool, prefixes: tuple[str, ...] = ()
+) -> tuple[Candidate, str]:
+    """The candidate to load and one sentence saying why; refuses two networks with no documented order.
 
     Args:
         found: every candidate, any order.
-        preferred: container names in the format's order of preference (earlier wins a tie).
+        containers: container entries in the format's order of preference (see :func:`prevails`).
         fmt: the format name (for the messages).
         given: True when the caller fixed the prefix (the sentence says so).
+        prefixes: wrapper prefixes in the format's order of preference (``teacher.`` before ``student.``).
 
     Raises:
-        ConversionError: two or more networks fit about equally and nothing in the format ranks them.
+        ConversionError: two or more different networks fit about equally and the format does not rank them.
     """
     found = sorted(found, key=lambda c: (-c.fits, -c.named, len(c.path), len(c.prefix)))
     best = found[0]
     close = [c for c in found if c.fits >= RIVAL_SHARE * best.fits and c is not best]
     rivals = [c for c in close if not same_weights(c, best)]
     aliases = [c for c in close if c not in rivals]
+    why = ""
     if rivals:
-        rank = {name: i for i, name in enumerate(preferred)}
-
-        def standing(c: Candidate) -> int:
-            return rank.get(c.path[0], len(rank)) if c.path else -1
-
-        contenders = sorted([best, *rivals], key=lambda c: (standing(c), -c.fits))
-        if standing(contenders[0]) == standing(contenders[1]):
-            tied = [c for c in contenders if standing(c) == standing(contenders[0])]
-            with_container = len({c.path for c in tied}) > 1
-            names = ", ".join(f"prefix='{c.spelled(with_container)}' ({c.fits} tensors)" for c in tied)
+        contenders = [best, *rivals]
+        winner = next(
+            (c for c in contenders if all(prevails(c, o, containers, prefixes) for o in contenders if o is not c)),
+            None,
+        )
+        if winner is None:
+            with_container = len({c.path for c in contenders}) > 1
+            names = ", ".join(f"prefix='{c.spelled(with_container)}' ({c.fits} tensors)" for c in contenders)
             raise ConversionError(
-                f"the file holds {len(tied)} different networks that fit this architecture: {names}; "
+                f"the file holds {len(contenders)} different networks that fit this architecture: {names}; "
                 "pass the one you mean as prefix= (medhub convert --prefix)",
                 fmt=fmt,
-                candidates=[c.spelled() for c in tied],
+                candidates=[c.spelled() for c in contenders],
             )
-        best, others = contenders[0], contenders[1:]
+        best, others = winner, [c for c in contenders if c is not winner]
         why = (
-            f"'{fmt}' checkpoints keep {best.container or 'the top level'} over "
-            + ", ".join(o.spelled() for o in others)
-            + " (also in the file; pass prefix='" + others[0].spelled() + "' to load that instead)"
+            f"'{fmt}' checkpoints keep {best.spelled()!r} over "
+            + ", ".join(repr(o.spelled()) for o in others)
+            + f" (also in the file; pass prefix='{others[0].spelled()}' to load that instead)"
         )
-    else:
-        why = ""
     where = f"{best.container}, " if best.container else ""
     reason = (
         f"network found in {where}prefix '{best.prefix}' ({'given' if given else 'searched'}): "
@@ -162,3 +183,4 @@ def choose(found: list[Candidate], preferred: tuple[str, ...], fmt: str, given: 
     if aliases:
         reason += "; the same weights also appear under " + ", ".join(f"'{a.spelled()}'" for a in aliases)
     return best, reason + (f"; {why}" if why else "")
+

@@ -42,7 +42,7 @@ TIMM = Rules(
 TORCHVISION = Rules(
     name="torchvision",
     summary="torchvision classification weights, including legacy DenseNet `norm.1` keys",
-    containers=("state_dict", "model"),
+    containers=("state_dict", "model", "model_ema"),  # references/classification/train.py: model, then its EMA
     prefixes=("module.", ""),
     renames=(DENSENET_LEGACY,),
 )

@@ -47,7 +47,7 @@ SIMSIAM = Rules(
 PYCONTRAST = Rules(
     name="pycontrast",
     summary="PyContrast InsDis/PIRL/InfoMin: the `model` entry (not model_ema), `module.encoder.`; heads dropped",
-    containers=("model",),
+    containers=("model", "model_ema"),
     prefixes=("module.encoder.", "encoder."),
     drop=("head.", "head_jig", "jigsaw"),
 )
@@ -55,7 +55,7 @@ PYCONTRAST = Rules(
 DINO = Rules(
     name="dino",
     summary="DINO: teacher backbone of a full checkpoint (`teacher`, `backbone.`), or a raw backbone; ViT or ResNet",
-    containers=("teacher", "state_dict", "model"),
+    containers=("teacher", "state_dict", "model", "student"),
     prefixes=("module.backbone.", "backbone.", "module.", ""),
     drop=("head.",),
 )
@@ -78,8 +78,11 @@ MOCOV3_VIT = Rules(
 
 
 def _dinov2_hook(state: dict[str, torch.Tensor], target: Target | None, report: ConversionReport) -> dict:
-    """Register tokens -> timm's ``reg_token`` (its class token then carries the first position; the
-    position table loses that entry), as timm's ``_convert_dinov2`` lays them out."""
+    """Drop the iBOT ``mask_token``; register tokens -> timm's ``reg_token`` (its class token then carries the
+    first position; the position table loses that entry), as timm's ``_convert_dinov2`` lays them out."""
+    if "mask_token" in state:
+        del state["mask_token"]
+        report.dropped.append(report.prefix + "mask_token")
     if "register_tokens" not in state:
         return state
     pos = state["pos_embed"]
@@ -96,9 +99,10 @@ def _dinov2_hook(state: dict[str, torch.Tensor], target: Target | None, report: 
 DINOV2 = Rules(
     name="dinov2",
     summary="DINOv2 backbone (hub .pth or the teacher of a training checkpoint): mask_token and heads dropped",
-    containers=("teacher", "model", "state_dict"),
+    containers=("teacher", "model", "state_dict", "student"),
     prefixes=("backbone.", ""),
-    drop=("mask_token", "backbone.mask_token", "dino_head.", "ibot_head."),
+    drop=("dino_head.", "ibot_head."),
+    preferred_prefixes=("teacher.", "student."),
     renames=((r"^(blocks\.\d+\.mlp\.)w12\.", r"\1fc1."), (r"^(blocks\.\d+\.mlp\.)w3\.", r"\1fc2.")),
     hook=_dinov2_hook,
 )

@@ -65,6 +65,34 @@ def _parse_step(name: str) -> tuple[str, float | None] | None:
     return None
 
 
+def describe_augment(names: tuple[str, ...] | list[str], size: int, segmentation: bool = False) -> list[dict]:
+    """The steps :func:`train_transform` applies for ``names``, with their parameters (the plan's ``augment``).
+
+    Each step is a dict with ``step`` (random_resized_crop, horizontal_flip, vertical_flip, rotation,
+    color, elastic) and the parameters medhub uses, plus ``as_named`` (the protocol's own wording).
+    """
+    steps = []
+    for name in names:
+        parsed = _parse_step(name)
+        if parsed is None:
+            steps.append({"step": "skipped", "as_named": name, "why": "not known to medhub"})
+            continue
+        kind, arg = parsed
+        if kind == "crop":
+            scale, p = _crop_settings(segmentation)
+            step = {"step": "random_resized_crop", "size": size, "scale": list(scale), "ratio": [3 / 4, 4 / 3], "p": p}
+        elif kind in ("hflip", "vflip"):
+            step = {"step": "horizontal_flip" if kind == "hflip" else "vertical_flip", "p": 0.5}
+        elif kind == "rotate":
+            step = {"step": "rotation", "degrees": arg, "fill": 0}
+        elif kind == "color":
+            step = {"step": "color", "brightness": 0.2, "contrast": 0.2, "p": 0.3}
+        else:
+            step = {"step": "elastic", "alpha": 30.0, "p": 0.3}
+        steps.append({**step, "as_named": name})
+    return steps
+
+
 def _crop_settings(segmentation: bool) -> tuple[tuple[float, float], float]:
     """(area scale, probability) of the random resized crop: the benchmark's segmentation recipe is milder."""
     return ((0.49, 1.0), 0.25) if segmentation else ((0.08, 1.0), 1.0)

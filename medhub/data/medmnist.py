@@ -28,17 +28,6 @@ def file_name(flag: str, size: int) -> str:
     return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
-def best_file(folder: Path, flag: str, img_size: int) -> Path | None:
-    """The file to read for ``img_size``: the exact size if present, else the largest smaller, else any."""
-    present = {s: folder / file_name(flag, s) for s in SIZES if (folder / file_name(flag, s)).is_file()}
-    if not present:
-        return None
-    if img_size in present:
-        return present[img_size]
-    smaller = [s for s in present if s <= img_size]
-    return present[max(smaller)] if smaller else present[min(present)]
-
-
 def md5_file(path: Path) -> str:
     """md5 of a file, remembered per (path, size, mtime) so large files are hashed once."""
     stat = path.stat()
@@ -144,29 +133,35 @@ def read_npz(path: Path, flag: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def locate(task, data_dir: Path, img_size: int, explicit: bool) -> tuple[Path, list[str]]:
-    """The ``.npz`` to read: in ``data_dir``; else (default folder only) the embedded copy; else Zenodo."""
+def locate(task, data_dir: Path, size: int, explicit: bool) -> tuple[Path, list[str]]:
+    """The ``.npz`` of exactly ``size`` px: in ``data_dir``; else (28 px, default folder) the embedded copy; else Zenodo."""
     flag = Path(task.layout.files[0]).stem if task.layout.files else task.id
-    if data_dir.is_dir() and (path := best_file(data_dir, flag, img_size)):
-        return path, []
+    if size not in SIZES:
+        raise DataError(f"MedMNIST files exist at {', '.join(map(str, SIZES))} px, not {size}; choose one of those "
+                        "with --img-size, or drop --native-size to upsample the 28 px images")
+    wanted = data_dir / file_name(flag, size)
+    if wanted.is_file():
+        return wanted, []
     embedded = EMBEDDED_DIR / file_name(flag, 28)
-    if not explicit and embedded.is_file():
+    if size == 28 and not explicit and embedded.is_file():
         return embedded, [f"data: the copy of {embedded.name} embedded in medhub (CC BY 4.0, see ATTRIBUTION.md)"]
     listing = sorted(p.name for p in data_dir.iterdir()) if data_dir.is_dir() else []
     if listing:
         shown = ", ".join(listing[:8]) + (" ..." if len(listing) > 8 else "")
-        raise DataError(f"{data_dir}: no {flag} .npz file (found {shown}); expected {LAYOUT}",
-                        path=data_dir, missing=[file_name(flag, img_size if img_size in SIZES else 28)])
-    size = img_size if img_size in SIZES else 28
+        raise DataError(f"{data_dir}: no {file_name(flag, size)} (found {shown}); expected {LAYOUT}",
+                        path=data_dir, missing=[file_name(flag, size)])
     return download(flag, size, data_dir, dict(task.layout.md5)), [f"data: downloaded {file_name(flag, size)}"]
 
 
-def read_medmnist(task, data_dir: Path, img_size: int, explicit: bool = True) -> TaskData:
+def read_medmnist(task, data_dir: Path, img_size: int, explicit: bool = True, native_size: bool = False) -> TaskData:
     """Read a MedMNIST task from ``data_dir`` (see :func:`locate` for the fallbacks).
 
+    MedMNIST v2's published numbers at every size come from the 28 px file (upsampled with NEAREST to
+    ``img_size`` by the cache, as ``train_and_eval_pytorch.py --resize`` does), so that file is read unless
+    ``native_size`` asks for the MedMNIST+ file of ``img_size`` (64, 128 or 224 px; a different setting).
     Binary and multi-class labels become class indices ``(N,)``; multi-label (ChestMNIST) stays ``(N, 14)``.
     """
-    path, notes = locate(task, data_dir, img_size, explicit)
+    path, notes = locate(task, data_dir, img_size if native_size else 28, explicit)
     flag = path.name.split(".")[0].split("_")[0]
     verify_md5(path, dict(task.layout.md5))
     arrays = read_npz(path, flag)
@@ -179,5 +174,7 @@ def read_medmnist(task, data_dir: Path, img_size: int, explicit: bool = True) ->
         labels = labels.astype(np.float32) if multi_label else labels.reshape(len(labels), -1)[:, 0].astype(np.int64)
         splits[split] = SplitData(split, labels=labels, images=arrays[f"{split}_images"], source=f"{source}:{split}")
     channels = 3 if arrays["train_images"].ndim == 4 else 1
-    notes.append(f"data: {path} ({arrays['train_images'].shape[1]} px); md5 checked when the registry records it")
+    made = (f"upsampled to {img_size} px with NEAREST" if img_size > arrays["train_images"].shape[1] else "as stored")
+    notes.append(f"data: {path} ({arrays['train_images'].shape[1]} px, {made}); md5 checked when the registry "
+                 "records it")
     return TaskData(task.id, splits, tuple(task.labels), channels=channels, root=path.parent, notes=notes)

@@ -55,10 +55,11 @@ class FitConfig:
     normalization: Any = "imagenet"
     ten_crop: int | None = None
     warmup_epochs: int = 0
-    precision: str | None = None  # fp16 (autocast + GradScaler), bf16, fp32; None: bf16 when amp on CUDA
+    precision: str | None = "fp32"  # fp16 (autocast + GradScaler), bf16, fp32; None: bf16 when amp on CUDA
     amp: bool = False
     channels_last: bool = False
     seed: int = 0
+    evaluated: tuple[str, ...] = ()  # labels the metric averages (a subset of label_names); () = all
 
     @property
     def segmentation(self) -> bool:
@@ -235,7 +236,11 @@ def evaluate(model, loader, device, config: FitConfig, *, ten_crop: int | None =
         return Evaluation(total / max(count, 1), dice.pooled, {"dice_pooled": dice.pooled,
                                                                 "dice_per_image": per_image})
     scores, truth = np.concatenate(outputs), np.concatenate(truths)
-    per_class = metrics.per_class_auc(truth, scores, config.task_type, config.label_names)
+    names = config.label_names
+    if config.evaluated and tuple(config.evaluated) != tuple(names):  # e.g. CheXpert: 14 trained, 5 evaluated
+        keep = [names.index(name) for name in config.evaluated]
+        scores, truth, names = scores[:, keep], truth[:, keep], tuple(config.evaluated)
+    per_class = metrics.per_class_auc(truth, scores, config.task_type, names)
     return Evaluation(total / max(count, 1), metrics.mean_of(per_class), per_class, scores, truth,
                       metrics.accuracy(truth, scores, config.task_type))
 

@@ -349,3 +349,72 @@ def freeze_backbone(network: nn.Module) -> list[str]:
             trainable.append(name)
     log.info("linear probe: training %s only", ", ".join(trainable))
     return trainable
+
+
+def init_from_scratch(network: nn.Module, kind: str) -> None:
+    """Initialise a from-scratch network the way the released code's framework does, in place.
+
+    ``torchvision``: timm's ResNet init (kaiming normal fan_out convs, BN 1/0) without the zero-initialised
+    last BN of each block (torchvision's ``zero_init_residual=False``, the default the released code uses).
+    ``pytorch_default``: every Conv/Linear/BatchNorm's own ``reset_parameters()`` (MedMNIST/experiments'
+    ``models.py`` has no init code). Draws from torch's global generator (seeded by the run).
+    """
+    if kind == "torchvision":
+        for module in network.modules():
+            if hasattr(module, "zero_init_last"):
+                last = getattr(module, "bn3", None) or getattr(module, "bn2", None)
+                if isinstance(last, nn.BatchNorm2d):
+                    nn.init.ones_(last.weight)
+    elif kind == "pytorch_default":
+        for module in network.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+                module.reset_parameters()
+    else:
+        raise UsageError(f"unknown from-scratch init '{kind}'; use torchvision or pytorch_default")
+
+
+def _registry_head_classes(model: str) -> int | None:
+    from medhub.errors import MedhubError
+    from medhub.registry import load_registry
+
+    try:
+        return load_registry().get_model(model).head.num_classes
+    except MedhubError:
+        return None
+
+
+def init_classifier(network: nn.Module, head_init: dict, *, model: str = "", num_outputs: int = 0) -> str:
+    """(Re-)initialise the classifier as ``head_init`` says; returns what was done (for the report).
+
+    ``{"kind": "normal", "std": s, "bias": b}``: weight ~ N(0, s), bias b (BenchmarkTransferLearning
+    Version2/models.py:55-60, 201-208: std 0.01, bias 0). ``trunc_normal``: timm/Swin's truncated normal.
+    ``pytorch_default``: ``nn.Linear.reset_parameters()``. ``kept``: a pretrained head whose class count fits
+    stays (registry ids: the entry's head size; local files: kept as loaded); otherwise ``head_init['fallback']``.
+    A network without a Linear classifier is left as it is.
+    """
+    classifier = network.get_classifier() if hasattr(network, "get_classifier") else None
+    if isinstance(classifier, nn.Sequential):
+        classifier = next((m for m in classifier if isinstance(m, nn.Linear)), None)
+    if not isinstance(classifier, nn.Linear):
+        return "no linear classifier"
+    kind = head_init.get("kind")
+    if kind == "kept":
+        source = _registry_head_classes(model) if not is_random(model) else None
+        if source is None and not is_random(model) and not Path(model).expanduser().exists():
+            source = 0
+        if is_random(model) or (source is not None and source != num_outputs):
+            return init_classifier(network, head_init.get("fallback") or {}, model=model, num_outputs=num_outputs)
+        return "kept (pretrained)"
+    with torch.no_grad():
+        if kind == "normal":
+            classifier.weight.normal_(0.0, float(head_init["std"]))
+        elif kind == "trunc_normal":
+            nn.init.trunc_normal_(classifier.weight, std=float(head_init["std"]))
+        elif kind == "pytorch_default":
+            classifier.reset_parameters()
+            return "pytorch default"
+        else:
+            return "network default"
+        if classifier.bias is not None:
+            classifier.bias.fill_(float(head_init.get("bias", 0.0)))
+    return f"{kind} std {head_init['std']}, bias {head_init.get('bias', 0.0)}"

@@ -37,39 +37,32 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
-def reported_for(model: str, task: str, metric: str, img_size: int, label_fraction: float) -> dict | None:
-    """The registry's published number for this (model, task, metric), preferring a matching setting."""
-    from medhub.errors import MedhubError
-    from medhub.registry import load_registry
-
-    try:
-        results = [r for r in load_registry().results_for(model=model, task=task) if r.metric == metric]
-    except MedhubError:
-        return None
-    if not results:
-        return None
-
-    def distance(result) -> int:
-        """0 for the same img_size and label fraction; other settings rank after."""
-        size = result.setting.get("img_size")
-        fraction = float(result.setting.get("label_fraction", 1.0))
-        return (0 if size in (None, img_size) else 1) + (0 if fraction == label_fraction else 2)
-
-    best = min(results, key=distance)
-    return {"mean": best.mean, "std": best.std, "runs": best.runs, "source": best.source,
-            "setting": dict(best.setting), "notes": best.notes}
-
-
 def build_report(model: str, task, metric: str, runs: list[dict], protocol: dict, env: dict,
                  reported: dict | None) -> dict:
-    """The report.json document."""
+    """The report.json document; ends with ``verdict`` and ``verdict_reasons`` (:mod:`medhub.train.verdict`).
+
+    ``protocol`` is the plan (``Plan.as_dict()`` plus data details); ``reported`` the published number of
+    exactly the run's setting, or None. ``accuracy`` is the mean test ACC over runs, compared with a published
+    ACC of the same setting when one exists (``reported['acc']``).
+    """
+    from medhub.train.verdict import verdict
+
     mean, std = summarize([r["metric"] for r in runs])
+    accuracies = [r["accuracy"] for r in runs if r.get("accuracy") is not None]
+    accuracy = summarize(accuracies) if accuracies else None
     difference = None if reported is None else mean - reported["mean"]
-    return {
+    report = {
         "model": model, "task": task.id, "metric": metric, "runs": runs, "mean": mean, "std": std,
         "reported": reported, "difference": difference, "protocol": protocol, "environment": env,
         "disclaimer": DISCLAIMER,
     }
+    if accuracy is not None:
+        report["accuracy"] = {"mean": accuracy[0], "std": accuracy[1]}
+        published_acc = (reported or {}).get("acc")
+        if published_acc is not None:
+            report["accuracy"].update(published=published_acc["mean"], difference=accuracy[0] - published_acc["mean"])
+    report.update(verdict(protocol, mean, std, len(runs)))
+    return report
 
 
 def comparison_line(report: dict) -> str:
@@ -77,20 +70,29 @@ def comparison_line(report: dict) -> str:
     metric, mean, std = report["metric"].upper(), report["mean"], report["std"]
     runs = len(report["runs"])
     line = f"{report['model']} on {report['task']}: {metric} {mean:.4f} ± {std:.4f} over {runs} run(s)"
-    reported = report["reported"]
+    reported = report["reported"] or (report.get("protocol") or {}).get("reference")
     if reported is None:
-        return line + "; no published number in the registry to compare with"
+        return line + "; no published number in the registry for this setting"
     ref_std = f" ± {reported['std']:.4f}" if reported.get("std") is not None else ""
     setting = ", ".join(f"{k}={v}" for k, v in (reported.get("setting") or {}).items())
-    return (f"{line}; reported {reported['mean']:.4f}{ref_std}{f' ({setting})' if setting else ''}, "
-            f"difference {report['difference']:+.4f} [{reported['source']}]")
+    acc = report.get("accuracy") or {}
+    acc_text = (f"; ACC {acc['mean']:.4f} vs published {acc['published']:.4f}" if acc.get("published") is not None
+                else "")
+    return (f"{line}; published {reported['mean']:.4f}{ref_std}{f' ({setting})' if setting else ''}, "
+            f"difference {mean - reported['mean']:+.4f}{acc_text} [{reported['source']}]")
+
+
+def verdict_lines(report: dict) -> list[str]:
+    """``verdict: <verdict>`` and one indented line per reason."""
+    return [f"verdict: {report['verdict']}"] + [f"  - {reason}" for reason in report.get("verdict_reasons") or []]
 
 
 def write_markdown(report: dict, path: Path, plots: list[str]) -> None:
     """report.md: the comparison, per-run table, per-class values, protocol and environment."""
     reported = report.get("reported") or {}
     about = [f"About the reported number: {reported['notes']}", ""] if reported.get("notes") else []
-    lines = [f"# {report['model']} on {report['task']}", "", comparison_line(report), "", *about, f"_{DISCLAIMER}_", "",
+    lines = [f"# {report['model']} on {report['task']}", "", comparison_line(report), "", *verdict_lines(report), "",
+             *about, f"_{DISCLAIMER}_", "",
              "| run | seed | test " + report["metric"] + " | test acc | epochs | best epoch (dotted in the plot) | "
              "seconds |", "|---|---|---|---|---|---|---|"]
     for i, run in enumerate(report["runs"]):

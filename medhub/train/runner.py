@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -16,29 +17,54 @@ from medhub.cpu import torch_threads
 from medhub.data.cache import CachedSplit, cached_split
 from medhub.data.loader import default_workers, make_loader, train_transform
 from medhub.data.progress import Progress
+from medhub.errors import UsageError
 from medhub.train import metrics
 from medhub.train.loop import FitConfig, evaluate, fit
-from medhub.train.network import build_network, is_random
+from medhub.train.network import build_network, init_classifier, init_from_scratch, is_random
 from medhub.train.report import build_report, plot_learning_curves, plot_roc, write_json, write_markdown
 from medhub.train.state import deterministic, run_threads
 
 log = logging.getLogger(__name__)
 
 
+def subset_indices(count: int, fraction: float, seed: int = 99) -> list[int]:
+    """The released code's label-fraction subset of ``count`` samples in list-file order.
+
+    ``random.Random(seed).shuffle`` of ``0..count-1``, then the first ``int(count * percent / 100.0)``
+    (BenchmarkTransferLearning Version2/dataloader.py:98-108 and :151-161, ``--anno_percent`` with seed 99),
+    in that shuffled order. ``fraction`` is ``percent / 100``.
+
+    Raises:
+        UsageError: the fraction keeps no sample of ``count``.
+    """
+    percent = round(fraction * 100.0, 9)
+    keep = int(count * (int(percent) if float(percent).is_integer() else percent) / 100.0)
+    if keep < 1:
+        raise UsageError(f"--label-fraction {fraction} keeps no sample of {count}; use a larger fraction")
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return order[:keep]
+
+
 def prepare_data(task, data, plan, *, seed: int, progress: Progress) -> dict[str, CachedSplit]:
-    """Decode (once) every split at the plan's cache size; keep ``label_fraction`` of train."""
+    """Decode (once) every split at the plan's cache size; cut the plan's label-fraction subset.
+
+    The subset is the released code's (:func:`subset_indices`, seed ``plan.subset['seed']``, 99 unless
+    overridden), applied to each split the task's recipe cuts; it does not depend on the run's ``seed``.
+    """
     mode = getattr(plan, "image_resize", "bilinear")
     splits = {name: cached_split(task.id, data.split(name), plan.cache_size, data.channels, progress=progress,
                                  resize_mode=mode)
               for name in ("train", "val", "test")}
     if plan.label_fraction < 1.0:
-        train = splits["train"]
-        keep = max(1, round(len(train) * plan.label_fraction))
-        pick = np.sort(np.random.default_rng(seed).permutation(len(train))[:keep])
-        splits["train"] = CachedSplit("train", np.asarray(train.images[pick]), train.labels[pick],
-                                      None if train.masks is None else np.asarray(train.masks[pick]))
-        plan.notes.append(f"label fraction {plan.label_fraction}: {keep} of {len(train)} training samples "
-                          f"(random subset, seed {seed})")
+        subset = plan.subset or {"seed": 99, "splits": ["train"]}
+        for name in subset["splits"]:
+            whole = splits[name]
+            pick = np.asarray(subset_indices(len(whole), plan.label_fraction, subset["seed"]))
+            splits[name] = CachedSplit(name, np.asarray(whole.images[pick]), whole.labels[pick],
+                                       None if whole.masks is None else np.asarray(whole.masks[pick]))
+            plan.notes.append(f"label fraction {plan.label_fraction}: {len(pick)} of {len(whole)} {name} samples "
+                              f"(random.Random({subset['seed']}) subset of the list order)")
     return splits
 
 
@@ -47,22 +73,16 @@ def _input_channels(network: torch.nn.Module) -> int:
     return first.in_channels if first is not None else 3
 
 
-def _normalization(network: torch.nn.Module, plan, model: str):
-    cfg = getattr(getattr(network, "encoder", network), "pretrained_cfg", None) or {}
-    if plan.normalization == "imagenet" and not is_random(model) and cfg.get("mean") and cfg.get("std"):
-        return tuple(cfg["mean"]), tuple(cfg["std"])
-    return plan.normalization
-
-
 def fit_config(task, plan, *, channels: int, normalization, device: torch.device, seed: int) -> FitConfig:
     """The loop's configuration from the task and plan."""
     return FitConfig(
-        task_type=task.type, label_names=tuple(task.labels), loss=plan.loss, optimizer=plan.optimizer, lr=plan.lr,
-        weight_decay=plan.weight_decay, epochs=plan.epochs, scheduler=plan.scheduler,
+        task_type=task.type, label_names=tuple(task.trained_labels), loss=plan.loss, optimizer=plan.optimizer,
+        lr=plan.lr, weight_decay=plan.weight_decay, epochs=plan.epochs, scheduler=plan.scheduler,
         scheduler_kwargs=plan.scheduler_kwargs, patience=plan.patience, selection=plan.selection,
         channels=channels, normalization=normalization, ten_crop=plan.ten_crop,
-        warmup_epochs=getattr(plan, "warmup_epochs", 0), precision=getattr(plan, "precision", None),
+        warmup_epochs=getattr(plan, "warmup_epochs", 0), precision=getattr(plan, "precision", "fp32"),
         amp=device.type == "cuda", channels_last=device.type == "cuda", seed=seed,
+        evaluated=tuple(getattr(plan, "labels_evaluated", None) or task.labels),
     )
 
 
@@ -91,15 +111,22 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
          label: str) -> dict[str, Any]:
     result_path = run_dir / "result.json"
     chans = (in_chans or data.channels) if is_random(model) else None
+    if is_random(model) and getattr(plan, "input_channels", None):
+        chans = plan.input_channels
     network = build_network(model, num_outputs=plan.num_outputs, in_chans=chans, arch=arch,
                             segmentation=task.type == "segmentation", linear_probe=plan.linear_probe,
                             stem=getattr(plan, "stem", None), decoder=getattr(plan, "decoder", None),
                             img_size=plan.img_size)
+    if getattr(plan, "scratch_init", None):
+        init_from_scratch(network, plan.scratch_init)
+    if task.type != "segmentation" and getattr(plan, "head_init", None):
+        init_classifier(network, plan.head_init, model=model, num_outputs=plan.num_outputs)
     network = network.to(device)
     if device.type == "cuda":
         network = network.to(memory_format=torch.channels_last)
-    config = fit_config(task, plan, channels=_input_channels(network), normalization=_normalization(network, plan,
-                        model), device=device, seed=seed)
+    # the recipe's normalization for every initialisation (the released code's --normalization imagenet)
+    config = fit_config(task, plan, channels=_input_channels(network), normalization=plan.normalization,
+                        device=device, seed=seed)
     _check_last_batch(network, len(splits["train"]), plan.batch_size)
     workers = default_workers(device)
     common = dict(batch_size=plan.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
@@ -174,6 +201,8 @@ def write_outputs(out_dir: Path, model: str, task, metric: str, results: list[di
             plots.append(f"roc_run{i}.png")
     report["plots"] = plots
     report["out"] = str(out_dir)
+    for key in ("verdict", "verdict_reasons"):  # the report ends with its verdict
+        report[key] = report.pop(key)
     write_json(report, out_dir / "report.json")
     write_markdown(report, out_dir / "report.md", plots)
     return report

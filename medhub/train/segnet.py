@@ -103,9 +103,9 @@ class SegmentationSpec:
 
 
 def architecture_family(arch: str) -> str:
-    """``resnet``, ``convnext``, ``swin`` or ``other`` for a timm architecture name (e.g. convnext_base)."""
+    """``resnet``, ``densenet``, ``convnext``, ``swin`` or ``other`` for a timm architecture name (convnext_base)."""
     name = arch.lower().split("/")[-1]
-    for family in ("convnext", "swin", "resnet"):
+    for family in ("convnext", "swin", "resnet", "densenet"):
         if name.startswith(family):
             return family
     return "other"
