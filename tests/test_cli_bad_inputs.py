@@ -160,6 +160,13 @@ ROWS: list[tuple[str, str, list[str], dict[str, str], str]] = [
     ("reproduce", "--arch", ["reproduce", "{ckpt}", T, "--arch", "no_such_arch"], {}, "unknown name"),
     ("reproduce", "--no-progress", ["reproduce", R, T, "--no-progress=1"], {}, "value on a flag"),
     ("reproduce", "--json", ["reproduce", R, T, "--json=1"], {}, "value on a flag"),
+    ("reproduce", "--dry-run", ["reproduce", R, T, "--dry-run=1"], {}, "value on a flag"),
+    ("reproduce", "--dry-run", ["reproduce", "no_such_checkpoint", T, "--dry-run"], {}, "unknown name"),
+    ("reproduce", "--keep-head", ["reproduce", R, T, "--keep-head=1"], {}, "value on a flag"),
+    ("reproduce", "--native-size", ["reproduce", R, T, "--native-size"], {}, "needs --img-size"),
+    ("reproduce", "--precision", ["reproduce", R, T, "--precision", "fp8"], {}, "wrong value"),
+    ("reproduce", "--quick", ["reproduce", R, T, "--quick", "--epochs", "3"], {}, "conflicting options"),
+    ("reproduce", "--subset-seed", ["reproduce", R, T, "--subset-seed", "-1"], {}, "wrong range"),
     ("reproduce", "--window", ["reproduce", R, T, "--window", "40"], {}, "wrong type"),
     ("reproduce", "--voi-function", ["reproduce", R, T, "--voi-function", "CUBIC"], {}, "wrong value"),
     ("reproduce", "--voi-function", ["reproduce", R, T, "--voi-function", "SIGMOID"], {}, "needs --window"),
@@ -273,7 +280,8 @@ def parser_options() -> set[tuple[str, str]]:
                 for name, sub in action.choices.items():
                     walk(sub, (*path, name))
                 continue
-            key = max(action.option_strings, key=len) if action.option_strings else action.dest
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            key = (longs or action.option_strings or [action.dest])[0]
             found.add((" ".join(path), key))
 
     walk(build_parser(), ())
