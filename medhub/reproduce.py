@@ -121,12 +121,12 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     known_train = next((s.size for s in entry.splits if s.name == "train" and s.size), None)
     plan = make_plan(entry, **options,  # checks the overrides before any data is read
                      train_size=int(known_train * label_fraction) if known_train else None)
+    check_stem(model, arch=arch, stem=plan.stem)
     size_note = None if entry.type == "segmentation" else check_input_size(model, plan.img_size, arch=arch)
     if size_note:
         plan.notes.append(size_note)
     if dry_run:
         return {"model": model, "task": entry.id, "seed": seed, "runs": runs, **plan.as_dict()}
-    check_stem(model, arch=arch, stem=plan.stem)
     torch_device = pick_device(device)
     out_dir = _output_dir(model, entry.id, out, resume)
     existed = out_dir.exists()
