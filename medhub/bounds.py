@@ -42,7 +42,12 @@ BOUNDS: dict[str, Bound] = {
     "max_upload_mb": Bound(1, 10_000_000),
     "min_age_hours": Bound(0, 1_000_000),
     "n_images": Bound(2, 1_000_000),
-    "frame": Bound(0, 100_000),  # 0-based frame of a multi-frame DICOM/TIFF  # medhub rank's sample: two images at the very least for any score
+    "frame": Bound(0, 100_000),
+    # medhub serve
+    "cache_mb": Bound(1, 1 << 20),
+    "max_connections": Bound(1, 1_000_000),
+    "timeout_s": Bound(0, 86_400, low_open=True),
+    "keep_alive_requests": Bound(1, 1_000_000_000),  # 0-based frame of a multi-frame DICOM/TIFF  # medhub rank's sample: two images at the very least for any score
 }
 
 

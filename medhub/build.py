@@ -422,9 +422,15 @@ def _build_features(
     report.classifier = (
         f"none (features_only=True: timm's feature extractor has no classifier; source had {source or 'none'})"
     )
-    # num_classes=-1 in the overlay never equals the extractor's 0, so timm loads without its classifier check
-    overlay = dict(state_dict=loaded, source="", num_classes=-1)
+    # num_classes=-1 in the overlay never equals the extractor's 0, so timm loads without its classifier
+    # check; input_size states the channels the (already adapted) first conv has, so timm leaves it alone
+    size = tuple(full.pretrained_cfg.get("input_size") or (3, 224, 224))
+    overlay = dict(state_dict=loaded, source="", num_classes=-1, input_size=(kwargs["in_chans"], *size[1:]))
     model = timm.create_model(arch, **{**kwargs, "pretrained": True}, pretrained_cfg_overlay=overlay, **features)
+    for module in model.modules():  # the weights are in the model now: keep no second copy in a config
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, dict):
+            cfg.pop("state_dict", None)
     indices = getattr(model, "out_indices", None) or features.get("out_indices")
     indices = tuple(indices) if indices is not None else "default"
     report.adapted.append(

@@ -67,6 +67,10 @@ class OfflineError(MedhubError, OSError):
     """Offline mode asked for something that is not in the local cache."""
 
 
+class CacheError(OfflineError):
+    """A local cache whose content is wrong (a refs file, a snapshot or blob not copied); names the file."""
+
+
 class UsageError(MedhubError, ValueError):
     """An option or argument combination that cannot work."""
 

@@ -281,8 +281,9 @@ class Rules:
         if not found or (prefix is None and not max(c.fits for c in found)):
             return None
         best, reason = _locate.choose(
-            found, self.containers, self.name, given=prefix is not None, prefixes=self.preferred_prefixes
-        )
+            found, self.containers, self.name, given=prefix is not None, prefixes=self.preferred_prefixes,
+            total=len(target) if target is not None else None,
+        )  # fmt: skip
         report.container, report.prefix, report.found = best.container, best.prefix, reason
         report.source_keys = len(everything[best.path])
         level: Any = obj

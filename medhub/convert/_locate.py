@@ -131,8 +131,9 @@ def prevails(a: Candidate, b: Candidate, containers: tuple[str, ...], prefixes: 
 
 
 def choose(
-    found: list[Candidate], containers: tuple[str, ...], fmt: str, given: bool, prefixes: tuple[str, ...] = ()
-) -> tuple[Candidate, str]:
+    found: list[Candidate], containers: tuple[str, ...], fmt: str, given: bool, prefixes: tuple[str, ...] = (),
+    total: int | None = None,
+) -> tuple[Candidate, str]:  # fmt: skip
     """The candidate to load and one sentence saying why; refuses two networks with no documented order.
 
     Args:
@@ -141,6 +142,7 @@ def choose(
         fmt: the format name (for the messages).
         given: True when the caller fixed the prefix (the sentence says so).
         prefixes: wrapper prefixes in the format's order of preference (``teacher.`` before ``student.``).
+        total: number of tensors of the architecture (for the sentence), when known.
 
     Raises:
         ConversionError: two or more different networks fit about equally and the format does not rank them.
@@ -173,13 +175,14 @@ def choose(
             + f" (also in the file; pass prefix='{others[0].spelled()}' to load that instead)"
         )
     where = f"{best.container}, " if best.container else ""
+    of = f" of the architecture's {total}" if total else ""
     reason = (
-        f"network found in {where}prefix '{best.prefix}' ({'given' if given else 'searched'}): "
-        f"{best.fits} tensors match the architecture's names and shapes"
+        f"network found in {where}prefix '{best.prefix}' ({'given' if given else 'searched'}): its keys name "
+        f"{best.named}{of} tensors, {best.fits} with the same shape"
     )
-    runner = next((c for c in found if c is not best and c not in aliases and c.fits), None)
-    if runner and not why and not given:
-        reason += f"; next best prefix '{runner.spelled()}' matches {runner.fits}"
+    runner = next((c for c in found if c is not best and c not in aliases), None)
+    if runner and not why and not given and runner.fits >= best.fits / 2:
+        reason += f"; next best prefix '{runner.spelled()}' fits {runner.fits}"
     if aliases:
         reason += "; the same weights also appear under " + ", ".join(f"'{a.spelled()}'" for a in aliases)
     return best, reason + (f"; {why}" if why else "")
