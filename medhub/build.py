@@ -431,8 +431,7 @@ def _build_features(
         cfg = getattr(module, "pretrained_cfg", None)
         if isinstance(cfg, dict):
             cfg.pop("state_dict", None)
-    indices = getattr(model, "out_indices", None) or features.get("out_indices")
-    indices = tuple(indices) if indices is not None else "default"
+    indices = tuple(getattr(getattr(model, "feature_info", None), "out_indices", None) or ()) or "timm's default"
     report.adapted.append(
         f"features_only: timm built the full model, loaded it, then wrapped it in {type(model).__name__} "
         f"(out_indices {indices}); layers after the last output and the classifier are pruned"

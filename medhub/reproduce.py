@@ -153,7 +153,7 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
         if not any(out_dir.glob("run*/state.pt")):  # nothing resumable: remove what this call created
             remove_created(out_dir, existed)
         raise
-    metric = "dice" if entry.type == "segmentation" else entry.metric
+    metric = plan.metric
     protocol = {**plan.as_dict(), "data_notes": data.notes, "data_root": str(data.root), "model_arch": arch,
                 "device": str(torch_device)}
     report = write_outputs(out_dir, model, entry, metric, results, protocol, environment(str(torch_device)),

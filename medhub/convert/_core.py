@@ -67,6 +67,18 @@ def pool_hint(unexpected: Any, missing: Any) -> str:
     return ""
 
 
+def head_hint(unexpected: Any, absent_classifier: Any) -> str:
+    """The ``key_map`` to pass when the only unexpected keys are one linear layer and the arch's classifier
+    is absent from the weights (a fine-tuned head under the wrapper's own name), else ""."""
+    modules = {k.rsplit(".", 1)[0] for k in unexpected}
+    heads = {k.rsplit(".", 1)[0] for k in absent_classifier if k.endswith(".weight")}
+    if len(modules) != 1 or len(heads) != 1 or not {k.rsplit(".", 1)[1] for k in unexpected} <= {"weight", "bias"}:
+        return ""
+    (old,), (new,) = modules, heads
+    pattern = "^" + old.replace(".", "\\.") + "\\."
+    return f"; if {old}.* is your fine-tuned head, pass key_map={{r'{pattern}': '{new}.'}} (medhub convert --key-map)"
+
+
 @dataclass
 class ConversionReport:
     """What a conversion did, for the caller, the log and ``medhub convert``.
@@ -264,11 +276,11 @@ class Rules:
                 key = pattern.sub(replacement, key)
             return key
 
-        dropping = self._drop_pattern()
         found, everything = [], dict(_locate.tensor_dicts(obj))
         for path, tensors in everything.items():
             if container is not None and "/".join(path) != container:
                 continue
+            dropping = self._drop_pattern(_locate.shared_prefix(tensors))
             kept = {k: v for k, v in tensors.items() if not (dropping and dropping.match(k))}
             found += _locate.candidates(kept, path, target, name, key_prefix)
         if prefix is not None and not found:
@@ -290,7 +302,7 @@ class Rules:
         for entry in best.path:
             report.metadata.update(describe_metadata(level, skip=entry))
             level = level[entry]
-        state = self._drop(everything[best.path], report)
+        state = self._drop(everything[best.path], report, _locate.shared_prefix(everything[best.path]))
         outside = sorted(k for k in state if not k.startswith(best.prefix))
         if outside:
             report.dropped += outside
@@ -300,10 +312,15 @@ class Rules:
             )
         return {k[len(best.prefix) :]: v for k, v in state.items() if k.startswith(best.prefix)}
 
-    def _drop_pattern(self) -> re.Pattern | None:
+    def _drop_pattern(self, wrapper: str = "") -> re.Pattern | None:
+        """Keys to drop: ``drop`` entries after an optional ``module.`` and, when the dict's keys all share a
+        wrapper prefix (a Lightning ``model.``), after that too."""
         if not self.drop:
             return None
-        return re.compile(r"^(?:module\.)?(?:{})".format("|".join(re.escape(d) for d in self.drop)))
+        outer = f"(?:{re.escape(wrapper)})?" if wrapper else ""
+        return re.compile(
+            r"^(?:module\.)?{}(?:module\.)?(?:{})".format(outer, "|".join(re.escape(d) for d in self.drop))
+        )
 
     def _unwrap(self, obj: Any, report: ConversionReport) -> dict[str, torch.Tensor]:
         if not isinstance(obj, Mapping):
@@ -336,8 +353,8 @@ class Rules:
             )
         return tensors
 
-    def _drop(self, state: dict, report: ConversionReport) -> dict:
-        pattern = self._drop_pattern()
+    def _drop(self, state: dict, report: ConversionReport, wrapper: str = "") -> dict:
+        pattern = self._drop_pattern(wrapper)
         if pattern is None:
             return state
         kept = {}

@@ -70,6 +70,17 @@ def tensor_dicts(obj: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, 
     return found
 
 
+def shared_prefix(keys: Any) -> str:
+    """The longest dotted prefix every key shares (``'model.'`` for a Lightning module), else ``''``."""
+    keys = list(keys)
+    if not keys:
+        return ""
+    common = prefixes_of(keys[0])
+    for key in keys[1:]:
+        common = [p for p in common if key.startswith(p)]
+    return max(common, key=len, default="")
+
+
 def prefixes_of(key: str) -> list[str]:
     """``'a.b.c'`` -> ``['', 'a.', 'a.b.']``: every wrapper prefix a key could carry."""
     parts = key.split(".")

@@ -43,6 +43,9 @@ SUBSET_RULE = ("Python random.Random(seed).shuffle of the sample indexes in list
 # How the images of a run were made (setting["input"]): the dataset's own images brought to img_size the
 # recipe's way, or MedMNIST's 28 px images upsampled with NEAREST (MedMNIST v2's "224" rows).
 NATIVE, NEAREST_FROM_28 = "native", "nearest_from_28"
+# Segmentation's task metric: Dice pooled over all test pixels (threshold 0.5, empty/empty = 1), the papers'
+# headline "Dice = x%" (BTL Version1/engine.py:246); the per-image mean is reported beside it.
+DICE_POOLED = "dice_pooled"
 
 
 @dataclass
@@ -174,7 +177,17 @@ def _source(protocol, key: str) -> str | None:
     return where if "@" in where.split(" ")[0] else f"{protocol.code} {where}" if protocol.code else where
 
 
-def _augment_steps(plan_augment: tuple[str, ...], size: int, segmentation: bool) -> list[dict[str, Any]]:
+def _augment_steps(plan_augment: tuple[str, ...], size: int, segmentation: bool, protocol=None
+                   ) -> list[dict[str, Any]]:
+    """The plan's ``augment``: steps with their parameters; a named pipeline is read from its constructed object."""
+    if protocol is not None and protocol.augment_pipeline:
+        from medhub.data.seg_augment import PIPELINE, SOURCE, describe, released_pipeline
+
+        if protocol.augment_pipeline != PIPELINE:
+            raise UsageError(f"unknown augmentation pipeline '{protocol.augment_pipeline}'; known: {PIPELINE}")
+        applied = ["train", "val"] if protocol.augment_val else ["train"]
+        return [{**step, "applied_to": applied, "library": "albumentations", "source": SOURCE}
+                for step in describe(released_pipeline(size))]
     from medhub.data.loader import describe_augment
 
     return describe_augment(plan_augment, size, segmentation=segmentation)
@@ -311,8 +324,10 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
                "epochs": epochs}
     if subset is not None:
         setting["subset_seed"] = subset["seed"]
-    metric = "dice" if segmentation else task.metric
+    metric = "dice" if segmentation else task.metric  # the registry's Dice numbers are the papers' pooled Dice
     published, reference, other_settings = published_for(model, task, metric, setting, protocol)
+    if segmentation:
+        metric = DICE_POOLED
     deviations = [_deviation(name, value) for name, value in overrides.items()
                   if name not in ("img_size", "label_fraction")]
     if shortened:
@@ -324,13 +339,16 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
     unknown = [f"{name}: {why}" for name, why in _unknowns(protocol)]
     unknown += [f"split {s.name}: {s.definition or 'not in the released code'}" for s in task.splits
                 if s.size is None or "not in the reference" in (s.definition or "")]
-    if getattr(task, "split_unknown", None):
+    if task.split_unknown:
         unknown.append(f"split: {task.split_unknown}")
     if not head_known and not keep_head and not segmentation:
         unknown.append(f"head_init: {head_init['why']}")
     if medmnist and random_model and not stem and size == 28:
         unknown.append("stem: timm's stem instead of the published CIFAR-style one")
-    comparable = published is not None and not deviations
+    comparable = published is not None and not deviations and not task.split_unknown
+    split = {s.name: {"size": s.size, "definition": s.definition} for s in task.splits}
+    if task.split_unknown:
+        split["unknown"] = task.split_unknown
     plan = Plan(
         recipe=protocol.recipe, img_size=size, cache_size=cache_size, epochs=epochs,
         batch_size=batch_size or protocol.batch_size, lr=lr or protocol.lr, optimizer=protocol.optimizer,
@@ -342,11 +360,12 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
         model=model, task=task.id, metric=metric, warmup_epochs=protocol.warmup_epochs, precision=plan_precision,
         head_init=head_init if not segmentation else {"kind": "decoder", "family": family or "unknown"},
         scratch_init=_scratch_init(protocol, model, stem), input=input_kind, input_channels=input_channels,
-        augment=_augment_steps(augment, size, segmentation),
-        split={s.name: {"size": s.size, "definition": s.definition} for s in task.splits},
+        augment=_augment_steps(augment, size, segmentation, protocol),
+        split=split,
         subset=subset, labels_trained=list(task.trained_labels), labels_evaluated=list(task.labels),
         setting=setting, published=published, reference=reference if published is None else None,
-        deviations=deviations, protocol_partly_unknown=unknown, known_differences=_known_differences(protocol, task),
+        deviations=deviations, protocol_partly_unknown=unknown,
+        known_differences=_known_differences(protocol, task, _decoder(protocol, family) if segmentation else None),
         comparable=comparable, shortened=shortened, sources=_sources(protocol),
         data_layout={"reader": task.layout.reader, "description": task.layout.description,
                      "files": list(task.layout.files), "download": task.layout.download},
@@ -381,12 +400,21 @@ def _unknowns(protocol) -> list[tuple[str, str]]:
     return [(name, "not stated by the released code (see the recipe's notes)") for name in protocol.unknown]
 
 
-def _known_differences(protocol, task) -> list[str]:
+def _known_differences(protocol, task, decoder: str | None = None) -> list[str]:
     """What medhub does differently from the released code even under the recipe (stated, not hidden)."""
     if protocol.recipe == "benchmark_classification":
         return ["images are decoded once into a 256 px cache; RandomResizedCrop, flip and rotation then resample that "
                 "array in one step (the released code crops the full-resolution PIL image)"]
-    return []
+    differences = []
+    if decoder == "upernet":
+        from medhub.train.segnet import UPERNET_DIFFERENCES
+
+        differences += [f"UperNet (segmentation_models_pytorch) vs the released one: {d}" for d in UPERNET_DIFFERENCES]
+    if protocol.augment_pipeline:
+        from medhub.data.seg_augment import LIBRARY_DIFFERENCES
+
+        differences += [f"augmentation (albumentations 2.x vs the released 0.x): {d}" for d in LIBRARY_DIFFERENCES]
+    return differences
 
 
 def _scratch_init(protocol, model: str, stem: str | None) -> str | None:
