@@ -113,7 +113,7 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
                          notes=f"{task_entry.protocol.recipe} protocol; best epoch {result['best_epoch']}; "
                                f"test {task_entry.metric} {result['metric']:.4f}")
     lineage = (*(base_entry.lineage if base_entry else _folder_lineage(base)), stage)
-    entry = _entry(model_id, timm_arch, network, base_entry, lineage, out_dir, task_entry)
+    entry = _entry(model_id, timm_arch, network, base_entry, lineage, out_dir, task_entry, plan)
     sha = _write_folder(out_dir, network, entry, base, result)
     entry = entry.model_copy(update={"sources": (entry.sources[0].model_copy(update={"sha256": sha}),)})
     atomic_write_text(out_dir / "README.md", _card(entry))
@@ -150,24 +150,29 @@ def _backbone(base: str, arch: str | None, weights: str, outputs: int):
     return network
 
 
+def _trained_preprocessing(network, plan) -> Preprocessing:
+    """The input contract the run trained with: the plan's image size, crop and normalization (as fed by
+    :func:`medhub.data.loader.to_model_input`), not the base network's ``pretrained_cfg``."""
+    from medhub.data.loader import normalization_stats
+
+    in_chans = next(m for m in network.modules() if m.__class__.__name__ == "Conv2d").in_channels
+    mean, std = normalization_stats(plan.normalization, in_chans)
+    return Preprocessing(input_size=(in_chans, plan.img_size, plan.img_size), mean=mean, std=std,
+                         crop_pct=plan.img_size / plan.cache_size)
+
+
 def _entry(model_id: str, timm_arch: str, network, base: Checkpoint | None, lineage, out_dir: Path,
-           task) -> Checkpoint:
+           task, plan) -> Checkpoint:
     cfg = dict(network.pretrained_cfg)
     first_conv = cfg.get("first_conv") or (base.head.first_conv if base else "conv1")
     classifier = cfg.get("classifier") or (base.head.classifier if base else "fc")
-    in_chans = next(m for m in network.modules() if m.__class__.__name__ == "Conv2d").in_channels
-    stats = base.preprocessing if base else Preprocessing()
-    mean, std = tuple(cfg.get("mean") or stats.mean), tuple(cfg.get("std") or stats.std)
-    if len(mean) != in_chans:
-        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
-    size = task.protocol.img_size
     data_terms = "; ".join(t for t in ((base.licence.data_terms if base else None), task.licence.data_terms) if t)
     return Checkpoint(
         id=model_id, arch=timm_arch, family=base.family if base else re.match(r"[a-z]+", timm_arch).group(0),
         objective="supervised", lineage=lineage,
         sources=(WeightSource(kind="local", filename=str(out_dir / "model.safetensors"), format="timm",
                               sha256=None, notes="written by medhub adapt"),),
-        preprocessing=Preprocessing(input_size=(in_chans, size, size), mean=mean, std=std),
+        preprocessing=_trained_preprocessing(network, plan),
         head=Head(classifier=classifier, first_conv=first_conv, num_classes=0),
         licence=Licence(weights=None, data_terms=data_terms or None,
                         notes="Licence of adapted weights not declared; inherits the base's and the data's terms."),
@@ -184,8 +189,8 @@ def _write_folder(out_dir: Path, network, entry: Checkpoint, base: str, result: 
                   "lineage": [s.model_dump(mode="json", exclude_none=True) for s in entry.lineage],
                   "licence": entry.licence.model_dump(mode="json", exclude_none=True),
                   "training": {k: result[k] for k in ("seed", "metric", "epochs", "best_epoch")}}
-    cfg = {**network.pretrained_cfg, "mean": entry.preprocessing.mean, "std": entry.preprocessing.std,
-           "input_size": entry.preprocessing.input_size}
+    cfg = {**network.pretrained_cfg,
+           **entry.preprocessing.model_dump(include={"input_size", "mean", "std", "crop_pct"})}
     write_model_folder(out_dir, network.state_dict(), arch=entry.arch, num_classes=0, pretrained_cfg=cfg,
                        extra=provenance)
     atomic_write_text(out_dir / "adapt.json", json.dumps(provenance, indent=1))

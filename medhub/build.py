@@ -112,12 +112,13 @@ def _cached_spec(arch: str, kwargs: _Frozen) -> ArchSpec:
     try:
         with torch.device("meta"):
             model = timm.create_model(arch, pretrained=False, **kwargs.value)
-    except TypeError as exc:  # a keyword the architecture does not take (convert --model-arg foo=1)
-        if "argument" not in str(exc):
-            raise
-        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.value.items()) or "none"
-        raise UsageError(f"timm's {arch} refuses the arguments given ({given}): {str(exc).strip()}; "
-                         "remove or fix that --model-arg", arch=arch) from None
+    except (TypeError, AssertionError, ValueError, KeyError) as exc:  # timm refuses an option for this arch
+        options = ", ".join(f"{k}={v!r}" for k, v in kwargs.value.items())
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(
+            f"timm cannot build '{arch}'" + (f" with {options}" if options else "")
+            + f" ({detail}); drop or change that option (medhub convert --model-arg)"
+        ) from None
     cfg = dict(model.pretrained_cfg)
     classifier = cfg.get("classifier") or ()
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
@@ -218,8 +219,8 @@ def create_model(
 
     Raises:
         ConversionError: keys that are unexpected, missing (other than the classifier) or of other shapes.
-        UsageError: ``num_classes``, ``in_chans`` or ``img_size`` outside :data:`medhub.bounds.BOUNDS`, or a
-            keyword that ``arch`` does not take.
+        UsageError: ``num_classes``, ``in_chans`` or ``img_size`` outside :data:`medhub.bounds.BOUNDS`, or an
+            option that ``arch`` does not take.
     """
     import timm
 

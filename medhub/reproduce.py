@@ -134,7 +134,8 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     out_dir = _output_dir(model, entry.id, out, resume)
     existed = out_dir.exists()
     try:
-        reader_options = {"native_size": native_size} if plan.recipe == "medmnist_v2" else {}
+        # only when asked: a task with the MedMNIST recipe may keep its data in class folders (examples/nih1000)
+        reader_options = {"native_size": True} if native_size else {}
         data = load_task_data(entry, data_dir, img_size=plan.img_size, pixels=pixels, **reader_options)
         plan = make_plan(entry, **options, train_size=int(len(data.split("train")) * label_fraction))
         if size_note:

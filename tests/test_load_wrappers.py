@@ -249,3 +249,20 @@ def test_a_known_layout_inside_a_lightning_module_keeps_its_rules(tmp_path):
     model = medhub.load(path, arch="resnet18")
     with torch.no_grad():
         assert torch.allclose(model(X), reference(X), atol=1e-5)
+
+
+def test_key_map_to_an_empty_name_drops_a_projection_head(tmp_path, net):
+    """A SimCLR-style wrapper: backbone plus a 2-layer projector under the same prefix as the network."""
+    backbone = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    state = {**backbone, "fc.0.weight": torch.randn(64, 512), "fc.0.bias": torch.zeros(64),
+             "fc.2.weight": torch.randn(16, 64), "fc.2.bias": torch.zeros(16)}  # fmt: skip
+    path = _save(tmp_path / "simclr.pth", {"state_dict": _prefixed(state, "module.")})
+    with pytest.raises(ConversionError, match="4 unexpected: fc.0.bias"):
+        medhub.load(path, arch="resnet18")
+    model = medhub.load(path, arch="resnet18", key_map={r"^fc\.\d+\..*": ""})
+    conversion = model.medhub_load_report.conversion
+    assert {"module.fc.0.weight", "module.fc.2.bias"} <= set(conversion.dropped)
+    assert model.medhub_load_report.load.classifier == "none (source had none)"
+    pooled = timm.create_model("resnet18", num_classes=0)
+    pooled.load_state_dict(backbone)
+    assert _same(model, pooled.eval())

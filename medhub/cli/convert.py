@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="REGEX=REPLACEMENT",
         help="rename keys after the prefix is stripped (the names a 'do not fit' error lists); repeatable, "
-        r"applied in order, e.g. '^head\.=fc.'",
+        r"applied in order, e.g. '^head\.=fc.'; an empty REPLACEMENT of the whole key drops it",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)

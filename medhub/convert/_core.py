@@ -79,6 +79,29 @@ def head_hint(unexpected: Any, absent_classifier: Any) -> str:
     return f"; if {old}.* is your fine-tuned head, pass key_map={{r'{pattern}': '{new}.'}} (medhub convert --key-map)"
 
 
+MAX_STRAY = 4
+"""At most this many unexpected keys, with nothing missing, read as buffers saved beside the network."""
+
+
+def stray_hint(unexpected: Any, missing: Any, wrong: Any) -> str:
+    """The ``key_map`` that drops a few unexpected keys when nothing is missing or misshapen, else "".
+
+    TorchXRayVision's DenseNet keeps ``op_threshs`` (calibration thresholds) beside ``features``/``classifier``;
+    such buffers are not part of the timm network, and the strict contract refuses them until the caller drops
+    them by name.
+    """
+    unexpected = sorted(unexpected)
+    if missing or wrong or not unexpected or len(unexpected) > MAX_STRAY:
+        return ""
+    names = "|".join(re.escape(k) for k in unexpected)
+    pattern = f"^{names}$" if len(unexpected) == 1 else f"^({names})$"
+    return (
+        f"; if {', '.join(unexpected)} {'is' if len(unexpected) == 1 else 'are'} not part of the network (saved "
+        f"beside it), drop {'it' if len(unexpected) == 1 else 'them'} with key_map={{r'{pattern}': ''}} "
+        f"(medhub convert --key-map '{pattern}=')"
+    )
+
+
 @dataclass
 class ConversionReport:
     """What a conversion did, for the caller, the log and ``medhub convert``.
@@ -165,6 +188,30 @@ def compile_key_map(pairs: Any) -> list[tuple[re.Pattern, str]]:
     return out
 
 
+def apply_key_map(state: dict, pairs: list[tuple[re.Pattern, str]], report: ConversionReport) -> dict:
+    """A caller's compiled ``key_map`` on stripped keys: renames recorded; a key renamed to ``''`` is dropped.
+
+    Raises:
+        ConversionError: two keys renamed to the same name.
+    """
+    earlier = {new: old for old, new in report.renamed.items()}
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pattern, replacement in pairs:
+            new = pattern.sub(replacement, new)
+        source = earlier.get(key, report.prefix + key)
+        if not new:
+            report.dropped.append(source)
+            continue
+        if new != key:
+            report.renamed[source] = new
+        if new in out:
+            raise ConversionError(f"key_map renames two keys to '{new}'; make the patterns more specific")
+        out[new] = value
+    return out
+
+
 def unwrap_sequential_heads(state: dict, target: Target, report: ConversionReport) -> dict:
     """``fc.0.weight`` -> ``fc.weight`` where a head was a ``Sequential`` holding one layer with weights.
 
@@ -236,7 +283,8 @@ class Rules:
 
         With ``target`` (or a caller's ``prefix``) the container and wrapper prefix are searched
         (:mod:`medhub.convert._locate`); without, the format's listed containers and prefixes are used.
-        ``key_map`` (regex, replacement) pairs run after the format's renames, on the stripped keys.
+        ``key_map`` (regex, replacement) pairs run after the format's renames, on the stripped keys; a key
+        renamed to ``''`` is dropped.
         """
         user_map = compile_key_map(key_map)
         report.key_map = [f"{pattern.pattern} -> {replacement}" for pattern, replacement in user_map]
@@ -248,7 +296,7 @@ class Rules:
             state = self._strip(state, report)
         state = self._rename(state, report)
         if user_map:
-            state = rename_keys(state, user_map, report)
+            state = apply_key_map(state, user_map, report)
         if self.hook is not None:
             state = self.hook(state, target, report)
         if target is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from medhub.errors import ConversionError, UnsafeCheckpointError, first_line
+from medhub.errors import ConversionError, UnsafeCheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ def _read_torch(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         culprit = _unsupported_global(str(exc))
+        if culprit is None:
+            raise _unreadable(path, exc) from None
         hint = _hint_for(path, culprit)
         raise UnsafeCheckpointError(
             f"{path.name} needs the Python object '{culprit}' to load, and medhub never runs code from a "
@@ -92,24 +94,39 @@ def _read_torch(path: Path) -> Any:
             path=str(path),
             culprit=culprit,
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise ConversionError(
-            f"{path.name} is not a readable PyTorch checkpoint ({first_line(exc)}); "
-            "check that the download completed",
-            path=str(path),
-        ) from None
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile, OSError) as exc:
+        raise _unreadable(path, exc) from None
 
 
-def _unsupported_global(message: str) -> str:
+def _unreadable(path: Path, exc: BaseException) -> ConversionError:
+    """The one-line refusal of a file that is no ``torch.save`` output (cut short, an HTML page, other bytes)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, (RuntimeError, OSError, zipfile.BadZipFile)) and lines:
+        detail = lines[0][:120]
+    elif isinstance(exc, EOFError):
+        detail = "the file ends early"
+    else:
+        detail = "its bytes are not a torch.save file, e.g. an HTML page saved under this name"
+    return ConversionError(
+        f"{path.name} is not a readable PyTorch checkpoint ({detail}); check that the download completed",
+        path=str(path),
+    )
+
+
+def _unsupported_global(message: str) -> str | None:
+    """The global a refused pickle asks for (``posix.system``), or ``None`` when the bytes are no pickle that
+    names one (``Unsupported operand``: not a torch.save stream at all)."""
     for pattern in (
         r"Unsupported global: GLOBAL ([\w.]+)",
         r"GLOBAL ([\w.]+) was not an allowed global",
-        r"Unsupported operand \d+",
+        r"unsupported GLOBAL ([\w.]+)",
         r"Trying to (?:call|load) .*?([\w.]+)",
     ):
         match = re.search(pattern, message)
         if match:
-            return match.group(1) if match.groups() else match.group(0)
+            return match.group(1)
+    if re.search(r"Unsupported operand \d+", message):
+        return None
     first = message.strip().splitlines()
     return first[-1][:80] if first else "unknown"
 

@@ -90,7 +90,8 @@ class FitResult:
     stopped_early: bool
     resumed_from: int | None = None
     compiled: bool = False
-    first_step_s: float | None = None  # the first training step of this process (with a compiled step: its warm-up)
+    first_step_s: float | None = None
+    compile_failed: str | None = None  # why a compiled run fell back to eager (then ``compiled`` is False)  # the first training step of this process (with a compiled step: its warm-up)
 
 
 def compute_loss(logits: torch.Tensor, targets: torch.Tensor, config: FitConfig) -> torch.Tensor:
@@ -187,8 +188,10 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
 
     ``scaler``: fp16 loss scaling (the 2025 recipe's NativeScaler, BTL ``Version2/models.py:310``).
     ``compiled``: ``torch.compile`` of ``model`` (:mod:`medhub.train.compiled`), used for full batches (the
-    size of the first); a smaller last batch runs ``model`` eagerly. ``timings``: gets ``first_step_s``, the
-    seconds of the first step (a compiled step's warm-up), if it has none yet.
+    size of the first); a smaller last batch runs ``model`` eagerly. When compiling fails (no working C++
+    compiler, an unsupported operator), the epoch goes on eagerly from that step (nothing was updated yet)
+    and ``timings["compile_failed"]`` says why. ``timings``: gets ``first_step_s``, the seconds of the first
+    step (a compiled step's warm-up), if it has none yet.
     """
     from tqdm.auto import tqdm
 
@@ -201,7 +204,17 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
             started = time.perf_counter()
             full = full or len(images)
             network = compiled if compiled is not None and len(images) == full else model
-            logits = _forward(network, images, device, config)
+            try:
+                logits = _forward(network, images, device, config)
+            except torch._dynamo.exc.BackendCompilerFailed as exc:  # raised before the graph ran: no side effects
+                if network is model:
+                    raise
+                reason = " ".join(str(exc).split())[:200]
+                log.warning("torch.compile failed (%s); training eagerly", reason)
+                if timings is not None:
+                    timings["compile_failed"] = reason
+                compiled = network = None
+                logits = _forward(model, images, device, config)
             loss = compute_loss(logits, targets.to(device, non_blocking=True), config)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -329,6 +342,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         compiled = compile_for_training(model)
     for epoch in range(start, config.epochs):
         started = time.perf_counter()
+        lr_used = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with (before the scheduler steps)
         torch.manual_seed(epoch_seed(config.seed, epoch))
         set_epoch(train_loader, epoch)
         set_epoch(val_loader, epoch)  # an augmented validation split (segmentation recipes) draws anew each epoch
@@ -337,6 +351,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         bar_desc = desc if epoch == start else f"{desc} ({so_far})"
         train_loss = train_epoch(model, train_loader, optimizer, device, config, progress, bar_desc, scaler,
                                  compiled=compiled, timings=timings)
+        if compiled is not None and "compile_failed" in timings:  # eager from here on, and after --resume
+            compiled, config = None, dataclasses.replace(config, compile=False)
         val = evaluate(model, val_loader, device, config)
         selected = val.loss if config.selection.endswith("loss") else val.metric
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -352,7 +368,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         stopped = config.patience is not None and bad_epochs > config.patience
         finished = stopped or epoch + 1 >= config.epochs
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val.loss, "val_metric": val.metric,
-                        "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started})
+                        "lr": lr_used, "seconds": time.perf_counter() - started})
         log.info("%s: train loss %.4f, val loss %.4f, val %s %.4f", desc, train_loss, val.loss,
                  "dice" if config.segmentation else "auc", val.metric)
         timing = time_left(time.perf_counter() - fit_started, epoch + 1 - start, 0 if finished else config.epochs - epoch - 1)
@@ -368,4 +384,5 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         if stopped:
             log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best_epoch + 1)
             break
-    return FitResult(history, best_epoch, best_state, stopped, resumed, config.compile, timings.get("first_step_s"))
+    return FitResult(history, best_epoch, best_state, stopped, resumed, config.compile, timings.get("first_step_s"),
+                     timings.get("compile_failed"))

@@ -164,7 +164,8 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         "input": {"channels": config.channels, "normalization": config.normalization, "device": str(device),
                   "threads": torch.get_num_threads(),
                   "compile": {"used": outcome.compiled,
-                              "why": compiling.why if outcome.compiled == compiling.used else "the saved run's",
+                              "why": (f"compiling failed: {outcome.compile_failed}" if outcome.compile_failed
+                                      else compiling.why if outcome.compiled == compiling.used else "the saved run's"),
                               "first_step_s": outcome.first_step_s}},
     }
     atomic_write_text(result_path, json.dumps(result, indent=1, default=lambda v: None))
