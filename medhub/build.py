@@ -219,9 +219,16 @@ def create_model(
 
     Raises:
         ConversionError: keys that are unexpected, missing (other than the classifier) or of other shapes.
+        UsageError: ``num_classes``, ``in_chans`` or ``img_size`` outside :data:`medhub.bounds.BOUNDS`, or an
+            option that ``arch`` does not take.
     """
     import timm
 
+    from medhub import bounds
+
+    bounds.check("num_classes", num_classes)
+    bounds.check("in_chans", in_chans)
+    bounds.check("img_size", timm_kwargs.get("img_size") if isinstance(timm_kwargs.get("img_size"), int) else None)
     model_kwargs, feature_kwargs = split_feature_options(timm_kwargs)
     spec = architecture_spec(arch, **model_kwargs)
     heads = (classifier,) if classifier else spec.classifier

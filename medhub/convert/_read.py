@@ -49,11 +49,18 @@ def read_checkpoint(path: str | Path) -> Any:
         )
     if not path.is_file():
         raise ConversionError(f"checkpoint {path} does not exist; check the path", path=str(path))
+    if path.stat().st_size == 0:
+        raise ConversionError(f"{path} is empty (0 bytes); download or write it again", path=str(path))
     name = path.name.lower()
     if name.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as exc:
+            raise ConversionError(f"{path.name} is not a readable safetensors file ({exc}); it is truncated or "
+                                  "in another format: download it again", path=str(path)) from None
     if name.endswith(".npz"):
         return _read_npz(path)
     return _read_torch(path)
