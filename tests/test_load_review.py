@@ -112,11 +112,12 @@ def test_a_file_that_is_no_checkpoint_is_refused_in_one_line(tmp_path, capsys, c
     checkpoint (not a traceback, not 'needs a Python object'); the CLI exits 2."""
     path = tmp_path / "model.pth"
     path.write_bytes(content)
-    with pytest.raises(ConversionError, match="not a readable PyTorch checkpoint"):
+    said = "empty" if not content else "not a readable PyTorch checkpoint"
+    with pytest.raises(ConversionError, match=said):
         medhub.load(path, arch="resnet18")
     assert main(["convert", str(path), "--arch", "resnet18", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "not a readable PyTorch checkpoint" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
