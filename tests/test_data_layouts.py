@@ -141,3 +141,52 @@ def test_busi_layout_for_usbreast(tmp_path, pngs):
     (tmp_path / "benign" / "case (1)_mask.png").unlink()
     with pytest.raises(DataError, match=r"1 image\(s\) without a mask, e.g. case \(1\).png"):
         load_task_data(task("usbreast"), tmp_path)
+
+
+# The first lines of the benchmark's shipped lists, verbatim (BenchmarkTransferLearning@5656fec Version2/dataset/):
+# ShenzenCXR_train_data.txt starts "CHNCXR_0402_1.png,1", Xray14_train_official.txt "00000001_000.png 0 1 0 ...".
+SHENZHEN_LISTS = {"train": ["CHNCXR_0402_1.png,1", "CHNCXR_0374_1.png,1", "CHNCXR_0592_1.png,1",
+                            "CHNCXR_0001_0.png,0", "CHNCXR_0002_0.png,0"],
+                  "valid": ["CHNCXR_0003_0.png,0", "CHNCXR_0400_1.png,1"],
+                  "test": ["CHNCXR_0004_0.png,0", "CHNCXR_0401_1.png,1", "CHNCXR_0005_0.png,0"]}
+
+
+def test_shenzhen_reads_the_published_comma_separated_lists(tmp_path, pngs):
+    (tmp_path / "CXR_png").mkdir()
+    names = [line.split(",")[0] for lines in SHENZHEN_LISTS.values() for line in lines]
+    for png, name in zip(pngs, names + ["CHNCXR_0600_1.png"]):  # one image in no list
+        shutil.copy(png, tmp_path / "CXR_png" / name)
+    for split, lines in SHENZHEN_LISTS.items():
+        (tmp_path / f"ShenzenCXR_{split}_data.txt").write_text("\n".join(lines) + "\n")
+    data = load_task_data(task("shenzhen"), tmp_path)
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 5, "val": 2, "test": 3}
+    assert data.split("train").ids == [line.split(",")[0] for line in SHENZHEN_LISTS["train"]]  # list order kept
+    assert data.split("train").labels.tolist() == [1, 1, 1, 0, 0] and data.split("test").labels.tolist() == [0, 1, 0]
+    assert any("ShenzenCXR_" in note for note in data.notes)
+    # a broken line names the file and the line
+    (tmp_path / "ShenzenCXR_test_data.txt").write_text("CHNCXR_0004_0.png,0\nCHNCXR_0401_1.png 1\n")
+    with pytest.raises(DataError, match=r"ShenzenCXR_test_data\.txt:2: 1 field\(s\).*<image>,<label 1>"):
+        load_task_data(task("shenzhen"), tmp_path)
+
+
+def test_list_readers_split_as_the_released_code_does(tmp_path):
+    from medhub.data.cxr import read_split_list
+
+    xray = tmp_path / "Xray14_train_official.txt"
+    xray.write_text("00000001_000.png 0 1 0 0 0 0 0 0 0 0 0 0 0 0\n00000001_001.png 0 1 0 0 0 0 0 0 0 0 1 0 0 0\n")
+    names, labels = read_split_list(xray, labels=14, labels_optional=True)
+    assert names == ["00000001_000.png", "00000001_001.png"] and labels["00000001_001.png"][10] == 1.0
+    shenzhen = tmp_path / "ShenzenCXR_valid_data.txt"
+    shenzhen.write_text("CHNCXR_0402_1.png,1\r\nCHNCXR_0001_0.png,0\r\n")
+    assert read_split_list(shenzhen, labels=1, separator=",") == (
+        ["CHNCXR_0402_1.png", "CHNCXR_0001_0.png"], {"CHNCXR_0402_1.png": np.array([1.0], np.float32),
+                                                     "CHNCXR_0001_0.png": np.array([0.0], np.float32)})
+    with pytest.raises(DataError, match="1 field"):  # a comma list read on whitespace is refused, not kept as a name
+        read_split_list(shenzhen, labels=1)
+    vindr = tmp_path / "VinDrCXR_train_pe_global_one.txt"
+    # jlianglab/BenchmarkTransformers@488ddd3 dataset/VinDrCXR_train_pe_global_one.txt, first line (trailing space)
+    vindr.write_text("train_jpeg/000434271f63a053c4128a0ba6352c7f 0 0 0 0 0 1 \n")
+    assert read_split_list(vindr, labels=6)[0] == ["000434271f63a053c4128a0ba6352c7f"]
+    vindr.write_text("000434271f63a053c4128a0ba6352c7f 0 0 0 0 1\n")
+    with pytest.raises(DataError, match=r":1: 6 field"):
+        read_split_list(vindr, labels=6)

@@ -58,28 +58,45 @@ def _split_from_lists(names: dict[str, list[str]], index: dict[str, Path], label
     return splits
 
 
-def _read_list(path: Path) -> list[str]:
-    return [line.split()[0].split("/")[-1] for line in path.read_text().splitlines() if line.strip()]
+def read_split_list(path: Path, *, labels: int = 0, separator: str | None = None,
+                    labels_optional: bool = False) -> tuple[list[str], dict[str, np.ndarray]]:
+    """A benchmark split list: one image per line, ``<image path>[<sep><label 1>...<sep><label n>]``.
+
+    Returns the file names in list order (the order the label-fraction subset shuffles) and the labels per
+    name. The released readers split ChestX-ray14 and VinDr-CXR lines on whitespace (``line.split()``,
+    BenchmarkTransferLearning Version2/dataloader.py:92, :223) and Shenzhen lines on commas
+    (``line.split(',')``, :197; ``CHNCXR_0402_1.png,1``): pass ``separator=","`` for the latter.
+
+    Raises:
+        DataError: a line with another number of fields than ``1 + labels`` (``1`` also accepted with
+            ``labels_optional``), or a label that is not a number; the message names the file and line.
+    """
+    names: list[str] = []
+    values: dict[str, np.ndarray] = {}
+    shape = "<image>" + "".join(f"{separator or ' '}<label {i + 1}>" for i in range(min(labels, 2)))
+    shape += f"{separator or ' '}... ({labels} labels)" if labels > 2 else ""
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = [p.strip() for p in line.split(separator)] if separator else line.split()
+        if not line.strip():
+            continue
+        if len(parts) != labels + 1 and not (labels_optional and len(parts) == 1):
+            raise DataError(f"{path}:{number}: {len(parts)} field(s) in {line.strip()[:60]!r}; expected "
+                            f"{shape} per line", path=path)
+        name = parts[0].split("/")[-1]
+        names.append(name)
+        if len(parts) > 1:
+            try:
+                values[name] = np.array([float(v) for v in parts[1:]], dtype=np.float32)
+            except ValueError:
+                raise DataError(f"{path}:{number}: labels must be numbers in {line.strip()[:60]!r}",
+                                path=path) from None
+    return names, values
 
 
 def _find_lists(root: Path, patterns: tuple[str, ...]) -> list[Path] | None:
     """The first file matching each glob pattern (at the top or one level down), or None if any is absent."""
     found = [next(iter(sorted(root.glob(p)) + sorted(root.glob(f"*/{p}"))), None) for p in patterns]
     return found if all(found) else None
-
-
-def _read_labeled_list(path: Path, count: int) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Benchmark split files: ``<image path> <label 1> ... <label n>`` per line (labels optional)."""
-    names, labels = [], {}
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        name = parts[0].split("/")[-1]
-        names.append(name)
-        if len(parts) == count + 1:
-            labels[name] = np.array([float(v) for v in parts[1:]], dtype=np.float32)
-    return names, labels
 
 
 def read_nih_cxr14(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
@@ -92,7 +109,7 @@ def read_nih_cxr14(task, root: Path, img_size: int = 0, explicit: bool = True) -
     if bench:
         names = {}
         for split, path in zip(("train", "val", "test"), bench, strict=True):
-            names[split], labels = _read_labeled_list(path, len(task.labels))
+            names[split], labels = read_split_list(path, labels=len(task.labels), labels_optional=True)
             listed.update(labels)
         notes = [f"split: the benchmark's {', '.join(p.name for p in bench)}"]
     else:
@@ -100,7 +117,7 @@ def read_nih_cxr14(task, root: Path, img_size: int = 0, explicit: bool = True) -
         if absent:
             raise DataError(f"{root}: missing {', '.join(absent)}; expected {expected_layout(task, 'nih_cxr14')}",
                             path=root, missing=absent)
-        train_val, test = _read_list(official[0]), _read_list(official[1])
+        (train_val, _), (test, _) = read_split_list(official[0]), read_split_list(official[1])
         parts = patient_split(train_val, fractions=(0.87, 0.13, 0.0), key_len=8)
         names = {"train": [train_val[i] for i in parts["train"]], "val": [train_val[i] for i in parts["val"]],
                  "test": test}
@@ -183,7 +200,7 @@ def read_chexpert(task, root: Path, img_size: int = 0, explicit: bool = True,
 def _vindr_from_lists(task, root: Path, lists: list[Path], index: dict[str, Path]) -> dict[str, SplitData]:
     splits = {}
     for split, path in zip(("train", "test"), lists, strict=True):
-        names, labels = _read_labeled_list(path, len(task.labels))
+        names, labels = read_split_list(path, labels=len(task.labels))
         ids = [Path(n).stem for n in names]
         absent = [i for i in ids if i not in index] + [n for n in names if n not in labels][:1]
         if absent:
@@ -244,14 +261,25 @@ def read_shenzhen(task, root: Path, img_size: int = 0, explicit: bool = True) ->
                         missing=["CXR_png/"])
     index = {p.name: p for p in images}
 
+    listed: dict[str, np.ndarray] = {}
+
     def labels_of(name: str) -> np.ndarray:
+        if name in listed:  # the list's label, as the released code reads it
+            return np.array(int(listed[name][0]), dtype=np.int64)
         return np.array(int(Path(name).stem.split("_")[-1]), dtype=np.int64)
 
-    lists = {s: next(iter(root.rglob(f"ShenzenCXR_{f}_data.txt")), None)
+    lists = {s: next(iter(sorted(root.rglob(f"ShenzenCXR_{f}_data.txt"))), None)
              for s, f in (("train", "train"), ("val", "valid"), ("test", "test"))}
     if all(lists.values()):
-        names = {s: _read_list(p) for s, p in lists.items()}
-        notes = ["split: the benchmark's ShenzenCXR_{train,valid,test}_data.txt"]
+        names = {}
+        for split, path in lists.items():
+            names[split], labels = read_split_list(path, labels=1, separator=",")
+            listed.update(labels)
+        disagree = [n for n, v in listed.items() if int(v[0]) != int(Path(n).stem.split("_")[-1])]
+        notes = ["split: the benchmark's ShenzenCXR_{train,valid,test}_data.txt (name,label per line)"]
+        if disagree:
+            notes.append(f"labels: {len(disagree)} list label(s) differ from the file name's last digit (the "
+                         f"list's are used), e.g. {disagree[0]}")
     else:
         ordered = sorted(index)
         parts = patient_split(ordered)
