@@ -320,6 +320,8 @@ class Task(Frozen):
     split_unknown: str | None = Field(None, description="why the published split is not known (the plan lists it "
                                       "under protocol_partly_unknown)")
     label_subset: LabelSubset = LabelSubset()
+    unknown: tuple[str, ...] = Field((), description="what the released code leaves unknown for this task (the "
+                                     "plan lists it under protocol_partly_unknown)")
     layout: DataLayout
     licence: Licence = Licence()
     paper: Paper | None = None

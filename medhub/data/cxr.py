@@ -9,7 +9,7 @@ import numpy as np
 
 from medhub.data.folders import _label_key
 from medhub.data.images import SUPPORTED_SUFFIXES
-from medhub.data.sources import SplitData, TaskData, expected_layout, find_files, patient_split
+from medhub.data.sources import UNCERTAIN, SplitData, TaskData, expected_layout, find_files, patient_split
 from medhub.errors import DataError
 
 LABEL_ALIASES = {"pe": "pleural_effusion", "effusion": "pleural_effusion", "pleural_effusion": "effusion",
@@ -148,8 +148,16 @@ def read_nih_cxr14(task, root: Path, img_size: int = 0, explicit: bool = True) -
     return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)
 
 
-def _uncertain(values: np.ndarray, policy: str, seed: int = 0) -> np.ndarray:
-    """Map CheXpert's -1 (uncertain): U-Ones -> 1, U-Zeros -> 0, LSR-Ones -> uniform(0.55, 0.85)."""
+LSR_ONES = (0.55, 0.85)  # Version2/dataloader.py:173-174: random.uniform(0.55, 0.85) per read
+
+
+def _uncertain(values: np.ndarray, policy: str) -> np.ndarray:
+    """Map CheXpert's -1 (uncertain): U-Ones -> 1, U-Zeros -> 0; LSR-Ones keeps -1 (:data:`UNCERTAIN`).
+
+    LSR-Ones labels are drawn when a sample is read (a fresh ``uniform(0.55, 0.85)`` each time, seeded per
+    batch by the loader: :class:`medhub.data.loader.BatchDataset`), as the released ``CheXpertDataset.__getitem__``
+    does, not once at load.
+    """
     policy = policy.lower()
     if policy not in UNCERTAIN_POLICIES:
         raise DataError(f"unknown uncertain-label policy '{policy}'; use one of {', '.join(UNCERTAIN_POLICIES)}")
@@ -159,7 +167,7 @@ def _uncertain(values: np.ndarray, policy: str, seed: int = 0) -> np.ndarray:
     elif policy == "u-zeros":
         values[mask] = 0.0
     else:
-        values[mask] = np.random.default_rng(seed).uniform(0.55, 0.85, size=int(mask.sum()))
+        values[mask] = UNCERTAIN
     return values
 
 
@@ -175,10 +183,13 @@ def read_chexpert(task, root: Path, img_size: int = 0, explicit: bool = True,
                   uncertain: str = "lsr-ones") -> TaskData:
     """CheXpert: ``train.csv`` -> train/val (by patient), ``valid.csv`` -> test; blanks are 0."""
     _missing(root, ["train.csv", "valid.csv"], expected_layout(task, "chexpert"))
-    splits, notes = {}, [f"labels: uncertain (-1) handled with {uncertain}; blank = 0"]
+    trained = tuple(task.trained_labels)
+    splits, notes = {}, [f"labels: the {len(trained)} observations trained, {len(task.labels)} evaluated; uncertain "
+                         f"(-1) handled with {uncertain}" + (" (a fresh draw each time a train/val sample is read)"
+                         if uncertain.lower() == "lsr-ones" else "") + "; blank = 0; test uncertain -> 0"]
     for csv_name, split in (("train.csv", "train"), ("valid.csv", "test")):
         columns, rows = _read_csv(root / csv_name)
-        cols = _columns_for(tuple(task.labels), columns, root / csv_name)
+        cols = _columns_for(trained, columns, root / csv_name)
         raw = np.array([[float(r[c]) if r[c].strip() else 0.0 for c in cols] for r in rows], dtype=np.float32)
         paths = [_resolve(root, r["Path"]) for r in rows]
         absent = [str(p) for p in paths if not p.is_file()]
@@ -194,7 +205,8 @@ def read_chexpert(task, root: Path, img_size: int = 0, explicit: bool = True,
     splits["val"].name = "val"
     splits["train"] = train.subset(parts["train"])
     notes.append("split: valid.csv is the test set; val = 10% of train.csv by patient")
-    return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)
+    return TaskData(task.id, splits, trained, root=root, notes=notes,
+                    uncertain_range=LSR_ONES if uncertain.lower() == "lsr-ones" else None)
 
 
 def _vindr_from_lists(task, root: Path, lists: list[Path], index: dict[str, Path]) -> dict[str, SplitData]:
@@ -287,3 +299,82 @@ def read_shenzhen(task, root: Path, img_size: int = 0, explicit: bool = True) ->
         notes = ["split: 70/10/20 by file-name hash (the benchmark's split files were not found)"]
     splits = _split_from_lists(names, index, labels_of, root)
     return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)
+
+
+MIMIC_SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"
+MIMIC_LABEL_CSV = "mimic-cxr-2.0.0-chexpert.csv"
+MIMIC_SPLITS = {"train": "train", "validate": "val", "test": "test"}
+
+
+def _csv_maybe_gz(root: Path, name: str, task) -> Path:
+    """``name`` or ``name.gz`` at the top of ``root`` (PhysioNet ships the CSVs gzipped)."""
+    for candidate in (root / name, root / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{root}: missing {name}(.gz); expected {expected_layout(task, 'mimic_cxr')}", path=root,
+                    missing=[f"{name}.gz"])
+
+
+def _read_csv_any(path: Path) -> tuple[list[str], list[dict]]:
+    if path.suffix != ".gz":
+        return _read_csv(path)
+    import gzip
+
+    with gzip.open(path, "rt", newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def read_mimic_cxr(task, root: Path, img_size: int = 0, explicit: bool = True,
+                   uncertain: str = "lsr-ones") -> TaskData:
+    """MIMIC-CXR-JPG v2.0.0: the official split CSV, the CheXpert-labeler CSV (labels per study), the JPEGs.
+
+    Images are ``files/p<subject_id[:2]>/p<subject_id>/s<study_id>/<dicom_id>.jpg``; every image of the split
+    CSV is one sample with its study's labels in ``task.trained_labels`` order (blank -> 0; -1 uncertain ->
+    LSR-Ones drawn per read for train/val, as for CheXpert; 0 for test). Splits follow the CSV's
+    train/validate/test column, in the CSV's row order.
+
+    Raises:
+        DataError: a missing CSV, label column or image (with the count), or a study without labels.
+    """
+    split_csv = _csv_maybe_gz(root, MIMIC_SPLIT_CSV, task)
+    label_csv = _csv_maybe_gz(root, MIMIC_LABEL_CSV, task)
+    trained = tuple(task.trained_labels)
+    columns, rows = _read_csv_any(label_csv)
+    for needed in ("subject_id", "study_id"):
+        if needed not in columns:
+            raise DataError(f"{label_csv}: needs a '{needed}' column", path=label_csv)
+    cols = _columns_for(trained, columns, label_csv)
+    by_study = {(r["subject_id"], r["study_id"]): np.array([float(r[c]) if r[c].strip() else 0.0 for c in cols],
+                                                           dtype=np.float32) for r in rows}
+    columns, rows = _read_csv_any(split_csv)
+    absent_cols = [c for c in ("dicom_id", "study_id", "subject_id", "split") if c not in columns]
+    if absent_cols:
+        raise DataError(f"{split_csv}: missing column(s) {', '.join(absent_cols)}", path=split_csv)
+    members: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    for r in rows:
+        split = MIMIC_SPLITS.get(r["split"].strip())
+        if split is None:
+            raise DataError(f"{split_csv}: unknown split '{r['split']}' (expected train, validate or test)",
+                            path=split_csv)
+        members[split].append(r)
+    splits: dict[str, SplitData] = {}
+    for split, items in members.items():
+        paths = [root / "files" / f"p{r['subject_id'][:2]}" / f"p{r['subject_id']}" / f"s{r['study_id']}" /
+                 f"{r['dicom_id']}.jpg" for r in items]
+        absent = [str(p.relative_to(root)) for p in paths if not p.is_file()]
+        if absent:
+            raise DataError(f"{root}: {len(absent)} of {len(paths)} {split} image(s) of {split_csv.name} are missing, "
+                            f"e.g. {absent[0]}; download the whole MIMIC-CXR-JPG release", path=root, missing=absent)
+        unlabeled = [r["study_id"] for r in items if (r["subject_id"], r["study_id"]) not in by_study]
+        if unlabeled:
+            raise DataError(f"{label_csv}: no labels for {len(unlabeled)} {split} stud(ies), e.g. s{unlabeled[0]}",
+                            path=label_csv)
+        raw = np.stack([by_study[(r["subject_id"], r["study_id"])].copy() for r in items]) if items else \
+            np.zeros((0, len(trained)), dtype=np.float32)
+        labels = _uncertain(raw, uncertain) if split != "test" else np.clip(raw, 0, 1)
+        splits[split] = SplitData(split, labels=labels, paths=paths, ids=[r["dicom_id"] for r in items])
+    notes = [f"split and labels: {split_csv.name}, {label_csv.name} (labels per study; uncertain -> {uncertain}, "
+             "blank -> 0, test uncertain -> 0)"]
+    return TaskData(task.id, splits, trained, root=root, notes=notes,
+                    uncertain_range=LSR_ONES if uncertain.lower() == "lsr-ones" else None)

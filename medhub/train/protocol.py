@@ -325,7 +325,8 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
                 deviations.append(_deviation(key, overrides[key]) + ": no published number for this setting")
     unknown = [f"{name}: {why}" for name, why in _unknowns(protocol)]
     unknown += [f"split {s.name}: {s.definition or 'not in the released code'}" for s in task.splits
-                if s.size is None or "not in the reference" in (s.definition or "")]
+                if not s.definition or "not in the reference" in s.definition]
+    unknown += list(getattr(task, "unknown", ()))
     if getattr(task, "split_unknown", None):
         unknown.append(f"split: {task.split_unknown}")
     if not head_known and not keep_head and not segmentation:
