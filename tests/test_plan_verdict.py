@@ -154,3 +154,28 @@ def test_short_run_report_ends_in_not_comparable(tmp_path, shared_data):
 def test_plan_json_is_a_copyable_dict():
     plan = reproduce("random:resnet18", "pneumoniamnist", dry_run=True)
     assert copy.deepcopy(plan) == json.loads(json.dumps(plan))
+
+
+def test_protocols_doc_is_current_and_cites_every_classification_value():
+    from pathlib import Path
+
+    from medhub import protocols_doc
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
+    assert path.read_text(encoding="utf-8") == protocols_doc.render(), (
+        "docs/protocols.md is stale: run 'medhub registry protocols --out docs/protocols.md'")
+    registry = load_registry()
+    for task_id in ("chestxray14", "pneumoniamnist"):
+        protocol = registry.get_task(task_id).protocol
+        uncited = [key for _, _, key in protocols_doc.FIELDS if key not in protocol.sources]
+        assert uncited == [], f"{task_id}: values without a released-code source: {uncited}"
+        assert protocol.code in ("MR-HosseinzadehTaher/BenchmarkTransferLearning@5656fec", "MedMNIST/experiments@70b6b3a")
+
+
+def test_protocols_cli_check(tmp_path, capsys):
+    stale = tmp_path / "protocols.md"
+    stale.write_text("old\n")
+    assert main(["registry", "protocols", "--out", str(stale), "--check"]) == 1
+    assert main(["registry", "protocols", "--out", str(stale)]) == 0
+    assert main(["registry", "protocols", "--out", str(stale), "--check"]) == 0
+    assert "is current" in capsys.readouterr().out
