@@ -1,12 +1,23 @@
 """Load test for ``medhub serve``: many concurrent clients downloading files from one server on 127.0.0.1.
 
-Each client is a process with its own HTTP connection that downloads the repo's files in turn (a small
-``config.json`` and a larger LFS weights file) through ``/resolve/main/...`` for a fixed time. The same
-load can be run against ``python -m http.server`` serving the same bytes as static files (``--baseline``),
-which gives a reference point on the same machine. Prints one JSON object as its last line.
+Three cases (``--case``):
+
+- ``mixed`` (default): each client is a process with its own HTTP connection that downloads the repo's
+  files in turn (a small ``config.json`` and a larger LFS weights file) through ``/resolve/main/...`` for a
+  fixed time. ``--baseline`` runs the same load against ``python -m http.server`` serving the same bytes.
+- ``large``: 32 clients (``--clients``) download one 64 MiB LFS file (``--big-kib``) over and over, streamed
+  and discarded; medhub serve and ``python -m http.server`` are run alternately ``--repeat`` times, side by
+  side, and the ratio of their MB/s is reported per pair and as the median.
+- ``slow``: ``--slow-clients`` connections (default 1,100) each send half a request's headers and stall;
+  meanwhile a real client (huggingface_hub's ``hf_hub_download``) fetches a file ``--probes`` times. Reports
+  how many probes succeeded, their latency, and the server's open file descriptors while under attack.
+
+Prints one JSON object as its last line.
 
     python benchmarks/serve_load.py --quick
     python benchmarks/serve_load.py --clients 16 --seconds 10 --baseline
+    python benchmarks/serve_load.py --case large --repeat 5
+    python benchmarks/serve_load.py --case slow
 """
 
 from __future__ import annotations
@@ -20,8 +31,10 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import re  # noqa: E402
+import resource  # noqa: E402
 import secrets  # noqa: E402
 import select  # noqa: E402
+import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -33,9 +46,19 @@ MAX_CLIENTS = 64
 MAX_SECONDS = 120
 
 
-def _start(command: list[str], pattern: str) -> tuple[subprocess.Popen, int]:
-    """Start a server and read its port from the first stdout line matching ``pattern``."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def _start(command: list[str], pattern: str, fd_limit: int | None = None) -> tuple[subprocess.Popen, int]:
+    """Start a server and read its port from the first stdout line matching ``pattern``.
+
+    ``fd_limit`` sets the server's open-files limit (soft and hard), as a service manager would.
+    """
+
+    def limit() -> None:
+        if fd_limit:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=limit
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout], [], [], 1)
@@ -59,14 +82,17 @@ def _client(urls: list[str], token: str, seconds: float, out: mp.Queue) -> None:
     i = 0
     while time.monotonic() < end:
         start = time.perf_counter()
+        got = 0
         try:
-            r = session.get(urls[i % len(urls)], timeout=30)
-            ok = r.status_code == 200
+            with session.get(urls[i % len(urls)], timeout=60, stream=True) as r:
+                ok = r.status_code == 200
+                for chunk in r.iter_content(1 << 20):  # streamed and discarded, as a download to disk
+                    got += len(chunk)
         except requests.RequestException:
             ok = False
         latencies.append(time.perf_counter() - start)
         if ok:
-            done, size = done + 1, size + len(r.content)
+            done, size = done + 1, size + got
         else:
             errors += 1
         i += 1
@@ -108,6 +134,148 @@ def _seed(endpoint: str, token: str, folder: Path, big_bytes: int) -> list[str]:
     return ["config.json", "model.safetensors"]
 
 
+def _medhub_server(
+    work: Path, token: str, extra: tuple[str, ...] = (), fd_limit: int | None = None
+) -> tuple[subprocess.Popen, int]:
+    command = [sys.executable, "-m", "medhub", "serve", "--root", str(work / "root"), "--port", "0", *extra]
+    pattern = r"Serving on http://[^:]+:(\d+)"
+    return _start(command + ["--token-file", str(work / "tokens")], pattern, fd_limit)
+
+
+def _static_server(folder: Path) -> tuple[subprocess.Popen, int]:
+    command = [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(folder)]
+    return _start(command, r"port (\d+)")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(30)
+
+
+def large_case(clients: int, seconds: float, big: int, repeat: int) -> dict:
+    """medhub serve and http.server, alternately, each serving one large file to ``clients`` clients."""
+    with tempfile.TemporaryDirectory(prefix="medhub-serve-large-") as tmp:
+        work, token = Path(tmp), f"bench-{secrets.token_hex(12)}"
+        (work / "tokens").write_text(token + "\n")
+        (work / "up").mkdir()
+        (work / "up" / "model.safetensors").write_bytes(os.urandom(big))
+        server, port = _medhub_server(work, token)
+        try:
+            from huggingface_hub import HfApi
+
+            api = HfApi(endpoint=f"http://127.0.0.1:{port}", token=token)
+            api.create_repo("bench/large")
+            api.upload_folder(folder_path=work / "up", repo_id="bench/large")
+        finally:
+            _stop(server)
+        runs = []
+        for _ in range(repeat):
+            server, port = _medhub_server(work, token)
+            try:
+                ours = _load([f"http://127.0.0.1:{port}/bench/large/resolve/main/model.safetensors"], token, clients, seconds)
+            finally:
+                _stop(server)
+            static, static_port = _static_server(work / "up")
+            try:
+                base = _load([f"http://127.0.0.1:{static_port}/model.safetensors"], token, clients, seconds)
+            finally:
+                _stop(static)
+            ratio = round(ours["mb_per_s"] / base["mb_per_s"], 2) if base["mb_per_s"] else None
+            runs.append({"medhub": ours, "http_server": base, "ratio": ratio})
+            print(f"large: medhub {ours['mb_per_s']} MB/s, http.server {base['mb_per_s']} MB/s, ratio {ratio}", file=sys.stderr)
+    ratios = [r["ratio"] for r in runs if r["ratio"] is not None]
+    return {
+        "benchmark": "serve_load",
+        "case": "large",
+        "clients": clients,
+        "seconds": seconds,
+        "big_file_bytes": big,
+        "runs": runs,
+        "ratio_mb_per_s_median": statistics.median(ratios) if ratios else None,
+    }
+
+
+def _half_sent(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that each send half a request's headers, then nothing."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 256), hard))
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        try:
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"GET /api/models/x/y HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        except OSError:
+            sock.close()
+            continue
+        socks.append(sock)
+    return socks
+
+
+def slow_case(slow_clients: int, probes: int, extra: tuple[str, ...], fd_limit: int) -> dict:
+    """A real client's downloads while ``slow_clients`` connections hold half-sent headers.
+
+    The server runs with an open-files limit of ``fd_limit`` (soft and hard; 1024 is a common default).
+    """
+    from huggingface_hub import HfApi, hf_hub_download
+
+    with tempfile.TemporaryDirectory(prefix="medhub-serve-slow-") as tmp:
+        work, token = Path(tmp), f"bench-{secrets.token_hex(12)}"
+        (work / "tokens").write_text(token + "\n")
+        server, port = _medhub_server(work, token, extra, fd_limit)
+        endpoint = f"http://127.0.0.1:{port}"
+        try:
+            api = HfApi(endpoint=endpoint, token=token)
+            api.create_repo("bench/slow")
+            api.upload_file(path_or_fileobj=b'{"a": 1}', path_in_repo="config.json", repo_id="bench/slow")
+            start = time.perf_counter()
+            socks = _half_sent(port, slow_clients)
+            opened = time.perf_counter() - start
+            time.sleep(1)  # let the server accept what it will
+            fds = len(os.listdir(f"/proc/{server.pid}/fd")) if os.path.isdir(f"/proc/{server.pid}") else None
+            ok, latencies, failures = 0, [], []
+            for i in range(probes):
+                t = time.perf_counter()
+                try:
+                    hf_hub_download("bench/slow", "config.json", endpoint=endpoint, token=token,
+                                    cache_dir=work / f"cache{i}", etag_timeout=30)
+                    ok += 1
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    failures.append(type(exc).__name__)
+                latencies.append(time.perf_counter() - t)
+            alive = 0
+            for sock in socks:  # which half-sent connections does the server still hold?
+                sock.setblocking(False)
+                try:
+                    sock.recv(1)  # b"" (or an error): the server closed it
+                except BlockingIOError:
+                    alive += 1
+                except OSError:
+                    pass
+            for sock in socks:
+                sock.close()
+        finally:
+            _stop(server)
+    return {
+        "benchmark": "serve_load",
+        "case": "slow",
+        "slow_clients": slow_clients,
+        "slow_connected": len(socks),
+        "seconds_to_open": round(opened, 2),
+        "server_fds_under_attack": fds,
+        "half_sent_still_open_after_probes": alive,
+        "probes": probes,
+        "probes_ok": ok,
+        "probe_failures": failures,
+        "probe_p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
+        "probe_max_ms": round(1000 * max(latencies), 1) if latencies else None,
+        "server_args": list(extra),
+        "server_fd_limit": fd_limit,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 clients, 3 s, 256 KiB weights")
@@ -119,7 +287,24 @@ def main() -> None:
     parser.add_argument(
         "--baseline", action="store_true", help="also run the load against python -m http.server"
     )
+    parser.add_argument("--case", choices=("mixed", "large", "slow"), default="mixed", help="see the module doc")
+    parser.add_argument("--repeat", type=int, default=3, help="large: side-by-side pairs of runs (default 3)")
+    parser.add_argument("--slow-clients", type=int, default=1100, help="slow: half-sent connections (default 1100)")
+    parser.add_argument("--probes", type=int, default=20, help="slow: real downloads during the attack (default 20)")
+    parser.add_argument("--server-arg", action="append", default=[], help="slow: extra medhub serve option (repeatable)")
+    parser.add_argument("--fd-limit", type=int, default=1024, help="slow: the server's open-files limit (default 1024)")
     args = parser.parse_args()
+    if args.case == "large":
+        clients = min(MAX_CLIENTS, args.clients or (4 if args.quick else 32))
+        seconds = min(MAX_SECONDS, args.seconds or (3 if args.quick else 10))
+        big = 1024 * (args.big_kib or (4096 if args.quick else 65536))
+        print(json.dumps(large_case(clients, seconds, big, max(1, min(args.repeat, 20)))))
+        return
+    if args.case == "slow":
+        count = min(args.slow_clients, 200) if args.quick else min(args.slow_clients, 5000)
+        report = slow_case(count, 3 if args.quick else args.probes, tuple(args.server_arg), args.fd_limit)
+        print(json.dumps(report))
+        return
     clients = min(MAX_CLIENTS, args.clients or (4 if args.quick else 16))
     seconds = min(MAX_SECONDS, args.seconds or (3 if args.quick else 10))
     big = 1024 * (args.big_kib or (256 if args.quick else 4096))

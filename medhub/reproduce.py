@@ -60,7 +60,7 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
               arch: str | None = None, progress: bool | str = True, cifar_stem: bool | None = None,
               keep_head: bool = False, precision: str | None = None, subset_seed: int | None = None,
               quick: bool = False, native_size: bool = False, dry_run: bool = False,
-              pixels: dict[str, Any] | None = None) -> dict[str, Any]:
+              pixels: dict[str, Any] | None = None, compile_model: bool | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` on ``task`` ``runs`` times (seeds ``seed..seed+runs-1``) and report the test metric.
 
     Args:
@@ -91,6 +91,9 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
         pixels: fields of :class:`medhub.schema.PixelRule` replacing the task's (e.g. ``{"window": (-600,
             1500)}`` for a CT lung window, ``{"frame": 0}`` for multi-frame files); recorded in the plan,
             the report's data notes and the cache manifest.
+        compile_model: run full training batches through ``torch.compile`` (True), eagerly (False), or as
+            :func:`medhub.train.compiled.choose_compile` decides (None: on a CPU for a CIFAR-stem ResNet with
+            at least 300 training steps); recorded per run in ``result.json`` (``input.compile``).
 
     Returns:
         The report (also written to ``out/report.json``), ending in ``verdict`` and ``verdict_reasons``;
@@ -135,7 +138,8 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     _check_same_plan(out_dir / "plan.json", planned, resume)
     atomic_write_text(out_dir / "plan.json", json.dumps(planned, indent=1))
     results = [run_once(model, entry, data, splits, plan, seed=seed + i, run_dir=out_dir / f"run{i}",
-                        device=torch_device, resume=resume, arch=arch, progress=progress, label=f"run {i}")
+                        device=torch_device, resume=resume, arch=arch, progress=progress, label=f"run {i}",
+                        compile_model=compile_model)
                for i in range(runs)]
     metric = "dice" if entry.type == "segmentation" else entry.metric
     protocol = {**plan.as_dict(), "data_notes": data.notes, "data_root": str(data.root), "model_arch": arch,

@@ -121,6 +121,9 @@ def start_server(
     token: str | None = None,
     extra_args: tuple[str, ...] | list[str] = (),
     timeout: float = 60,
+    fd_limit: int | None = None,
+    token_lines: str | None = None,
+    token_mode: int = 0o600,
 ) -> HubServer:
     """Start ``medhub serve`` on 127.0.0.1 and wait until it prints ``Serving on``.
 
@@ -130,18 +133,30 @@ def start_server(
         token: write token; a random one by default.
         extra_args: more ``medhub serve`` options, e.g. ``("--public-read",)``.
         timeout: seconds to wait for the server to listen.
+        fd_limit: the server's open-files limit (soft and hard), as a service manager sets it.
+        token_lines: the token file's content (default: the write token alone on one line).
+        token_mode: the token file's permissions.
     """
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     token = token or f"medhub-test-{secrets.token_hex(16)}"
     token_file = root.parent / f"{root.name}.tokens"
-    token_file.write_text(token + "\n", encoding="utf-8")
+    token_file.write_text(token_lines if token_lines is not None else token + "\n", encoding="utf-8")
+    token_file.chmod(token_mode)
     log = root.parent / f"{root.name}.log"
     command = [sys.executable, "-m", "medhub", "serve", "--root", str(root), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--token-file", str(token_file), *extra_args]
     handle = open(log, "ab")  # noqa: SIM115 - the child keeps writing to it
     offset = handle.tell()  # a restart appends: only read what this process writes
-    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ})
+    def limit_files() -> None:
+        if fd_limit:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
+    process = subprocess.Popen(
+        command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ}, preexec_fn=limit_files
+    )
     handle.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,4 +1,5 @@
-"""Smoke tests for benchmarks/load.py, train_step.py, pipeline.py and contention.py: they run and print their JSON.
+"""Smoke tests for benchmarks/load.py, train_step.py, pipeline.py, contention.py and medmnist_recipe.py: they run and
+print their JSON.
 
 Tiny settings only; nothing here asserts a time or a ratio's size (speed lives in BENCHMARKS.md).
 """
@@ -39,6 +40,11 @@ CASES = {
     "contention": (
         ["--arch", "test_resnet", "--img-size", "32", "--batch-size", "4", "--batches", "1", "--burners", "0"],
         ["worst_ratio_to_best"],
+    ),
+    "medmnist_recipe": (
+        # the compiled step (a minute of warm-up) is tested in tests/test_train_compile.py
+        ["--no-compile", "--batch-size", "8", "--batches", "1", "--repeats", "1"],
+        ["ratio", "ratio_eager"],
     ),
     "pipeline": (
         ["--images", "4", "--batch-size", "2", "--repeats", "1"],
@@ -81,6 +87,10 @@ def test_benchmark_runs_and_prints_json(name: str, tmp_path: Path) -> None:
             "from_medhub_import_load",
             "import_timm",
         } <= set(result["imports"])
+    if name == "medmnist_recipe":  # the same network on both sides, checked before timing
+        assert result["network"]["parameters"] == 11_168_706  # ResNet-18, CIFAR stem, 1 channel in, 2 classes
+        assert result["network"]["max_output_difference"] <= 1e-5
+        assert result["compiled"] is False and result["precision"] == "fp32"
     if name == "pipeline":  # both epochs of both sides, with and without the model
         for part in ("with_model", "data_only"):
             for side in ("medhub", "recipe"):

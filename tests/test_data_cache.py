@@ -85,3 +85,38 @@ def test_parallel_builders_share_one_array(tmp_path):
     assert outputs[0][0] == outputs[1][0]
     folder = tmp_path / "home" / "arrays" / "breastmnist"
     assert len(list(folder.glob("train-40px-1ch-*.npy"))) == 1 and not list(folder.glob(".*.tmp"))
+
+
+def test_process_pool_build_matches_threads_and_reports_bad_files(shared_data, tmp_path, monkeypatch):
+    """Worker processes writing rows by index give the byte-identical array of the thread build; a file that
+    cannot be decoded stops the build with its DataError and leaves no temporary file."""
+    import sys
+
+    import pytest
+
+    from medhub.data import cache
+    from medhub.data.sources import SplitData
+    from medhub.errors import DataError
+
+    files = sorted((shared_data / "nih_cxr14_1000_64px" / "NIH1000" / "test" / "0_normal").glob("*.png"))[:20]
+    split = SplitData("train", labels=np.zeros(len(files), dtype=np.int64), paths=files)
+    monkeypatch.setattr(cache, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(cache, "PROCESS_MIN_IMAGES", 10**9)
+    assert cache.decode_workers(split) == (2, "threads")
+    threaded = cached_split("t", split, 48, 3, progress=False, root=tmp_path / "threads")
+    monkeypatch.setattr(cache, "PROCESS_MIN_IMAGES", 1)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("worker processes are forked on Linux only")
+    assert cache.decode_workers(split) == (2, "processes")
+    forked = cached_split("t", split, 48, 3, progress=False, root=tmp_path / "processes")
+    assert forked.images.shape == (20, 3, 48, 48)
+    assert np.array_equal(np.asarray(forked.images), np.asarray(threaded.images))
+    manifest = json.loads(forked.path.with_suffix(".json").read_text())
+    assert manifest["sha256"]["images"] == sha256_file(forked.path)
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(files[0].read_bytes()[:200])  # a truncated PNG
+    bad = SplitData("train", labels=np.zeros(len(files), dtype=np.int64), paths=[*files[:-1], broken])
+    with pytest.raises(DataError, match="broken.png"):
+        cached_split("t", bad, 48, 3, progress=False, root=tmp_path / "bad")
+    assert not [p for p in (tmp_path / "bad").rglob("*") if p.is_file() and p.suffix in (".tmp", ".npy")]

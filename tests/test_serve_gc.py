@@ -86,7 +86,8 @@ def test_cli_fsck_reports_a_missing_blob(root, capsys):
     assert capsys.readouterr().out.startswith("ok")
     Store(root, exclusive=False).blob_path(_sha(SHARED)).unlink()
     assert main(["store", "fsck", "--root", str(root)]) == 1
-    assert "s.bin has no blob" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"blob {_sha(SHARED)} is missing" in out and "s.bin" in out and "repair:" in out
 
 
 def test_cli_refuses_a_folder_that_is_not_a_store(tmp_path, capsys):

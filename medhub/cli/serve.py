@@ -1,9 +1,10 @@
-"""``medhub serve``: run the Hub-compatible server (uvicorn) until SIGINT or SIGTERM."""
+"""``medhub serve``: run the Hub-compatible server (uvicorn) until SIGINT or SIGTERM; SIGHUP reloads tokens."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
 
 from medhub.errors import UsageError
@@ -22,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8080, help="port (0 picks a free one; default 8080)")
     p.add_argument(
         "--token-file",
-        help="file with one token per line ('TOKEN [NAME] [read|write]'); without it the server is read-only",
+        help="file with one token per line ('TOKEN [NAME] [read|write|admin] [NAMESPACE=ROLE ...]', see "
+        "docs/serve.md); re-read on SIGHUP; without it the server is read-only",
     )
     p.add_argument("--public-read", action="store_true", help="allow reads without a token")
     p.add_argument("--max-upload-mb", type=int, default=20_480, help="largest upload in MiB (default 20480)")
@@ -31,7 +33,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="send every file inside the commit (no LFS, so clients with Xet enabled work; commits up to 1 GiB)",
     )
-    p.add_argument("--access-log", action="store_true", help="log every request (tokens are never logged)")
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request (query-string values other than sizes and flags, and tokens, are redacted)",
+    )
+    p.add_argument("--audit-log", help="file every write is appended to (default ROOT/audit.log)")
+    p.add_argument(
+        "--cache-mb", type=int, default=128, help="memory for cached commit trees, in MiB (default 128)"
+    )
+    limits = p.add_argument_group("connection limits (defences against slow or idle clients)")
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        help="open connections at most; beyond it half-sent requests are dropped first (default 1024)",
+    )
+    limits.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds to send a request's headers (default 10)"
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="longest pause in seconds while sending a request body (default 30)",
+    )
+    limits.add_argument(
+        "--send-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a client may leave a response unread before it is dropped (default 60)",
+    )
+    limits.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=5.0,
+        help="seconds an idle kept-alive connection stays open (default 5)",
+    )
+    limits.add_argument(
+        "--keep-alive-requests",
+        type=int,
+        default=1000,
+        help="requests served on one connection before it closes (default 1000)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -40,16 +84,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from medhub.serve import build_app
+    from medhub.serve.auth import RedactingFilter
+    from medhub.serve.limits import (
+        ACCEPT_BACKLOG,
+        ConnectionLimits,
+        guarded_protocol,
+        quiet_accept_errors,
+        raise_fd_limit,
+    )
 
     if not 0 <= args.port <= 65535 or args.max_upload_mb < 1:
         raise UsageError("--port must be 0..65535 and --max-upload-mb at least 1")
+    if not 1 <= args.cache_mb <= 1 << 20:
+        raise UsageError("--cache-mb must be between 1 and 1048576")
+    limits = raise_fd_limit(
+        ConnectionLimits(
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            send_timeout=args.send_timeout,
+            keep_alive_timeout=args.keep_alive_timeout,
+            keep_alive_requests=args.keep_alive_requests,
+            max_connections=args.max_connections,
+        )
+    )
+    redacting = RedactingFilter()
+    for handler in logging.getLogger().handlers:  # every line, whichever logger wrote it
+        handler.addFilter(redacting)
     app = build_app(
         args.root,
         token_file=args.token_file,
         public_read=args.public_read,
         max_upload_mb=args.max_upload_mb,
         regular_only=args.regular_only,
+        audit_log=args.audit_log,
+        cache_bytes=args.cache_mb * 1024 * 1024,
     )
+    auth = app.state.hub.auth
+    redacting.auth = auth
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(
         family, socket.SOCK_STREAM, socket.IPPROTO_TCP
@@ -73,13 +144,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="off",
         server_header=False,
         timeout_graceful_shutdown=5,
+        http=guarded_protocol(limits),
+        timeout_keep_alive=limits.keep_alive_timeout,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        backlog=ACCEPT_BACKLOG,
     )
-    if args.access_log:  # uvicorn.access logs method, path and status: never headers, so never a token
+    if args.access_log:  # method, path with a redacted query string, status: never headers
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    # SIGHUP re-reads the token file (a revoked token stops working at once). Installed on the loop
+    # once it runs: uvicorn replaces SIGINT/SIGTERM handlers only.
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:
+            import asyncio
+
+            quiet_accept_errors(asyncio.get_running_loop())
             await super().startup(sockets=sockets)
+            if hasattr(signal, "SIGHUP"):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, auth.reload)
             if not self.should_exit:
                 print(f"Serving on http://{host}:{port}", flush=True)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 from medhub.errors import UsageError
@@ -12,8 +14,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``store fsck`` and ``store gc``."""
     p = subparsers.add_parser("store", help="maintenance of a medhub serve folder (check, garbage-collect)")
     sub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
-    fsck = sub.add_parser("fsck", help="check that every branch, tag, commit and blob is consistent")
+    fsck = sub.add_parser(
+        "fsck",
+        help="check every branch, tag and commit, and the sha256 of every blob (safe while the server runs)",
+    )
     fsck.add_argument("--root", required=True, help="the folder given to medhub serve --root")
+    fsck.add_argument(
+        "--quick", action="store_true", help="only check that blobs exist with the right size (no hashing)"
+    )
+    fsck.add_argument(
+        "--quarantine",
+        action="store_true",
+        help="move corrupt blobs to ROOT/quarantine/ so that clients upload those files again",
+    )
+    fsck.add_argument("--no-progress", action="store_true", help="print no progress lines on stderr")
     fsck.set_defaults(func=cmd_fsck)
     gc = sub.add_parser(
         "gc",
@@ -38,15 +52,40 @@ def _existing_root(root: str) -> Path:
     return path
 
 
+class _Progress:
+    """Progress lines on stderr, at most one a second (and the last one)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.last = enabled, 0.0
+
+    def __call__(self, done: int, total: int, done_bytes: int, total_bytes: int) -> None:
+        now = time.monotonic()
+        if self.enabled and (now - self.last >= 1 or done == total):
+            self.last = now
+            print(
+                f"fsck: {done}/{total} blobs, {done_bytes / 1e9:.2f}/{total_bytes / 1e9:.2f} GB checked",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
-    """Print the problems found (exit 1), or one ok line."""
+    """Print the problems found with how to repair each (exit 1), or one ok line."""
     from medhub.serve.storage import Store
 
-    problems = Store(_existing_root(args.root), exclusive=False).fsck()
+    store = Store(_existing_root(args.root), exclusive=False)
+    problems = store.fsck(quick=args.quick, progress=_Progress(not args.no_progress), quarantine=args.quarantine)
     for problem in problems:
         print(problem)
-    print(f"{len(problems)} problem(s)" if problems else "ok: every ref, commit and blob is consistent")
-    return 1 if problems else 0
+    what = "sizes" if args.quick else "sha256"
+    if not problems:
+        print(f"ok: every ref and commit is consistent and every blob has the right {what}")
+        return 0
+    print(
+        f"{len(problems)} problem(s). Each line says how to repair it; a blob that was moved aside "
+        f"(--quarantine) is sent again by the next upload of the same file."
+    )
+    return 1
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

@@ -73,6 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the DICOM VOI LUT Function of --window (default LINEAR)")
     p.add_argument("--frame", type=int, metavar="N", help="read frame N (0-based) of multi-frame DICOM/TIFF "
                    "files (default: such files are refused)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="run full training batches through torch.compile (fp32, deterministic; a one-off warm-up "
+                   "of a minute or more, recorded in result.json); default: on for a CIFAR-stem ResNet on a CPU "
+                   "with >= 300 training steps, off otherwise")
     p.add_argument("--out", help="output folder")
     _common(p)
     p.set_defaults(func=cmd_reproduce)
@@ -122,7 +126,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         linear_probe=args.linear_probe, device=args.device, seed=args.seed, out=args.out, resume=args.resume,
         arch=args.arch, progress=_progress(args), cifar_stem=args.cifar_stem, keep_head=args.keep_head,
         precision=args.precision, subset_seed=args.subset_seed, quick=args.quick, native_size=args.native_size,
-        dry_run=args.dry_run, pixels=pixel_options(args),
+        dry_run=args.dry_run, pixels=pixel_options(args), compile_model=args.compile,
     )
     if args.json:
         print_json(result)

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from medhub.serve.audit import AuditLog
 from medhub.serve.auth import Auth
 from medhub.serve.protocol import (
     REPO_TYPES,
@@ -30,7 +32,14 @@ from medhub.serve.protocol import (
 from medhub.serve.storage import Store
 
 log = logging.getLogger(__name__)
+#: Largest JSON body of an authenticated request (a preupload of 10,000 files is about 3 MB).
 JSON_LIMIT = 16 * 1024 * 1024
+#: Largest body of a request without an ``Authorization`` header (signed LFS uploads stream on their own).
+TOKENLESS_BODY_LIMIT = 64 * 1024
+#: Deepest JSON nesting accepted; the deepest Hub request (a preupload) nests 3 levels.
+MAX_JSON_DEPTH = 16
+#: Bodies up to this size are parsed on the event loop; larger ones in a worker thread.
+INLINE_PARSE_BYTES = 64 * 1024
 Handler = Callable[..., Awaitable[Response]]
 
 
@@ -42,6 +51,7 @@ class Hub:
     auth: Auth
     max_upload_bytes: int
     regular_only: bool = False
+    audit: AuditLog | None = None
 
 
 def json_response(
@@ -50,6 +60,16 @@ def json_response(
     """A compact JSON answer."""
     body = json.dumps(data, separators=(",", ":")).encode()
     return Response(body, status, headers, media_type or "application/json")
+
+
+async def threaded_json(work: Callable[..., object], *args: object) -> Response:
+    """Run ``work(*args)`` and encode its JSON answer in a worker thread: listings of thousands of
+    files take tens of milliseconds to build and encode, which must not stall the event loop."""
+
+    def build() -> bytes:
+        return json.dumps(work(*args), separators=(",", ":")).encode()
+
+    return Response(await run_in_threadpool(build), 200, media_type="application/json")
 
 
 def error_response(err: ProtocolError, extra: dict | None = None) -> Response:
@@ -62,7 +82,19 @@ def error_response(err: ProtocolError, extra: dict | None = None) -> Response:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 beyond ``limit`` bytes (checked before and while reading)."""
+    """The request body, refused with 413 beyond ``limit`` bytes (see :func:`read_chunks`)."""
+    return b"".join(await read_chunks(request, limit))
+
+
+async def read_chunks(request: Request, limit: int) -> list[bytes]:
+    """The request body as received, refused with 413 beyond ``limit`` bytes (checked before and while
+    reading). Join large bodies in a worker thread: copying a gigabyte takes the event loop's time.
+
+    A request without an ``Authorization`` header gets at most :data:`TOKENLESS_BODY_LIMIT` bytes, so an
+    anonymous client cannot make the server buffer (or parse) a large body.
+    """
+    if not request.headers.get("authorization"):
+        limit = min(limit, TOKENLESS_BODY_LIMIT)
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise ProtocolError(413, f"request body is larger than the server's limit of {limit} bytes")
@@ -72,18 +104,46 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise ProtocolError(413, f"request body is larger than the server's limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks
+
+
+def parse_json(text: bytes | str, what: str = "request body") -> object:
+    """Parse JSON nested at most :data:`MAX_JSON_DEPTH` levels; 400 for invalid or too deeply nested input.
+
+    The C parser raises ``RecursionError`` on very deep input (around 1,000 levels); shallower but still
+    unusual nesting is refused by an iterative walk of the result.
+    """
+    try:
+        data = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad_request(f"{what} is not valid JSON") from None
+    except RecursionError:
+        raise bad_request(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= MAX_JSON_DEPTH:
+                    raise bad_request(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+                stack.append((child, depth + 1))
+    return data
 
 
 async def read_json(request: Request, *, optional: bool = False) -> dict:
-    """A JSON object body; 400 for anything else (an empty body is ``{}`` when ``optional``)."""
+    """A JSON object body; 400 for anything else (an empty body is ``{}`` when ``optional``).
+
+    Large bodies are parsed in a worker thread: parsing megabytes of JSON would stall every other
+    request on the event loop.
+    """
     body = await read_body(request, JSON_LIMIT)
     if optional and not body.strip():
         return {}
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise bad_request("request body is not valid JSON") from None
+    if len(body) > INLINE_PARSE_BYTES:
+        data = await run_in_threadpool(parse_json, body)
+    else:
+        data = parse_json(body)
     if not isinstance(data, dict):
         raise bad_request("request body must be a JSON object")
     return data
@@ -156,6 +216,13 @@ def _repo_route(
         return write_api.lfs_upload, {"oid": _dec(args[0])}
     if action == "revision" and len(args) > 1:  # an unencoded revision such as refs/pr/1
         rev, tail = check_revision("/".join(_dec(s) for s in args)), ""
+    elif len(args) > 1 and action != "tree":
+        # POST .../commit/feature/x would otherwise commit to "feature": refuse, never guess
+        raise ProtocolError(
+            400,
+            f"ambiguous revision in {action}/{'/'.join(args)[:100]}: encode '/' in a revision as %2F",
+            "RevisionNotFound",
+        )
     handler = table.get((method, action, rev is not None))
     if handler is None:
         return None
@@ -186,6 +253,13 @@ def create_app(hub: Hub) -> Starlette:
         except ClientDisconnect:
             log.info("client went away during %s %s", request.method, request.url.path[:200])
             return Response(status_code=499)
+        except RecursionError:  # deeply nested input met by a recursive parser (JSON, YAML)
+            return error_response(bad_request("the request is nested too deeply"))
+        except Exception:  # a bug: answered in the Hub's error shape, logged with its traceback
+            log.exception("%s %s failed", request.method, request.url.path[:200])
+            return error_response(ProtocolError(500, "internal error in medhub serve; see the server log"))
 
     methods = ["GET", "HEAD", "POST", "PUT", "DELETE"]
-    return Starlette(routes=[Route("/{rest:path}", dispatch, methods=methods)])
+    app = Starlette(routes=[Route("/{rest:path}", dispatch, methods=methods)])
+    app.state.hub = hub
+    return app

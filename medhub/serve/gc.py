@@ -55,7 +55,7 @@ def referenced_blobs(store: Store) -> set[str]:
 
 def stored_blobs(store: Store) -> list[Path]:
     """Every blob file (``blobs/ab/cd/<sha256>``)."""
-    return [p for p in (store.root / "blobs").glob("*/*/*") if SHA256_HEX.match(p.name) and p.is_file()]
+    return [p for p in (store.root / "blobs").glob("*/*/*") if SHA256_HEX.fullmatch(p.name) and p.is_file()]
 
 
 def collect_garbage(store: Store, *, min_age_s: float = 24 * 3600, dry_run: bool = False) -> GcReport:

@@ -10,18 +10,31 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from medhub.serve.app import Hub, json_response, read_body
+from medhub.serve.app import Hub, read_body, threaded_json
+from medhub.serve.auth import Auth
 from medhub.serve.protocol import ProtocolError, RepoRef, check_path
-from medhub.serve.storage import Commit
-from medhub.serve.tree import dir_item, file_item, list_tree, pointer_size
+from medhub.serve.storage import ByteLRU, Commit
+from medhub.serve.tree import dir_item, file_item, folder_oids, list_tree, pointer_size
 
 _PATHS_LIMIT = 1000
 _INLINE_BYTES = 256 * 1024  # GETs up to this size are read in one go
+#: Largest YAML front matter parsed from a README.md, and its deepest nesting.
+CARD_MAX_BYTES = 64 * 1024
+CARD_MAX_DEPTH = 16
+_cards = ByteLRU(8 * 1024 * 1024)  # parsed front matter per (repo, README sha256)
+
+
+class BlobResponse(FileResponse):
+    """A file download read in 1 MiB chunks (Starlette's default of 64 KiB costs one worker-thread
+    round trip per 64 KiB, which held large downloads to about 0.15 of a static file server)."""
+
+    chunk_size = 1 << 20
 
 
 def _readable(hub: Hub, request: Request, repo: RepoRef) -> dict:
     """Check read access and return the repo's metadata; a private repo looks missing to strangers."""
     user = hub.auth.can_read(request.headers.get("authorization"))
+    Auth.check_repo(user, repo, "read")
     meta = hub.store.meta(repo)
     if meta.get("private") and user is None:
         raise ProtocolError(404, f"repository {repo.type}/{repo.id} not found", "RepoNotFound")
@@ -34,22 +47,54 @@ def _checkout(hub: Hub, request: Request, repo: RepoRef, revision: str) -> tuple
     return meta, hub.store.commit(repo, commit_id)
 
 
-def card_data(hub: Hub, commit: Commit) -> dict | None:
-    """The YAML front matter of README.md, or None when there is none (or it does not parse)."""
-    entry = commit.files.get("README.md")
-    if entry is None or entry["size"] > 1024 * 1024:
-        return None
-    text = hub.store.read_blob(entry["sha256"]).decode("utf-8", "replace").replace("\r\n", "\n")
+def parse_front_matter(text: str) -> dict | None:
+    """The YAML front matter of a model card, or None when there is none or it is not a safe mapping.
+
+    Refused (None): front matter over :data:`CARD_MAX_BYTES`, nested deeper than :data:`CARD_MAX_DEPTH`,
+    or using YAML aliases (a few aliases expand to gigabytes once the answer is serialised as JSON).
+    The event scan that checks this is iterative, so deep input cannot exhaust the stack.
+    """
+    text = text.replace("\r\n", "\n")
     if not text.startswith("---\n"):
         return None
     end = text.find("\n---", 3)
-    if end < 0:
+    if end < 0 or end > CARD_MAX_BYTES:
         return None
+    front = text[4:end]
     try:
-        data = yaml.safe_load(text[4:end])
-    except yaml.YAMLError:
+        depth = 0
+        for event in yaml.parse(front, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                return None
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > CARD_MAX_DEPTH:
+                    return None
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+        data = yaml.safe_load(front)
+    except (yaml.YAMLError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def card_data(hub: Hub, commit: Commit) -> dict | None:
+    """The YAML front matter of README.md (see :func:`parse_front_matter`), cached per README content."""
+    entry = commit.files.get("README.md")
+    if entry is None or entry["size"] > 1024 * 1024:
+        return None
+    key = (hub.store.root, entry["sha256"])
+    cached = _cards.get(key)
+    if cached is not None:
+        return cached[0]  # type: ignore[index]
+    try:
+        with hub.store.blob_path(entry["sha256"]).open("rb") as handle:
+            head = handle.read(CARD_MAX_BYTES + 8)
+    except FileNotFoundError:  # lost content (fsck reports it): no card rather than an error
+        return None
+    card = parse_front_matter(head.decode("utf-8", "replace"))
+    _cards.put(key, (card,), 2048 + 8 * len(head))
+    return card
 
 
 def _info(hub: Hub, request: Request, repo: RepoRef, revision: str) -> dict:
@@ -95,7 +140,7 @@ def _info(hub: Hub, request: Request, repo: RepoRef, revision: str) -> dict:
 
 async def repo_info(hub: Hub, request: Request, repo: RepoRef, revision: str = "main") -> Response:
     """``GET /api/{type}s/{repo}[/revision/{rev}]``: model_info, dataset_info, repo_exists."""
-    return json_response(await run_in_threadpool(_info, hub, request, repo, revision))
+    return await threaded_json(_info, hub, request, repo, revision)
 
 
 async def tree(hub: Hub, request: Request, repo: RepoRef, revision: str, path: str) -> Response:
@@ -106,26 +151,31 @@ async def tree(hub: Hub, request: Request, repo: RepoRef, revision: str, path: s
         _, commit = _checkout(hub, request, repo, revision)
         return list_tree(commit.files, path, recursive)
 
-    return json_response(await run_in_threadpool(work))
+    return await threaded_json(work)
 
 
 async def paths_info(hub: Hub, request: Request, repo: RepoRef, revision: str) -> Response:
     """``POST /api/{type}s/{repo}/paths-info/{rev}`` (form ``paths=...``): get_paths_info."""
+    hub.auth.can_read(request.headers.get("authorization"))  # refuse a bad token before reading the body
     body = await read_body(request, 1024 * 1024)
-    form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=False)
-    paths = form.get("paths", [])[:_PATHS_LIMIT]
 
     def work() -> list[dict]:
+        try:
+            form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=_PATHS_LIMIT)
+        except ValueError:
+            raise ProtocolError(400, f"ask for at most {_PATHS_LIMIT} paths at a time") from None
+        paths = [check_path(p.strip("/")) for p in form.get("paths", [])]
         _, commit = _checkout(hub, request, repo, revision)
+        oids = folder_oids(commit.files, {p for p in paths if p not in commit.files})
         out = []
-        for path in (check_path(p.strip("/")) for p in paths):
+        for path in paths:
             if path in commit.files:
                 out.append(file_item(path, commit.files[path]))
-            elif any(p.startswith(path + "/") for p in commit.files):
-                out.append(dir_item(path, commit.files))
+            elif path in oids:
+                out.append(dir_item(path, oids[path]))
         return out
 
-    return json_response(await run_in_threadpool(work))
+    return await threaded_json(work)
 
 
 async def refs(hub: Hub, request: Request, repo: RepoRef) -> Response:
@@ -146,14 +196,15 @@ async def refs(hub: Hub, request: Request, repo: RepoRef) -> Response:
             out["pullRequests"] = []
         return out
 
-    return json_response(await run_in_threadpool(work))
+    return await threaded_json(work)
 
 
 async def commits(hub: Hub, request: Request, repo: RepoRef, revision: str) -> Response:
     """``GET /api/{type}s/{repo}/commits/{rev}``: list_repo_commits, newest first."""
 
     def work() -> list[dict]:
-        _, commit = _checkout(hub, request, repo, revision)
+        _readable(hub, request, repo)
+        commit_id, _ = hub.store.resolve(repo, revision)
         return [
             {
                 "id": c.id,
@@ -162,10 +213,10 @@ async def commits(hub: Hub, request: Request, repo: RepoRef, revision: str) -> R
                 "date": c.date,
                 "authors": [{"user": c.author, "avatar": None}],
             }
-            for c in hub.store.history(repo, commit.id)
+            for c in hub.store.history(repo, commit_id, with_files=False)
         ]
 
-    return json_response(await run_in_threadpool(work))
+    return await threaded_json(work)
 
 
 async def resolve(hub: Hub, request: Request, repo: RepoRef, revision: str, path: str) -> Response:
@@ -198,4 +249,4 @@ async def resolve(hub: Hub, request: Request, repo: RepoRef, revision: str, path
     headers, stat, blob, content = await run_in_threadpool(work)
     if content is not None:
         return Response(content, headers=headers, media_type="application/octet-stream")
-    return FileResponse(blob, headers=headers, stat_result=stat, media_type="application/octet-stream")
+    return BlobResponse(blob, headers=headers, stat_result=stat, media_type="application/octet-stream")

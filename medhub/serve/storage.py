@@ -16,6 +16,8 @@ state or the new one, never half of one)::
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import hashlib
 import json
@@ -26,7 +28,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +42,7 @@ from medhub.serve.protocol import (
     ProtocolError,
     RepoRef,
     bad_request,
+    check_path,
     git_blob_oid,
     lfs_pointer,
 )
@@ -46,6 +50,11 @@ from medhub.serve.tree import Operation, apply_operations
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
+#: Default memory budget of the commit-tree cache (estimated bytes, see :class:`ByteLRU`).
+DEFAULT_CACHE_BYTES = 128 * 1024 * 1024
+#: Estimated in-memory size of a parsed commit tree per byte of its JSON file: tracemalloc measured
+#: 2.6 for 4,000 entries with 50-character paths; 4 leaves room for the allocator's overhead.
+_TREE_BYTES_PER_JSON_BYTE = 4
 
 
 def _now() -> str:
@@ -61,6 +70,73 @@ def file_entry(sha256: str, size: int, *, lfs: bool, data: bytes | None = None) 
     """A tree entry: sha256 and size of the content, git oid, and whether it is stored as LFS."""
     oid = git_blob_oid(lfs_pointer(sha256, size) if lfs else data if data is not None else b"")
     return {"sha256": sha256, "size": size, "oid": oid, "lfs": lfs}
+
+
+class ByteLRU:
+    """A least-recently-used cache bounded by the sum of its values' estimated sizes, safe for threads.
+
+    Args:
+        max_bytes: budget; the oldest entries are dropped until the new one fits. A value larger than
+            the whole budget is not cached.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> object | None:
+        """The cached value (now the most recent) or None."""
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                return None
+            self._items.move_to_end(key)
+            return found[0]
+
+    def put(self, key: Hashable, value: object, size: int) -> None:
+        """Cache ``value`` of about ``size`` bytes, evicting the least recently used entries."""
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            while self._items and self.bytes + size > self.max_bytes:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.bytes -= dropped
+            self._items[key] = (value, size)
+            self.bytes += size
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Parsing a large commit allocates many small objects; once they are freed, glibc keeps the pages
+    unless asked, and the server's resident size would stay at its peak.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _missing_repo(repo: RepoRef) -> ProtocolError:
+    return ProtocolError(404, f"repository {repo.type}/{repo.id} not found", "RepoNotFound")
 
 
 @dataclass(frozen=True)
@@ -143,13 +219,18 @@ class Store:
             for sub in ("tmp", "trash"):  # leftovers of a crash: never visible, removed now
                 shutil.rmtree(self.root / sub, ignore_errors=True)
                 (self.root / sub).mkdir()
-        self._commits: dict[tuple[RepoRef, str], Commit] = {}
-        self._cache_lock = threading.Lock()
+        self._trees = ByteLRU(DEFAULT_CACHE_BYTES)  # full commits (with their file trees)
+        self._headers = ByteLRU(DEFAULT_CACHE_BYTES // 16)  # commits without their trees, for history
+
+    def set_cache_bytes(self, max_bytes: int) -> None:
+        """Set the memory budget of the commit caches (the tree cache gets 15/16 of it)."""
+        self._trees = ByteLRU(max_bytes - max_bytes // 16)
+        self._headers = ByteLRU(max_bytes // 16)
 
     # ---- blobs -------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
         """Where the blob with this sha256 lives (whether or not it exists)."""
-        if not SHA256_HEX.match(sha256):
+        if not SHA256_HEX.fullmatch(sha256):
             raise bad_request("an LFS oid must be 64 lowercase hex characters (sha256)")
         return self.root / "blobs" / sha256[:2] / sha256[2:4] / sha256
 
@@ -213,11 +294,22 @@ class Store:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _read_repo_file(self, repo: RepoRef, relative: str) -> bytes:
+        """A file of the repo's folder; 404 ``RepoNotFound`` if it is gone (deleted, or being recreated).
+
+        A read that races a delete or a re-creation of the repo then ends in a clean 404, or finds the
+        old or the new content: every file is replaced atomically and commits never change.
+        """
+        try:
+            return (self.repo_dir(repo) / relative).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise _missing_repo(repo) from None
+
     def meta(self, repo: RepoRef) -> dict:
         """``repo.json`` of an existing repo; 404 ``RepoNotFound`` otherwise."""
         if not self.exists(repo):
-            raise ProtocolError(404, f"repository {repo.type}/{repo.id} not found", "RepoNotFound")
-        return json.loads((self.repo_dir(repo) / "repo.json").read_text(encoding="utf-8"))
+            raise _missing_repo(repo)
+        return json.loads(self._read_repo_file(repo, "repo.json"))
 
     def create_repo(self, repo: RepoRef, *, private: bool, author: str) -> str:
         """Create a repo with an initial commit holding ``.gitattributes``; 409 if it exists."""
@@ -248,8 +340,7 @@ class Store:
     # ---- refs and commits --------------------------------------------------------------------
     def refs(self, repo: RepoRef) -> dict:
         """``{"branches": {name: id}, "tags": {name: id}}``."""
-        self.meta(repo)
-        return json.loads((self.repo_dir(repo) / "refs.json").read_text(encoding="utf-8"))
+        return json.loads(self._read_repo_file(repo, "refs.json"))
 
     def _write_refs(self, repo: RepoRef, refs: dict) -> None:
         atomic_write_bytes(self.repo_dir(repo) / "refs.json", _canonical(refs))
@@ -267,18 +358,24 @@ class Store:
             return refs["branches"][name], name
         if name in refs["tags"]:
             return refs["tags"][name], None
-        if SHA1_HEX.match(revision) and (self.repo_dir(repo) / "commits" / f"{revision}.json").is_file():
+        if SHA1_HEX.fullmatch(revision) and (self.repo_dir(repo) / "commits" / f"{revision}.json").is_file():
             return revision, None
         raise ProtocolError(404, f"revision {revision!r} not found in {repo.id}", "RevisionNotFound")
 
-    def commit(self, repo: RepoRef, commit_id: str) -> Commit:
-        """Load a commit (cached: commits never change)."""
+    def commit(self, repo: RepoRef, commit_id: str, *, with_files: bool = True) -> Commit:
+        """Load a commit (cached within a memory budget: commits never change).
+
+        With ``with_files=False`` the commit's ``files`` is empty: enough for a history, and its cache
+        entry is small whatever the size of the tree.
+        """
         key = (repo, commit_id)
-        with self._cache_lock:
-            cached = self._commits.get(key)
+        cached = self._trees.get(key)
+        if cached is None and not with_files:
+            cached = self._headers.get(key)
         if cached is not None:
-            return cached
-        raw = json.loads((self.repo_dir(repo) / "commits" / f"{commit_id}.json").read_bytes())
+            return cached  # type: ignore[return-value]
+        raw_bytes = self._read_repo_file(repo, f"commits/{commit_id}.json")
+        raw = json.loads(raw_bytes)
         found = Commit(
             commit_id,
             tuple(raw["parents"]),
@@ -286,12 +383,17 @@ class Store:
             raw["description"],
             raw["author"],
             raw["date"],
-            raw["files"],
+            raw["files"] if with_files else {},
         )
-        with self._cache_lock:
-            if len(self._commits) > 4096:
-                self._commits.clear()
-            self._commits[key] = found
+        if with_files:
+            self._trees.put(key, found, _TREE_BYTES_PER_JSON_BYTE * len(raw_bytes))
+        else:
+            header = 400 + 2 * (len(found.summary) + len(found.description) + len(found.author))
+            self._headers.put(key, found, header)
+        big = len(raw_bytes) > 256 * 1024
+        del raw, raw_bytes
+        if big:
+            _release_free_memory()
         return found
 
     def _write_commit(
@@ -348,12 +450,17 @@ class Store:
         log.info("commit %s on %s/%s@%s", new, repo.type, repo.id, head_branch)
         return new
 
-    def history(self, repo: RepoRef, commit_id: str, limit: int = 10_000) -> list[Commit]:
-        """Commits from ``commit_id`` back to the first one (first parents), newest first."""
+    def history(
+        self, repo: RepoRef, commit_id: str, limit: int = 10_000, *, with_files: bool = True
+    ) -> list[Commit]:
+        """Commits from ``commit_id`` back to the first one (first parents), newest first.
+
+        ``with_files=False`` leaves each commit's ``files`` empty (see :meth:`commit`).
+        """
         out: list[Commit] = []
         current: str | None = commit_id
         while current and len(out) < limit:
-            commit = self.commit(repo, current)
+            commit = self.commit(repo, current, with_files=with_files)
             out.append(commit)
             current = commit.parents[0] if commit.parents else None
         return out
@@ -381,21 +488,132 @@ class Store:
             self._write_refs(repo, refs)
 
     # ---- checking ----------------------------------------------------------------------------
-    def fsck(self) -> list[str]:
-        """Problems found in the whole store (empty when every ref, commit and blob is consistent)."""
+    def fsck(
+        self,
+        *,
+        quick: bool = False,
+        progress: Callable[[int, int, int, int], None] | None = None,
+        quarantine: bool = False,
+    ) -> list[str]:
+        """Problems found in the whole store, each with how to repair it (empty when all is consistent).
+
+        Checks every repo's refs (they name stored commits), every commit (its file hashes to its id,
+        which is the sha1 of its canonical JSON; its parents exist; every path is valid; every regular
+        file's git oid matches its content) and every blob (present with the recorded size, and unless
+        ``quick``, content whose sha256 is the blob's name).
+
+        Args:
+            quick: only check that blobs exist with the right size (no reading of contents).
+            progress: called as ``progress(blobs_done, blobs_total, bytes_done, bytes_total)`` while
+                blobs are hashed.
+            quarantine: move blobs whose content is corrupt to ``quarantine/`` so that clients upload
+                the file again (the server then reports it as missing in preupload).
+        """
         problems: list[str] = []
+        used: dict[str, tuple[int, str, bool]] = {}  # sha256 -> (size, where, regular-file oid to check)
         base = self.root / "repos"
         for refs_file in sorted(base.glob("*/*/*/refs.json")):
             rtype, ns, name = refs_file.parent.relative_to(base).parts
-            repo = RepoRef(rtype, ns, name)
-            try:
-                refs = self.refs(repo)
-                heads = list(refs["branches"].values()) + list(refs["tags"].values())
-                for head in heads:
-                    for commit in self.history(repo, head):
-                        for path, entry in commit.files.items():
-                            if not self.has_blob(entry["sha256"], entry["size"]):
-                                problems.append(f"{repo.id}@{commit.id}: {path} has no blob")
-            except (OSError, ValueError, KeyError) as exc:
-                problems.append(f"{repo.id}: {type(exc).__name__}: {exc}")
+            problems += self._check_repo(RepoRef(rtype, ns, name), used)
+        blobs = sorted(used.items())
+        total = sum(size for _, (size, _, _) in blobs)
+        done = 0
+        for number, (sha, (size, where, oid)) in enumerate(blobs, 1):
+            problem = self._check_blob(sha, size, where, oid, quick=quick, quarantine=quarantine)
+            if problem:
+                problems.append(problem)
+            done += size
+            if progress is not None:
+                progress(number, len(blobs), done, total)
         return problems
+
+    def _check_repo(self, repo: RepoRef, used: dict[str, tuple[int, str, bool]]) -> list[str]:
+        """Refs and commits of one repo; records the blobs its commits use in ``used``."""
+        problems: list[str] = []
+        where = f"{repo.type}/{repo.id}"
+        restore = f"restore repos/{where} from a backup"
+        try:
+            refs = self.refs(repo)
+            heads = {**refs["branches"], **{f"tag {k}": v for k, v in refs["tags"].items()}}
+        except (ProtocolError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            return [f"{where}: refs.json is unreadable ({type(exc).__name__}); repair: {restore}"]
+        commit_dir = self.repo_dir(repo) / "commits"
+        stored = {p.stem for p in commit_dir.glob("*.json")}
+        for ref, head in sorted(heads.items()):
+            if head not in stored:
+                problems.append(f"{where}: {ref} points to missing commit {head}; repair: {restore}")
+        for commit_id in sorted(stored):
+            data = (commit_dir / f"{commit_id}.json").read_bytes()
+            label = f"{where}@{commit_id[:12]}"
+            if hashlib.sha1(data, usedforsecurity=False).hexdigest() != commit_id:
+                problems.append(f"{label}: commit file does not hash to its id (altered); repair: {restore}")
+                continue
+            try:
+                body = json.loads(data)
+                parents, files = body["parents"], body["files"]
+                missing = [p for p in parents if p not in stored]
+                if missing:
+                    problems.append(f"{label}: parent commit {missing[0]} is missing; repair: {restore}")
+                for path, entry in files.items():
+                    problems += self._check_entry(label, path, entry, used, restore)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                problems.append(f"{label}: malformed commit ({type(exc).__name__}: {exc}); repair: {restore}")
+        return problems
+
+    @staticmethod
+    def _check_entry(label: str, path: str, entry: dict, used: dict, restore: str) -> list[str]:
+        try:
+            check_path(path)
+        except ProtocolError as err:
+            return [f"{label}: {err.message}; repair: delete the file in a new commit (HfApi().delete_file)"]
+        sha, size, lfs = entry["sha256"], entry["size"], entry["lfs"]
+        if not isinstance(sha, str) or not SHA256_HEX.fullmatch(sha) or type(size) is not int:
+            return [f"{label}: {path!r} has a malformed entry; repair: {restore}"]
+        if lfs and entry["oid"] != git_blob_oid(lfs_pointer(sha, size)):
+            return [f"{label}: {path!r} has an LFS oid that does not match its sha256; repair: {restore}"]
+        previous, regular_oid = used.get(sha), "" if lfs else entry["oid"]
+        if previous is None:
+            used[sha] = (size, f"{label}:{path}", regular_oid)
+        elif regular_oid and not previous[2]:
+            used[sha] = (previous[0], previous[1], regular_oid)
+        return []
+
+    def _check_blob(
+        self, sha: str, size: int, where: str, oid: str | bool, *, quick: bool, quarantine: bool
+    ) -> str | None:
+        """One blob: present with ``size`` bytes and (unless ``quick``) a sha256 equal to its name."""
+        path = self.blob_path(sha)
+        again = f"upload {where.rsplit(':', 1)[-1]!r} again, or restore blobs/{sha[:2]}/{sha[2:4]}/{sha} from a backup"
+        try:
+            found = path.stat().st_size
+        except FileNotFoundError:
+            return f"blob {sha} is missing (used by {where}); repair: {again}"
+        if found != size:
+            return f"blob {sha} has {found} bytes, not {size} (used by {where}); repair: {self._quarantine(path, quarantine)}{again}"
+        if quick:
+            return None
+        digest, sha1 = hashlib.sha256(), None
+        if oid:  # a regular file: its git blob oid is checked too
+            sha1 = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+                if sha1 is not None:
+                    sha1.update(chunk)
+        if digest.hexdigest() != sha:
+            return (
+                f"blob {sha} is corrupt: its content hashes to {digest.hexdigest()} (used by {where}); "
+                f"repair: {self._quarantine(path, quarantine)}{again}"
+            )
+        if sha1 is not None and sha1.hexdigest() != oid:
+            return f"{where}: git oid {oid} does not match the content; repair: upload the file again"
+        return None
+
+    def _quarantine(self, path: Path, enabled: bool) -> str:
+        """Move a bad blob to ``quarantine/`` when ``enabled``; returns the words for the repair hint."""
+        if not enabled:
+            return "run medhub store fsck --quarantine, then "
+        target = self.root / "quarantine" / path.name
+        target.parent.mkdir(exist_ok=True)
+        os.replace(path, target)
+        return f"moved to {target}; now "

@@ -29,12 +29,28 @@ def file_item(path: str, entry: dict) -> dict:
     return item
 
 
-def dir_item(path: str, files: dict) -> dict:
-    digest = hashlib.sha1(usedforsecurity=False)
-    prefix = path + "/"
-    for p in sorted(p for p in files if p.startswith(prefix)):
-        digest.update(f"{p}\0{files[p]['oid']}\n".encode())
-    return {"type": "directory", "oid": digest.hexdigest(), "size": 0, "path": path}
+def folder_oids(files: dict, folders: set[str] | list[str]) -> dict[str, str]:
+    """The oid of each folder in ``folders`` that holds files (absent ones are left out), in one pass.
+
+    A folder's oid is the sha1 of ``"{path}\\0{oid}\\n"`` over its files at every depth, in sorted path
+    order. Each file updates the folders above it, so the cost is linear in files times depth
+    (one scan per folder would make a recursive listing quadratic).
+    """
+    digests = {f: hashlib.sha1(usedforsecurity=False) for f in folders}
+    for path in sorted(files):
+        cut = path.find("/")
+        while cut >= 0:
+            digest = digests.get(path[:cut])
+            if digest is not None:
+                digest.update(f"{path}\0{files[path]['oid']}\n".encode())
+            cut = path.find("/", cut + 1)
+    empty = hashlib.sha1(usedforsecurity=False).hexdigest()
+    return {f: d.hexdigest() for f, d in digests.items() if d.hexdigest() != empty}
+
+
+def dir_item(path: str, oid: str) -> dict:
+    """A tree entry for a folder."""
+    return {"type": "directory", "oid": oid, "size": 0, "path": path}
 
 
 def list_tree(files: dict, base: str, recursive: bool) -> list[dict]:
@@ -44,14 +60,20 @@ def list_tree(files: dict, base: str, recursive: bool) -> list[dict]:
     for path in files:
         if not path.startswith(prefix):
             continue
-        parts = path[len(prefix) :].split("/")
-        if recursive or len(parts) == 1:
+        rest = path[len(prefix) :]
+        if recursive or "/" not in rest:
             found_files.append(path)
-        depth = len(parts) - 1 if recursive else min(1, len(parts) - 1)
-        folders.update(prefix + "/".join(parts[:i]) for i in range(1, depth + 1))
+        if recursive:
+            cut = rest.find("/")
+            while cut >= 0:
+                folders.add(prefix + rest[:cut])
+                cut = rest.find("/", cut + 1)
+        elif "/" in rest:
+            folders.add(prefix + rest[: rest.index("/")])
     if base and not found_files and not folders:
         raise ProtocolError(404, f"folder {base!r} not found", "EntryNotFound")
-    items = [dir_item(f, files) for f in folders] + [file_item(p, files[p]) for p in found_files]
+    oids = folder_oids({p: files[p] for p in files if p.startswith(prefix)}, folders)
+    items = [dir_item(f, oids[f]) for f in folders] + [file_item(p, files[p]) for p in found_files]
     return sorted(items, key=lambda item: item["path"])
 
 

@@ -7,6 +7,7 @@ from ``run_dir/state.pt`` when asked; ``evaluate`` returns loss, metric, per-cla
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -59,6 +60,7 @@ class FitConfig:
     amp: bool = False
     channels_last: bool = False
     seed: int = 0
+    compile: bool = False  # full training batches through torch.compile (medhub.train.compiled)
     evaluated: tuple[str, ...] = ()  # labels the metric averages (a subset of label_names); () = all
 
     @property
@@ -87,6 +89,8 @@ class FitResult:
     best_state: dict[str, torch.Tensor]
     stopped_early: bool
     resumed_from: int | None = None
+    compiled: bool = False
+    first_step_s: float | None = None  # the first training step of this process (with a compiled step: its warm-up)
 
 
 def compute_loss(logits: torch.Tensor, targets: torch.Tensor, config: FitConfig) -> torch.Tensor:
@@ -177,20 +181,27 @@ def _forward(model, images, device, config: FitConfig) -> torch.Tensor:
 
 
 def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: Progress, desc: str,
-                scaler: torch.amp.GradScaler | None = None) -> float:
+                scaler: torch.amp.GradScaler | None = None, *, compiled: torch.nn.Module | None = None,
+                timings: dict[str, float] | None = None) -> float:
     """One pass over the training loader; returns the mean training loss.
 
     ``scaler``: fp16 loss scaling (the 2025 recipe's NativeScaler, BTL ``Version2/models.py:310``).
+    ``compiled``: ``torch.compile`` of ``model`` (:mod:`medhub.train.compiled`), used for full batches (the
+    size of the first); a smaller last batch runs ``model`` eagerly. ``timings``: gets ``first_step_s``, the
+    seconds of the first step (a compiled step's warm-up), if it has none yet.
     """
     from tqdm.auto import tqdm
 
     model.train()
     _freeze_norms(model)
-    total, count = 0.0, 0
+    total, count, full = 0.0, 0, 0
     with tqdm(loader, desc=desc, unit="batch", disable=progress_mode(progress) != BAR,
               leave=False) as bar:
         for images, targets in bar:
-            logits = _forward(model, images, device, config)
+            started = time.perf_counter()
+            full = full or len(images)
+            network = compiled if compiled is not None and len(images) == full else model
+            logits = _forward(network, images, device, config)
             loss = compute_loss(logits, targets.to(device, non_blocking=True), config)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -202,6 +213,8 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
                 optimizer.step()
             total += float(loss.detach()) * len(images)
             count += len(images)
+            if timings is not None and "first_step_s" not in timings:
+                timings["first_step_s"] = time.perf_counter() - started
             bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)
 
@@ -275,7 +288,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
     ``label`` names the run in those lines (e.g. "run 0").
 
     With ``resume=True`` and a ``state.pt`` in ``run_dir``, training continues after the last saved epoch
-    and ends with the same weights and history an uninterrupted run would have.
+    and ends with the same weights and history an uninterrupted run would have (with the same
+    ``config.compile`` as the saved state's: the saved choice wins).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     optimizer = make_optimizer(model.parameters(), config)
@@ -295,18 +309,28 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         best_value, bad_epochs = saved["best_value"], saved["bad_epochs"]
         start = resumed = saved["epoch"] + 1
         restore_rng(saved["rng"])
+        if bool(saved.get("compile", False)) != config.compile:
+            log.info("resuming with the saved run's compile=%s", bool(saved.get("compile", False)))
+            config = dataclasses.replace(config, compile=bool(saved.get("compile", False)))
         if saved.get("finished"):
-            return FitResult(history, best_epoch, best_state, saved.get("stopped_early", False), resumed)
+            return FitResult(history, best_epoch, best_state, saved.get("stopped_early", False), resumed,
+                             config.compile)
         log.info("resuming %s after epoch %d", run_dir, start)
         say(progress, f"{label or run_dir.name}: resuming after epoch {start}/{config.epochs}")
     stopped = False
+    compiled, timings = None, {}
+    if config.compile:
+        from medhub.train.compiled import compile_for_training
+
+        compiled = compile_for_training(model)
     for epoch in range(start, config.epochs):
         started = time.perf_counter()
         torch.manual_seed(epoch_seed(config.seed, epoch))
         set_epoch(train_loader, epoch)
         set_epoch(val_loader, epoch)  # an augmented validation split (segmentation recipes) draws anew each epoch
         desc = f"epoch {epoch + 1}/{config.epochs}"
-        train_loss = train_epoch(model, train_loader, optimizer, device, config, progress, desc, scaler)
+        train_loss = train_epoch(model, train_loader, optimizer, device, config, progress, desc, scaler,
+                                 compiled=compiled, timings=timings)
         val = evaluate(model, val_loader, device, config)
         selected = val.loss if config.selection.endswith("loss") else val.metric
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -332,8 +356,9 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
             "scaler": scaler.state_dict() if scaler is not None else None,
             "history": history, "best_epoch": best_epoch, "best_value": best_value,
             "bad_epochs": bad_epochs, "rng": rng_states(), "finished": finished, "stopped_early": stopped,
+            "compile": config.compile,
         })
         if stopped:
             log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best_epoch + 1)
             break
-    return FitResult(history, best_epoch, best_state, stopped, resumed)
+    return FitResult(history, best_epoch, best_state, stopped, resumed, config.compile, timings.get("first_step_s"))

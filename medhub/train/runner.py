@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -19,6 +20,7 @@ from medhub.data.loader import default_workers, make_loader, train_transform
 from medhub.data.progress import Progress
 from medhub.errors import UsageError
 from medhub.train import metrics
+from medhub.train.compiled import choose_compile
 from medhub.train.loop import FitConfig, evaluate, fit
 from medhub.train.network import build_network, init_classifier, init_from_scratch, is_random
 from medhub.train.report import build_report, plot_learning_curves, plot_roc, write_json, write_markdown
@@ -88,11 +90,12 @@ def fit_config(task, plan, *, channels: int, normalization, device: torch.device
 
 def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: int, run_dir: Path,
              device: torch.device, resume: bool, arch: str | None, progress: Progress,
-             in_chans: int | None = None, label: str = "") -> dict[str, Any]:
+             in_chans: int | None = None, label: str = "", compile_model: bool | None = None) -> dict[str, Any]:
     """One seeded fine-tuning run: fit (resumable), best epoch on test, best.safetensors + result.json.
 
     ``in_chans`` sets the input channels of a ``random:`` network (default: the data's channels);
-    ``label`` names the run in progress lines (default: the run folder's name).
+    ``label`` names the run in progress lines (default: the run folder's name); ``compile_model``: compile
+    the training step (True), not (False), or as :func:`medhub.train.compiled.choose_compile` decides (None).
     """
     result_path = run_dir / "result.json"
     if resume and result_path.is_file():
@@ -103,12 +106,13 @@ def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, se
              threads.source, threads.usable, threads.busy)
     with deterministic(device, seed), torch_threads(threads.threads):
         return _run(model, task, data, splits, plan, seed=seed, run_dir=run_dir, device=device, resume=resume,
-                    arch=arch, progress=progress, in_chans=in_chans, label=label or run_dir.name)
+                    arch=arch, progress=progress, in_chans=in_chans, label=label or run_dir.name,
+                    compile_model=compile_model)
 
 
 def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: int, run_dir: Path,
          device: torch.device, resume: bool, arch: str | None, progress: Progress, in_chans: int | None,
-         label: str) -> dict[str, Any]:
+         label: str, compile_model: bool | None = None) -> dict[str, Any]:
     result_path = run_dir / "result.json"
     chans = (in_chans or data.channels) if is_random(model) else None
     if is_random(model) and getattr(plan, "input_channels", None):
@@ -127,6 +131,11 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     config = fit_config(task, plan, channels=_input_channels(network), normalization=plan.normalization,
                         device=device, seed=seed)
     _check_last_batch(network, len(splits["train"]), plan.batch_size)
+    steps = plan.epochs * -(-len(splits["train"]) // plan.batch_size)
+    compiling = choose_compile(compile_model, device=device, stem=getattr(plan, "stem", None),
+                               segmentation=config.segmentation, steps=steps)
+    config = dataclasses.replace(config, compile=compiling.used)
+    log.info("%s: training step %scompiled (%s)", label, "" if compiling.used else "not ", compiling.why)
     workers = default_workers(device)
     common = dict(batch_size=plan.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     augment = _train_augment(plan, config.segmentation)
@@ -154,7 +163,10 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         "resumed_after_epoch": outcome.resumed_from, "history": outcome.history,
         "checkpoint": str(run_dir / "best.safetensors"),
         "input": {"channels": config.channels, "normalization": config.normalization, "device": str(device),
-                  "threads": torch.get_num_threads()},
+                  "threads": torch.get_num_threads(),
+                  "compile": {"used": outcome.compiled,
+                              "why": compiling.why if outcome.compiled == compiling.used else "the saved run's",
+                              "first_step_s": outcome.first_step_s}},
     }
     atomic_write_text(result_path, json.dumps(result, indent=1, default=lambda v: None))
     return result

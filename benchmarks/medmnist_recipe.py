@@ -1,0 +1,277 @@
+"""Benchmark: MedMNIST v2's published 28 px recipe, medhub's trainer versus the reference pipeline.
+
+Both sides train MedMNIST v2's CIFAR-style ResNet-18 (3x3 stride-1 first conv, no max-pool) on the same
+PneumoniaMNIST ``.npz`` (train split, the first ``--batches`` x 128 images) with the same schedule: Adam
+(lr 1e-3, the task protocol's), batch 128, shuffled, cross-entropy, fp32, the same number of steps per round,
+the same torch thread count (``--threads``, default 1: steadier on a shared machine). With ``--own-threads``
+each side runs as it would by default instead: the reference with torch's default (one thread per core),
+medhub with :func:`medhub.cpu.choose_threads` (the cores nobody else is using), chosen once at the start.
+
+* reference (written here after the MedMNIST experiments' pipeline, not copied): the pip-installed
+  ``medmnist`` package's dataset class (``medmnist.PneumoniaMNIST(split="train", root=<folder>)``, read
+  offline from the local ``.npz``) with per-image ``ToTensor()`` + ``Normalize([0.5], [0.5])`` in a torch
+  ``DataLoader`` (batch 128, shuffle, no workers); a ResNet-18 written out below in plain torch (BasicBlocks,
+  1x1 projection shortcuts); a plain loop: ``zero_grad``, forward, loss, ``backward``, ``step``.
+* medhub: what ``medhub reproduce random:resnet18 pneumoniamnist --cifar-stem`` runs: the network from
+  :func:`medhub.train.network.build_network`, the split from the decode-once cache
+  (:func:`medhub.data.cache.cached_split`) through :func:`medhub.data.loader.make_loader`, and
+  :func:`medhub.train.loop.train_epoch` with the training step compiled as the run's default decides
+  (:mod:`medhub.train.compiled`; ``--no-compile`` measures the eager step). A third side, medhub eager,
+  separates the data pipeline's share from the compiled step's.
+
+Before timing, the benchmark checks that the two networks are the same: equal parameter counts, and equal
+outputs (eval mode, to 1e-5) once the reference network holds medhub's weights. The compiled step's warm-up
+(the first step, compiling the graph into a fresh Inductor cache) is timed separately and reported with the
+number of steps it takes to pay for itself. Rounds alternate the order of the sides (A,B,C / C,B,A ...);
+``ratio`` is the median over rounds of reference seconds / medhub seconds for the same images, i.e. medhub's
+images/s over the reference's. Goal: >= 1.5. Last stdout line: JSON.
+
+    python benchmarks/medmnist_recipe.py --quick
+    python benchmarks/medmnist_recipe.py --batches 8 --repeats 5
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import emit, interleaved, machine, median, note, paired_ratio, parser, setup_torch, summary
+
+SHARED = Path(os.environ.get("MEDHUB_SHARED", Path(__file__).resolve().parents[2] / "shared"))  # as tests/conftest
+EMBEDDED = Path(__file__).resolve().parents[1] / "medhub" / "_data" / "medmnist"
+TASK = "pneumoniamnist"
+LR = 1e-3  # the task protocol's (MedMNIST experiments' default)
+
+
+def data_folder() -> Path:
+    """A folder holding ``pneumoniamnist.npz``: the shared real-data copy, else the one shipped with medhub."""
+    for folder in (SHARED / "data" / TASK, EMBEDDED):
+        if (folder / f"{TASK}.npz").is_file():
+            return folder
+    raise SystemExit(f"no {TASK}.npz under {SHARED / 'data' / TASK} or {EMBEDDED}")
+
+
+def reference_network(in_channels: int, num_classes: int):
+    """MedMNIST v2's 28 px ResNet-18 in plain torch: CIFAR stem, four stages of two BasicBlocks, linear head."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    class BasicBlock(nn.Module):
+        def __init__(self, planes_in: int, planes: int, stride: int):
+            super().__init__()
+            self.conv1 = nn.Conv2d(planes_in, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.shortcut = nn.Sequential()
+            if stride != 1 or planes_in != planes:
+                self.shortcut = nn.Sequential(nn.Conv2d(planes_in, planes, 1, stride, bias=False),
+                                              nn.BatchNorm2d(planes))
+
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return F.relu(out + self.shortcut(x))
+
+    class ResNet18(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            stages, planes_in = [], 64
+            for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+                stages.append(nn.Sequential(BasicBlock(planes_in, planes, stride), BasicBlock(planes, planes, 1)))
+                planes_in = planes
+            self.layer1, self.layer2, self.layer3, self.layer4 = stages
+            self.linear = nn.Linear(512, num_classes)
+
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+            out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+            return self.linear(out)
+
+    return ResNet18()
+
+
+def copy_weights(source, target) -> None:
+    """Load ``source``'s state into ``target`` by position (both list the same tensors in the same order)."""
+    src, dst = source.state_dict(), target.state_dict()
+    if len(src) != len(dst):
+        raise SystemExit(f"the networks differ: {len(src)} vs {len(dst)} tensors")
+    for (name_a, a), (name_b, b) in zip(src.items(), dst.items(), strict=True):
+        if a.shape != b.shape:
+            raise SystemExit(f"the networks differ: {name_a} {tuple(a.shape)} vs {name_b} {tuple(b.shape)}")
+    target.load_state_dict({name: tensor.clone() for name, tensor in zip(dst, src.values(), strict=True)})
+
+
+def same_network(medhub_net, reference_net, images) -> dict:
+    """Parameter counts and the largest output difference (eval mode) for the same weights and input."""
+    import torch
+
+    copy_weights(medhub_net, reference_net)
+    medhub_net.eval()
+    reference_net.eval()
+    with torch.no_grad():
+        difference = float((medhub_net(images) - reference_net(images)).abs().max())
+    medhub_net.train()
+    reference_net.train()
+    counts = [sum(p.numel() for p in net.parameters()) for net in (medhub_net, reference_net)]
+    if counts[0] != counts[1] or difference > 1e-5:
+        raise SystemExit(f"the networks differ: {counts[0]} vs {counts[1]} parameters, outputs by {difference}")
+    return {"parameters": counts[0], "max_output_difference": difference}
+
+
+def reference_side(network, folder: Path, count: int, batch_size: int):
+    """One round of the reference pipeline over the first ``count`` training images."""
+    import medmnist
+    import torch
+    from torch.nn import functional as F
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=[0.5], std=[0.5])])
+    dataset = medmnist.PneumoniaMNIST(split="train", transform=transform, root=str(folder))
+    subset = torch.utils.data.Subset(dataset, range(count))
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=True)
+    optimizer = torch.optim.Adam(network.parameters(), lr=LR)
+
+    def run() -> None:
+        network.train()
+        for inputs, targets in loader:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(network(inputs), targets.squeeze(1).long())
+            loss.backward()
+            optimizer.step()
+
+    return run
+
+
+def medhub_side(network, cached, batch_size: int, compiled):
+    """One round of medhub's trainer (:func:`medhub.train.loop.train_epoch`) over the cached split."""
+    import torch
+
+    from medhub.data.loader import make_loader, set_epoch
+    from medhub.train.loop import FitConfig, make_optimizer, train_epoch
+
+    config = FitConfig(task_type="binary", label_names=("normal", "pneumonia"), loss="cross_entropy", lr=LR,
+                       channels=1, normalization="half", compile=compiled is not None)
+    optimizer = make_optimizer(network.parameters(), config)
+    loader = make_loader(cached, batch_size=batch_size, shuffle=True, seed=0)
+    rounds = [0]
+
+    def run() -> None:
+        set_epoch(loader, rounds[0])
+        rounds[0] += 1
+        train_epoch(network, loader, optimizer, torch.device("cpu"), config, progress=False, desc="", compiled=compiled)
+
+    return run
+
+
+def with_threads(run, count: int):
+    """``run`` with ``count`` torch threads, the previous count restored after."""
+    from medhub.cpu import torch_threads
+
+    def wrapped() -> None:
+        with torch_threads(count):
+            run()
+
+    return wrapped
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("MedMNIST v2's CIFAR-stem ResNet-18 at 28 px: medhub's trainer vs the medmnist package pipeline")
+    p.add_argument("--batches", type=int, default=None, help="batches per side and round (default 6; 2 with --quick)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128, the recipe's)")
+    p.add_argument("--no-compile", action="store_true", help="medhub's step eager (what --no-compile runs)")
+    p.add_argument("--own-threads", action="store_true", help="each side its default thread count (reference: "
+                   "torch's, one per core; medhub: medhub.cpu.choose_threads) instead of --threads for both")
+    args = p.parse_args(argv)
+    import numpy as np
+    import torch
+
+    from medhub.cpu import choose_threads, torch_threads
+
+    counts = {"reference": torch.get_num_threads(), "medhub": choose_threads().threads} if args.own_threads else {}
+    setup_torch(args.threads)
+    counts = {side: counts.get(side, args.threads) for side in ("reference", "medhub")}
+    counts["medhub_eager"] = counts["medhub"]
+
+    from medhub.data import load_task_data
+    from medhub.data.cache import CachedSplit, cached_split
+    from medhub.registry import load_registry
+    from medhub.train.compiled import compile_for_training, compiler_available
+    from medhub.train.network import build_network
+
+    batches = args.batches or (2 if args.quick else 6)
+    repeats = args.repeats or (2 if args.quick else 5)
+    count = batches * args.batch_size
+    folder = data_folder()
+    task = load_registry().get_task(TASK)
+    compiling = not args.no_compile and compiler_available()
+    with tempfile.TemporaryDirectory(prefix="medhub-bench-medmnist-") as tmp:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tmp) / "inductor"))  # a cold compile
+        data = load_task_data(task, folder, img_size=28)
+        split = cached_split(TASK, data.split("train"), 28, data.channels, progress=False, root=Path(tmp) / "arrays")
+        cached = CachedSplit("train", np.asarray(split.images[:count]), split.labels[:count])
+        if len(cached) < count:
+            raise SystemExit(f"{TASK} train has {len(split)} images; ask for fewer --batches")
+        torch.manual_seed(0)
+        nets = {side: build_network("random:resnet18", num_outputs=2, in_chans=data.channels, stem="cifar")
+                for side in ("medhub", "medhub_eager")}
+        reference = reference_network(data.channels, 2)
+        probe = (torch.from_numpy(np.array(cached.images[:16])).float() / 255 - 0.5) / 0.5
+        identity = same_network(nets["medhub"], reference, probe)
+        copy_weights(nets["medhub"], nets["medhub_eager"])
+        compiled = compile_for_training(nets["medhub"]) if compiling else None
+        warmup = {}
+        if compiled is not None:  # the first compiled step, cold (fresh Inductor cache), timed on its own
+            started = time.perf_counter()
+            with torch_threads(counts["medhub"]):
+                medhub_side(nets["medhub"], CachedSplit("train", cached.images[:args.batch_size],
+                                                        cached.labels[:args.batch_size]), args.batch_size, compiled)()
+            warmup["first_step_s"] = round(time.perf_counter() - started, 2)
+        note(f"{TASK}: {count} images, batch {args.batch_size}, {repeats} rounds, threads {counts}, "
+             f"medhub step {'compiled' if compiled is not None else 'eager'}; {identity['parameters']} parameters")
+        made = {
+            "reference": reference_side(reference, folder, count, args.batch_size),
+            "medhub": medhub_side(nets["medhub"], cached, args.batch_size, compiled),
+            "medhub_eager": medhub_side(nets["medhub_eager"], cached, args.batch_size, None),
+        }
+        sides = {side: with_threads(run, counts[side]) for side, run in made.items()}
+        times = interleaved(sides, repeats, warmup=1)
+    steps = {side: median(values) / batches for side, values in times.items()}
+    if compiled is not None:
+        saved = steps["medhub_eager"] - steps["medhub"]
+        warmup["steps_to_repay"] = round(warmup["first_step_s"] / saved) if saved > 0 else None
+    result = {
+        "benchmark": "medmnist_recipe",
+        "quick": args.quick,
+        "task": TASK,
+        "data": str(folder / f"{TASK}.npz"),
+        "images_per_round": count,
+        "batch_size": args.batch_size,
+        "repeats": repeats,
+        "threads": counts,
+        "own_threads": args.own_threads,
+        "precision": "fp32",
+        "compiled": compiled is not None,
+        "compile_warmup": warmup or None,
+        "network": identity,
+        **{side: {**summary(values), "images_per_s": round(count / median(values), 1)}
+           for side, values in times.items()},
+        "ratio": paired_ratio(times["reference"], times["medhub"]),
+        "ratio_eager": paired_ratio(times["reference"], times["medhub_eager"]),
+        "ratio_compiled_vs_eager": paired_ratio(times["medhub_eager"], times["medhub"]),
+    }
+    result["goal"] = "medhub images/s / reference images/s (same images, steps and schedule; fp32) >= 1.5"
+    result["meets_goal"] = result["ratio"] >= 1.5
+    result["machine"] = machine()
+    emit(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The compiled training step (torch.compile, Inductor): the default's choice, fp32 numbers that match eager
+training to float noise, and a resume that ends exactly where an uninterrupted compiled run ends."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from medhub.data import load_task_data
+from medhub.data.cache import cached_split
+from medhub.errors import UsageError
+from medhub.registry import load_registry
+from medhub.train.compiled import MIN_STEPS, choose_compile, compiler_available
+from medhub.train.loop import FitConfig, fit
+from medhub.train.state import deterministic
+
+CPU = torch.device("cpu")
+
+
+def test_default_compiles_cifar_stem_resnets_on_a_cpu_for_long_runs_only(monkeypatch):
+    monkeypatch.setattr("medhub.train.compiled.compiler_available", lambda: True)
+    assert choose_compile(None, device=CPU, stem="cifar", segmentation=False, steps=MIN_STEPS).used
+    assert not choose_compile(None, device=CPU, stem="cifar", segmentation=False, steps=MIN_STEPS - 1).used
+    assert not choose_compile(None, device=CPU, stem=None, segmentation=False, steps=10 * MIN_STEPS).used
+    assert not choose_compile(None, device=torch.device("cuda"), stem="cifar", segmentation=False, steps=5000).used
+    assert not choose_compile(False, device=CPU, stem="cifar", segmentation=False, steps=5000).used
+    assert choose_compile(True, device=CPU, stem=None, segmentation=True, steps=1).why == "--compile"
+    monkeypatch.setattr("medhub.train.compiled.compiler_available", lambda: False)
+    assert "compiler" in choose_compile(None, device=CPU, stem="cifar", segmentation=False, steps=5000).why
+    with pytest.raises(UsageError, match="C\\+\\+ compiler"):
+        choose_compile(True, device=CPU, stem="cifar", segmentation=False, steps=5000)
+
+
+def small_network() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+
+class CrashAt:
+    """A loader that raises in the middle of epoch ``epoch`` (the run dies after the previous epoch's save)."""
+
+    def __init__(self, loader, epoch: int):
+        self.loader, self.epoch, self.sampler = loader, epoch, loader.sampler
+
+    def __iter__(self):
+        for number, batch in enumerate(self.loader):
+            if self.sampler.epoch == self.epoch and number == 1:
+                raise KeyboardInterrupt
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
+def test_compiled_fit_resumes_exactly_and_matches_eager(tmp_path):
+    from medhub.data.loader import make_loader
+
+    data = load_task_data(load_registry().get_task("breastmnist"))
+    train = cached_split("breastmnist", data.split("train"), 28, 1, progress=False)
+    val = cached_split("breastmnist", data.split("val"), 28, 1, progress=False)
+    config = FitConfig(task_type="binary", label_names=("malignant", "benign"), loss="cross_entropy", lr=1e-3,
+                       epochs=3, channels=1, normalization="half", seed=1, compile=True)
+
+    def run(name: str, cfg: FitConfig, crash: int | None = None, resume: bool = False):
+        model = small_network()
+        loader = make_loader(train, batch_size=100, shuffle=True, seed=1)  # 546 images: a last batch of 46
+        with deterministic(CPU, 1):
+            result = fit(model, CrashAt(loader, crash) if crash is not None else loader,
+                         make_loader(val, batch_size=100, shuffle=False), cfg, tmp_path / name, CPU,
+                         progress=False, resume=resume)
+        return model, result
+
+    with torch.inference_mode(False):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            full_model, full = run("full", config)
+            with pytest.raises(KeyboardInterrupt):
+                run("cut", config, crash=2)
+            # resuming with compile=False in the config: the saved run's choice (compiled) wins
+            resumed_model, resumed = run("cut", FitConfig(**{**config.__dict__, "compile": False}), resume=True)
+            eager_model, eager = run("eager", FitConfig(**{**config.__dict__, "compile": False}))
+        finally:
+            torch.set_num_threads(threads)
+    assert full.compiled and resumed.compiled and not eager.compiled
+    assert full.first_step_s is not None and full.first_step_s > 0
+    assert resumed.resumed_from == 2
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    for name, value in full_model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[name], value), name
+        # compiled kernels sum in another order than eager ones: the same training up to float noise
+        assert torch.allclose(eager_model.state_dict()[name].float(), value.float(), rtol=1e-3, atol=1e-4), name
+    assert [round(h["train_loss"], 4) for h in eager.history] == [round(h["train_loss"], 4) for h in full.history]
+
+
+def test_reproduce_records_the_choice(tmp_path):
+    from medhub.reproduce import reproduce
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = reproduce("random:test_resnet", "breastmnist", epochs=1, label_fraction=0.5, out=tmp_path / "r",
+                           progress=False, compile_model=False)
+    finally:
+        torch.set_num_threads(threads)
+    record = report["runs"][0]["input"]["compile"]
+    assert record["used"] is False and record["why"] == "--no-compile" and record["first_step_s"] > 0
