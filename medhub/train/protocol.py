@@ -316,9 +316,9 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
     metric = "dice" if segmentation else task.metric
     published, reference, other_settings = published_for(model, task, metric, setting, protocol)
     deviations = [_deviation(name, value) for name, value in overrides.items()
-                  if name not in ("img_size", "label_fraction")]
+                  if name not in ("img_size", "label_fraction") and not (name == "epochs" and shortened)]
     if shortened:
-        deviations.append(f"{SHORTENED} ({epochs} of {protocol.max_epochs} epochs)")
+        deviations.append(f"{SHORTENED} ({epochs} of {protocol.max_epochs} epochs{', --quick' if quick else ''})")
     if published is None and reference is None:
         for key in ("img_size", "label_fraction"):
             if key in overrides:
