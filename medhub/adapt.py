@@ -53,17 +53,26 @@ def _base_entry(base: str) -> Checkpoint | None:
 def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str | os.PathLike,
           new_id: str | None = None, epochs: int | None = None, batch_size: int | None = None,
           lr: float | None = None, img_size: int | None = None, device: str = "auto", seed: int = 0,
-          resume: bool = False, arch: str | None = None, progress: bool | str = True) -> dict[str, Any]:
+          resume: bool = False, arch: str | None = None, progress: bool | str = True,
+          overlay: str | os.PathLike | None = None) -> dict[str, Any]:
     """Fine-tune ``base`` on ``task``, save its backbone to ``out`` and register it as ``new_id``.
+
+    ``overlay`` is the registry overlay file the new entry goes into (default: the user's
+    ``~/.config/medhub/registry.d/user.yaml``); a throwaway ``out`` (an example, a test) should name its own
+    overlay, so the user's registry never points at a folder that will vanish. Add that file to
+    ``MEDHUB_REGISTRY`` to load the new id.
 
     Returns:
         ``{"id", "out", "lineage", "val_metric", "test_metric", "epochs"}``.
 
     >>> adapt("resnet50_imagenet1k", "chestxray14", data_dir="DATA/cxr14", out="r50_cxr")  # doctest: +SKIP
     """
+    from medhub import bounds
+    from medhub._io import check_output_dir, remove_created
     from medhub.data import load_task_data
     from medhub.registry import load_registry
     from medhub.reproduce import pick_device
+    from medhub.train.network import check_input_size
     from medhub.train.protocol import make_plan
     from medhub.train.runner import prepare_data, run_once
 
@@ -75,15 +84,28 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
     if not re.match(ID_PATTERN, model_id):
         raise UsageError(f"'{model_id}' is not a valid id (lowercase letters, digits, _ . -); choose another --id")
     _check_free(model_id)
-    out_dir = Path(out).expanduser().resolve()
-    data = load_task_data(task_entry, data_dir, img_size=img_size or task_entry.protocol.img_size)
-    plan = make_plan(task_entry, model=base, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
-                     train_size=len(data.split("train")))
-    splits = prepare_data(task_entry, data, plan, seed=seed, progress=progress)
+    bounds.check("seed", seed, label="--seed")
+    make_plan(task_entry, model=base, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size)  # checks the overrides
     torch_device = pick_device(device)
-    result = run_once(base, task_entry, data, splits, plan, seed=seed, run_dir=out_dir / "training",
-                      device=torch_device, resume=resume, arch=arch, progress=progress, in_chans=3,
-                      label="adapt")
+    check_input_size(base, img_size or task_entry.protocol.img_size, arch=arch)
+    out_dir = check_output_dir(out, "--out").resolve()
+    if overlay is not None and Path(overlay).is_dir():
+        raise UsageError(f"--overlay {overlay} is a folder; pass the overlay file to write (e.g. {overlay}/mine.yaml)")
+    if resume and not (out_dir / "training").is_dir():
+        raise UsageError(f"--resume: {out_dir} holds no adaptation to continue; drop --resume to start one there")
+    existed = out_dir.exists()
+    try:
+        data = load_task_data(task_entry, data_dir, img_size=img_size or task_entry.protocol.img_size)
+        plan = make_plan(task_entry, model=base, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
+                         train_size=len(data.split("train")))
+        splits = prepare_data(task_entry, data, plan, seed=seed, progress=progress)
+        result = run_once(base, task_entry, data, splits, plan, seed=seed, run_dir=out_dir / "training",
+                          device=torch_device, resume=resume, arch=arch, progress=progress, in_chans=3,
+                          label="adapt")
+    except Exception:
+        if not (out_dir / "training" / "state.pt").exists():  # nothing resumable: remove what was created
+            remove_created(out_dir, existed)
+        raise
     network = _backbone(base, arch, result["checkpoint"], plan.num_outputs)
     timm_arch = network.pretrained_cfg.get("architecture") or (base_entry.arch if base_entry else arch)
     stage = LineageStage(dataset=task_entry.id, objective="supervised", epochs=result["epochs"],
@@ -97,7 +119,7 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
     atomic_write_text(out_dir / "README.md", _card(entry))
     from medhub.registry import write_overlay_entry
 
-    overlay = write_overlay_entry(entry)
+    overlay = write_overlay_entry(entry, Path(overlay).resolve() if overlay is not None else "user.yaml")
     log.info("registered %s in %s", model_id, overlay)
     return {"id": model_id, "out": str(out_dir), "overlay": str(overlay),
             "lineage": [s.model_dump(mode="json", exclude_none=True) for s in lineage],

@@ -59,7 +59,7 @@ def test_cli_broken_data_folder_is_one_line(tmp_path, capsys):
 
 def test_cli_rejects_bad_overrides(capsys):
     assert main(["reproduce", "random:test_resnet", "breastmnist", "--label-fraction", "0"]) == 2
-    assert "--label-fraction must be in (0, 1]" in capsys.readouterr().err
+    assert "argument --label-fraction: must be > 0 and <= 1, got 0" in capsys.readouterr().err
 
 
 def test_segmentation_unet_on_montgomery_layout(tmp_path, shared_data):
@@ -201,3 +201,21 @@ def test_resume_refuses_changed_options(tmp_path):
                   resume=True, progress=False)
     with pytest.raises(UsageError, match="already holds runs; pass --resume"):
         reproduce("random:test_resnet", "breastmnist", epochs=1, out=tmp_path / "o", progress=False)
+
+
+def test_adapt_into_its_own_overlay_leaves_the_users_registry_alone(tmp_path, shared_data, monkeypatch):
+    """What examples/adapt_then_finetune.py does: the new id lives in the run's own overlay file."""
+    from medhub.adapt import adapt
+    from medhub.registry import clear_cache, user_overlay_dir
+
+    overlay = tmp_path / "run" / "registry.yaml"
+    result = adapt("random:test_resnet", "breastmnist", data_dir=shared_data / "breastmnist", out=tmp_path / "ckpt",
+                   new_id="own_overlay_test", epochs=1, progress=False, overlay=overlay)
+    assert result["overlay"] == str(overlay) and overlay.is_file()
+    assert not user_overlay_dir().exists() or not list(user_overlay_dir().iterdir())
+    clear_cache()
+    with pytest.raises(KeyError):
+        load_registry().get_model("own_overlay_test")  # not in the user's registry...
+    monkeypatch.setenv("MEDHUB_REGISTRY", str(overlay))
+    clear_cache()
+    assert load_registry().get_model("own_overlay_test").lineage[-1].dataset == "breastmnist"  # ...only in its own
