@@ -7,6 +7,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from medhub._io import sha256_file
@@ -102,3 +103,21 @@ def test_a_file_that_cannot_be_decoded_stops_the_build_and_leaves_nothing(shared
     with pytest.raises(DataError, match="broken.png"):
         cached_split("t", bad, 48, 3, progress=False, root=tmp_path / "bad")
     assert not [p for p in (tmp_path / "bad").rglob("*") if p.is_file() and p.suffix in (".tmp", ".npy", ".json")]
+
+
+def test_a_cache_that_would_not_fit_on_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    """--img-size 2048 on BreastMNIST's train split: 546 x 2048 x 2048 bytes = 2.13 GiB, on a disk with 1 GiB
+    free: refused with both figures, and no array file (sparse or not) is left."""
+    from collections import namedtuple
+
+    from medhub.data import cache
+    from medhub.errors import DataError
+
+    data = load_task_data(load_registry().get_task("breastmnist"))
+    split = data.split("train")
+    assert cache.cache_bytes(len(split), 2048, 1) == len(split) * 2048 * 2048 == 546 * 4 * 2**20
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40 - 2**30, 2**30))
+    with pytest.raises(DataError, match=r"needs 2\.13 GiB but .* has 1\.00 GiB free; use a smaller --img-size"):
+        cached_split("breastmnist", split, 2048, 1, progress=False, root=tmp_path)
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".npy", ".tmp")]

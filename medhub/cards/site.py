@@ -216,31 +216,56 @@ def _leaderboard_rows(task: Task, results: Sequence[ReportedResult]) -> list[Rep
     return sorted((r for r in results if r.task == task.id), key=lambda r: (-r.mean, r.model, _settings(r)))
 
 
-def _chart(task: Task, rows: list[ReportedResult], path: Path) -> None:
-    """A horizontal bar chart with std error bars (matplotlib's object API: no pyplot, no global backend)."""
+def chart_groups(rows: Sequence[ReportedResult]) -> dict[str, list[ReportedResult]]:
+    """Leaderboard rows split by metric (one chart each: AUC and ACC bars never share an axis), in table order."""
+    groups: dict[str, list[ReportedResult]] = {}
+    for row in rows:
+        groups.setdefault(row.metric, []).append(row)
+    return groups
+
+
+def bar_labels(rows: Sequence[ReportedResult]) -> list[str]:
+    """One label per bar: checkpoint, then its setting, then "reproduced"; the source only where still ambiguous."""
+    labels = [_model_label(r.model) + (f" [{_settings(r)}]" if r.setting else "")
+              + (" (reproduced)" if _is_reproduced(r) else "") for r in rows]
+    seen: dict[str, int] = {}
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+    return [f"{label} - {r.source}" if seen[label] > 1 else label for label, r in zip(labels, rows, strict=True)]
+
+
+def chart_name(task: Task, metric: str) -> str:
+    """File name of a task's chart for one metric: ``pneumoniamnist-auc.svg``."""
+    return f"{task.id}-{metric}.svg"
+
+
+def _chart(task: Task, metric: str, rows: list[ReportedResult], path: Path) -> None:
+    """A horizontal bar chart of one metric with std error bars (matplotlib's object API: no pyplot, no global
+    backend); text stays text in the SVG (searchable, readable by screen readers)."""
+    import matplotlib
     from matplotlib.figure import Figure
 
-    labels = [_model_label(r.model) + (f" [{_settings(r)}]" if r.setting else "") for r in rows][::-1]
+    labels = bar_labels(rows)[::-1]
     means = [r.mean for r in rows][::-1]
     errors = [r.std or 0.0 for r in rows][::-1]
     colours = [
         "#9aa3b2" if r.model.startswith(RANDOM_PREFIX) else "#2f6fd6" if _is_reproduced(r) else "#1f3f73"
         for r in rows
     ][::-1]
-    fig = Figure(figsize=(8, 0.45 * len(rows) + 1.2))
-    ax = fig.add_subplot()
-    ax.barh(range(len(rows)), means, xerr=errors, color=colours, capsize=3)
-    ax.set_yticks(range(len(rows)), labels, fontsize=8)
-    low = min(m - e for m, e in zip(means, errors, strict=True))
-    ax.set_xlim(max(0.0, low - 0.05), min(1.0, max(m + e for m, e in zip(means, errors, strict=True)) + 0.02))
-    ax.set_xlabel(
-        f"{METRIC_NAMES.get(task.metric, task.metric)} (mean ± std; grey = random init, light blue = reproduced)"
-    )
-    kinds = "reported and reproduced" if any(_is_reproduced(r) for r in rows) else "reported"
-    ax.set_title(f"{task.name}: {kinds} results")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    name = METRIC_NAMES.get(metric, metric)
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "medhub"}):
+        fig = Figure(figsize=(8, 0.45 * len(rows) + 1.2))
+        ax = fig.add_subplot()
+        ax.barh(range(len(rows)), means, xerr=errors, color=colours, capsize=3)
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        low = min(m - e for m, e in zip(means, errors, strict=True))
+        ax.set_xlim(max(0.0, low - 0.05), min(1.0, max(m + e for m, e in zip(means, errors, strict=True)) + 0.02))
+        ax.set_xlabel(f"{name} (mean ± std; grey = random init, light blue = reproduced)")
+        kinds = "reported and reproduced" if any(_is_reproduced(r) for r in rows) else "reported"
+        ax.set_title(f"{task.name}: {kinds} {name}")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -311,10 +336,10 @@ def _task_page(task: Task, rows: list[ReportedResult], registry: Registry, chart
         "<table><thead><tr><th>#</th><th>initialisation</th><th>metric</th><th>mean ± std</th><th>runs</th>"
         "<th>setting</th><th>source</th></tr></thead><tbody>" + "".join(lines) + "</tbody></table>"
     )
-    figure = (
-        f'<p><img class="chart" src="{_e(task.id)}.svg" alt="bar chart of {_e(task.name)} results"></p>'
-        if chart
-        else ""
+    figure = "".join(
+        f'<p><img class="chart" src="{_e(chart_name(task, metric))}" alt="bar chart of {_e(task.name)} '
+        f'{_e(METRIC_NAMES.get(metric, metric))} results"></p>'
+        for metric in (chart_groups(rows) if chart else {})
     )
     body = f"""<h1>{_e(task.name)} <small>(<code>{_e(task.id)}</code>)</small></h1>
 <p>{_e(task.modality)}; {_e(task.type)}; {len(task.labels)} labels; metric {_e(task.metric.upper())}.
@@ -368,8 +393,8 @@ def build_site(
     for task in registry.tasks.values():
         rows = _leaderboard_rows(task, results)
         counts[task.id] = len(rows)
-        if rows:
-            _chart(task, rows, out / "tasks" / f"{task.id}.svg")
+        for metric, group in chart_groups(rows).items():
+            _chart(task, metric, group, out / "tasks" / chart_name(task, metric))
         atomic_write_text(
             out / "tasks" / f"{task.id}.html", _task_page(task, rows, registry, chart=bool(rows),
                                                          rankings=(rankings or {}).get(task.id, ()))

@@ -35,6 +35,7 @@ from medhub.data.images import (
 from medhub.data.paths import cache_root
 from medhub.data.progress import BAR, Progress, progress_mode, say
 from medhub.data.sources import SplitData
+from medhub.errors import DataError
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 4  # bump when decoding or resizing changes (3: JPEGs at a reduced DCT scale; 4: pixel rules)
@@ -81,12 +82,42 @@ def _decode(split: SplitData, index: int, size: int, channels: int,
     return image, mask
 
 
+# Room left on the disk beyond the arrays themselves, so a full cache never fills the disk to the last byte.
+DISK_MARGIN_BYTES = 256 * 2**20
+
+
+def cache_bytes(count: int, size: int, channels: int, *, masks: bool = False) -> int:
+    """Bytes of a split's cached arrays: ``count x channels x size x size`` uint8 (plus ``count x size x size``
+    for masks), the .npy headers aside."""
+    return count * size * size * (channels + (1 if masks else 0))
+
+
+def check_disk_space(folder: Path, needed: int, label: str) -> None:
+    """Refuse a cache whose arrays would not fit on ``folder``'s disk (keeping :data:`DISK_MARGIN_BYTES` free).
+
+    Raises:
+        DataError: saying how much is needed and how much is free, before anything is written.
+    """
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if needed + DISK_MARGIN_BYTES > free:
+        raise DataError(f"{label}: the decode-once cache needs {_gib(needed)} but {folder} has {_gib(free)} free; "
+                        "use a smaller --img-size, free space, or point MEDHUB_HOME at a larger disk", path=folder,
+                        needed=needed, free=free)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def _build(split: SplitData, size: int, channels: int, target: Path, mask_target: Path | None,
            progress: Progress, label: str, mode: str = "bilinear") -> None:
     """Decode every sample into temporary .npy files (threads), then rename them into place."""
     from tqdm.auto import tqdm
 
     count = len(split)
+    check_disk_space(target.parent, cache_bytes(count, size, channels, masks=mask_target is not None), label)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp_mask = mask_target.with_name(f".{mask_target.name}.{os.getpid()}.tmp") if mask_target else None
     try:

@@ -100,6 +100,23 @@ def _sample(task, data_dir, n_images: int, img_size: int | None, seed: int, prog
     return cached, plan, subset.fingerprint(), classes, data
 
 
+def _check_inputs(*, arch: str | None, out: str | os.PathLike | None, against: str | None) -> None:
+    """Refuse, before features are extracted, an unknown --arch, an --out that cannot be a folder and an
+    --against database that cannot be opened."""
+    from medhub._io import check_output_dir
+
+    if arch:
+        from medhub.build import architecture_spec
+
+        architecture_spec(arch)
+    if out is not None:
+        check_output_dir(out, "--out")
+    if against:
+        from medhub.grid.store import ResultStore
+
+        ResultStore(against, create=False).close()
+
+
 def rank(task: str, models: str | list[str], *, data_dir: str | os.PathLike | None = None,
          n_images: int = DEFAULT_N_IMAGES, scores: str | list[str] | None = None, arch: str | None = None,
          img_size: int | None = None, device: str = "auto", batch_size: int | None = None, seed: int = 0,
@@ -144,6 +161,10 @@ def rank(task: str, models: str | list[str], *, data_dir: str | os.PathLike | No
     if entry.type not in score_lib.TASK_TYPES:
         raise UsageError(f"ranking needs a classification task; '{entry.id}' is {entry.type}")
     candidates, failures = resolve_candidates(models)
+    if not candidates:  # nothing to rank: refused before any data is read
+        raise UsageError(f"no candidate to rank: {failures[0]['model']}: {failures[0]['error']}" if failures
+                         else "no candidate to rank; pass --models ID[,ID...]")
+    _check_inputs(arch=arch, out=out, against=against)
     torch_device = pick_device(device)
     batch = batch_size or (256 if torch_device.type == "cuda" else 64)
     cached, plan, fingerprint, classes, data = _sample(entry, data_dir, n_images, img_size, seed, progress)

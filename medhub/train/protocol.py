@@ -194,13 +194,11 @@ def _augment_steps(plan_augment: tuple[str, ...], size: int, segmentation: bool,
 
 
 def _validate(epochs, batch_size, img_size, lr, label_fraction, precision) -> None:
-    if not 0.0 < label_fraction <= 1.0:
-        raise UsageError(f"--label-fraction must be in (0, 1], got {label_fraction}")
-    for name, value in (("epochs", epochs), ("batch-size", batch_size), ("img-size", img_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"--{name} must be a positive integer, got {value}")
-    if lr is not None and lr <= 0:
-        raise UsageError(f"--lr must be positive, got {lr}")
+    from medhub import bounds
+
+    for name, value in (("label_fraction", label_fraction), ("epochs", epochs), ("batch_size", batch_size),
+                        ("img_size", img_size), ("lr", lr)):
+        bounds.check(name, value, label=f"--{name.replace('_', '-')}")
     if precision is not None and precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 

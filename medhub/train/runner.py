@@ -119,7 +119,8 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         chans = plan.input_channels
     network = build_network(model, num_outputs=plan.num_outputs, in_chans=chans, arch=arch,
                             segmentation=task.type == "segmentation", linear_probe=plan.linear_probe,
-                            stem=getattr(plan, "stem", None), decoder=getattr(plan, "decoder", None))
+                            stem=getattr(plan, "stem", None), decoder=getattr(plan, "decoder", None),
+                            img_size=plan.img_size)
     if getattr(plan, "scratch_init", None):
         init_from_scratch(network, plan.scratch_init)
     if task.type != "segmentation" and getattr(plan, "head_init", None):
