@@ -32,10 +32,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHARED = Path(os.environ.get("MEDHUB_SHARED", ROOT.parent / "shared")) / "data"
 TARGETS = ("breastmnist", "pneumoniamnist")
-# epochs of the fine-tuning grid per target: a short schedule (about 75-110 optimizer steps), the same for
-# every candidate; MedMNIST's default short run (~360 steps) x 10 candidates x 3 seeds would take hours here
-FINETUNE_EPOCHS = {"breastmnist": 15, "pneumoniamnist": 3}
-SCORES = "logme,hscore,nce,leep,knn"
+# the fine-tuning grid per target: (epochs, label fraction), the same for every candidate. Short schedules
+# (about 50-75 optimizer steps): MedMNIST's default short run (~360 steps) x 10 candidates x 3 seeds would take
+# hours on the shared 2-core machine. PneumoniaMNIST was first started at 3 epochs on all labels; at 365 s per
+# resnet18 cell under that day's load it could not finish in the session, so it was restarted (after one cell,
+# before any ranking was compared) with a quarter of the labels, the benchmark's label-efficiency setting.
+FINETUNE = {"breastmnist": (15, 1.0), "pneumoniamnist": (5, 0.25)}
+SCORES = "logme,hscore,nleep,knn,leep,nce"
 IMG = "28"  # every adaptation at MedMNIST's 28 px
 
 # id -> (base, task, epochs): what `medhub adapt` trains; random: entries are used as they are
@@ -67,14 +70,19 @@ def environment(work: Path) -> dict[str, str]:
     return env
 
 
-def medhub(args: list[str], env: dict, log: Path) -> tuple[int, float]:
-    """Run ``python -m medhub ARGS``, appending its output to ``log``; returns (exit code, wall seconds)."""
+def medhub(args: list[str], env: dict, log: Path) -> tuple[int, float, float]:
+    """Run ``python -m medhub ARGS``, appending its output to ``log``; returns (exit code, wall s, CPU s).
+
+    CPU seconds (user + system of the child) say what the command cost when other processes share the cores.
+    """
     started = time.perf_counter()
     with open(log, "a") as handle:
         handle.write(f"\n$ medhub {' '.join(args)}\n")
         handle.flush()
-        code = subprocess.call([sys.executable, "-m", "medhub", *args], env=env, stdout=handle, stderr=handle)
-    return code, time.perf_counter() - started
+        child = subprocess.Popen([sys.executable, "-m", "medhub", *args], env=env, stdout=handle, stderr=handle)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, time.perf_counter() - started, usage.ru_utime + usage.ru_stime
 
 
 def data_dir(task: str) -> str:
@@ -86,7 +94,7 @@ def phase_zoo(work: Path, env: dict) -> None:
         if recipe is None or (work / "zoo" / model_id / "model.safetensors").is_file():
             continue
         base, task, epochs = recipe
-        code, seconds = medhub(["adapt", base, task, "--data-dir", data_dir(task), "--out", str(work / "zoo" / model_id),
+        code, seconds, _ = medhub(["adapt", base, task, "--data-dir", data_dir(task), "--out", str(work / "zoo" / model_id),
                                 "--id", model_id, "--epochs", str(epochs), "--img-size", IMG, "--device", "cpu",
                                 "--no-progress"], env, work / "zoo.log")
         print(f"zoo: {model_id} exit {code} in {seconds:.0f}s", flush=True)
@@ -96,8 +104,9 @@ def phase_finetune(work: Path, env: dict) -> None:
     models = ",".join(ZOO)
     timings = _read(work / "timings.json")
     for task in TARGETS:
-        code, seconds = medhub(["benchmark", "--models", models, "--tasks", task, "--runs", "3",
-                                "--epochs", str(FINETUNE_EPOCHS[task]), "--results", f"sqlite:///{work}/grid.db",
+        code, seconds, _ = medhub(["benchmark", "--models", models, "--tasks", task, "--runs", "3",
+                                "--epochs", str(FINETUNE[task][0]), "--label-fractions", str(FINETUNE[task][1]),
+                                "--results", f"sqlite:///{work}/grid.db",
                                 "--data-root", str(SHARED), "--workers", "1", "--device", "cpu", "--resume"],
                                env, work / "finetune.log")
         timings.setdefault("finetune", {})[task] = {"exit": code, "wall_s": seconds}
@@ -113,10 +122,11 @@ def phase_rank(work: Path, env: dict) -> None:
         for label in ("cold", "warm"):  # cold: features extracted; warm: re-scored from the feature cache
             if label == "cold" and "cold" in timings.get("rank", {}).get(task, {}):
                 continue
-            code, seconds = medhub(["rank", task, "--models", models, "--data-dir", data_dir(task), "--score", SCORES,
+            code, seconds, cpu = medhub(["rank", task, "--models", models, "--data-dir", data_dir(task), "--score", SCORES,
                                     "--against", f"sqlite:///{work}/grid.db", "--out", str(out), "--device", "cpu"],
                                    env, work / "rank.log")
-            timings.setdefault("rank", {}).setdefault(task, {})[label] = {"exit": code, "wall_s": seconds}
+            timings.setdefault("rank", {}).setdefault(task, {})[label] = {"exit": code, "wall_s": seconds,
+                                                                           "cpu_s": cpu, "scores": SCORES}
             print(f"rank: {task} ({label}) exit {code} in {seconds:.0f}s", flush=True)
             _write(work / "timings.json", timings)
 
@@ -129,7 +139,9 @@ def finetune_times(work: Path, task: str) -> dict:
 
     store = ResultStore(f"sqlite:///{work}/grid.db", create=False)
     try:
-        rows = [r for r in store.rows(task=task) if r["status"] == "done"]
+        epochs, fraction = FINETUNE[task]
+        rows = [r for r in store.rows(task=task) if r["status"] == "done" and r["label_fraction"] == fraction
+                and r["settings"].get("epochs") == epochs]  # the study's setting only
     finally:
         store.close()
     if not rows:

@@ -8,6 +8,9 @@ Three cases (``--case``):
 - ``large``: 32 clients (``--clients``) download one 64 MiB LFS file (``--big-kib``) over and over, streamed
   and discarded; medhub serve and ``python -m http.server`` are run alternately ``--repeat`` times, side by
   side, and the ratio of their MB/s is reported per pair and as the median.
+- ``memory``: a dataset repo of ``--files`` files and ``--commits`` commits (each a full tree) is built
+  with the store's API and served; the server's resident size (VmRSS) is read after ``list_repo_commits``,
+  after the recursive trees of every tenth commit, and after a second round of both.
 - ``slow``: ``--slow-clients`` connections (default 1,100) each send half a request's headers and stall;
   meanwhile a real client (huggingface_hub's ``hf_hub_download``) fetches a file ``--probes`` times. Reports
   how many probes succeeded, their latency, and the server's open file descriptors while under attack.
@@ -18,6 +21,7 @@ Prints one JSON object as its last line.
     python benchmarks/serve_load.py --clients 16 --seconds 10 --baseline
     python benchmarks/serve_load.py --case large --repeat 5
     python benchmarks/serve_load.py --case slow
+    python benchmarks/serve_load.py --case memory --files 4000 --commits 600
 """
 
 from __future__ import annotations
@@ -276,6 +280,49 @@ def slow_case(slow_clients: int, probes: int, extra: tuple[str, ...], fd_limit: 
     }
 
 
+def _rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def memory_case(files: int, commits: int, extra: tuple[str, ...]) -> dict:
+    """The server's resident size along a long sequence of history and tree reads (Linux only)."""
+    from huggingface_hub import HfApi
+
+    from medhub.serve.protocol import RepoRef
+    from medhub.serve.storage import Store, file_entry
+    from medhub.serve.tree import Operation
+
+    with tempfile.TemporaryDirectory(prefix="medhub-serve-memory-") as tmp:
+        work, token = Path(tmp), f"bench-{secrets.token_hex(12)}"
+        (work / "tokens").write_text(token + "\n")
+        store, repo = Store(work / "root"), RepoRef("datasets", "bench", "big")
+        store.create_repo(repo, private=False, author="bench")
+        one = file_entry(store.put_bytes(b"x"), 1, lfs=False, data=b"x")
+        names = [f"split{i % 40}/shard-{i:05d}-of-a-dataset-with-long-names.csv" for i in range(files)]
+        store.create_commit(repo, "main", [Operation("add", n, one) for n in names], summary="add", author="b")
+        for i in range(commits - 2):
+            data = str(i).encode()
+            entry = file_entry(store.put_bytes(data), len(data), lfs=False, data=data)
+            store.create_commit(repo, "main", [Operation("add", f"log/{i}.txt", entry)], summary=f"{i}", author="b")
+        del store
+        server, port = _medhub_server(work, token, extra)
+        try:
+            api = HfApi(endpoint=f"http://127.0.0.1:{port}", token=token)
+            rss = {"start": _rss_mib(server.pid)}
+            history = api.list_repo_commits("bench/big", repo_type="dataset")
+            rss["after_history"] = _rss_mib(server.pid)
+            for label in ("after_trees", "after_second_round"):
+                for c in history[::10]:
+                    list(api.list_repo_tree("bench/big", repo_type="dataset", revision=c.commit_id, recursive=True))
+                api.list_repo_commits("bench/big", repo_type="dataset")
+                rss[label] = _rss_mib(server.pid)
+        finally:
+            _stop(server)
+    return {"benchmark": "serve_load", "case": "memory", "files": files, "commits": commits,
+            "server_args": list(extra), "vmrss_mib": rss}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 clients, 3 s, 256 KiB weights")
@@ -287,7 +334,11 @@ def main() -> None:
     parser.add_argument(
         "--baseline", action="store_true", help="also run the load against python -m http.server"
     )
-    parser.add_argument("--case", choices=("mixed", "large", "slow"), default="mixed", help="see the module doc")
+    parser.add_argument(
+        "--case", choices=("mixed", "large", "slow", "memory"), default="mixed", help="see the module doc"
+    )
+    parser.add_argument("--files", type=int, default=4000, help="memory: files in the repo (default 4000)")
+    parser.add_argument("--commits", type=int, default=600, help="memory: commits (default 600)")
     parser.add_argument("--repeat", type=int, default=3, help="large: side-by-side pairs of runs (default 3)")
     parser.add_argument("--slow-clients", type=int, default=1100, help="slow: half-sent connections (default 1100)")
     parser.add_argument("--probes", type=int, default=20, help="slow: real downloads during the attack (default 20)")
@@ -299,6 +350,10 @@ def main() -> None:
         seconds = min(MAX_SECONDS, args.seconds or (3 if args.quick else 10))
         big = 1024 * (args.big_kib or (4096 if args.quick else 65536))
         print(json.dumps(large_case(clients, seconds, big, max(1, min(args.repeat, 20)))))
+        return
+    if args.case == "memory":
+        files, commits = (500, 50) if args.quick else (min(args.files, 100_000), max(3, min(args.commits, 5000)))
+        print(json.dumps(memory_case(files, commits, tuple(args.server_arg))))
         return
     if args.case == "slow":
         count = min(args.slow_clients, 200) if args.quick else min(args.slow_clients, 5000)

@@ -4,7 +4,8 @@ The cells are what ``medhub benchmark`` stores: one row per (model, task, label 
 report (one run with a 100-epoch history, per-class AUCs for 14 labels, the protocol and the environment,
 about 12 KB of JSON, the size of a real report.json). For each size, in SQLite and (when the PostgreSQL server
 binaries are installed) PostgreSQL, each operation runs in a fresh interpreter that reports its wall time
-and its peak resident memory:
+, its CPU seconds (user + system: what the operation costs when other processes load a shared machine) and
+its peak resident memory:
 
 * ``plan``: expand the grid and store every cell as pending (:func:`medhub.grid.run.plan_grid`), empty store;
 * ``resume``: plan the same grid again with ``resume=True`` on the full store (99% done);
@@ -155,9 +156,14 @@ def run_op(name: str, url: str, shape_file: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _cpu_seconds(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_cli(args: list[str], env: dict) -> dict:
     """A ``medhub`` command end to end: wall seconds and the child's peak resident memory (MB)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu_before = usage.ru_maxrss, _cpu_seconds(usage)
     started = time.perf_counter()
     code = "import sys; from medhub.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
@@ -165,8 +171,10 @@ def run_cli(args: list[str], env: dict) -> dict:
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"medhub {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"seconds": seconds, "peak_mb": round(max(peak, before) / 1024, 1),
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = usage.ru_maxrss
+    return {"seconds": seconds, "cpu_s": round(_cpu_seconds(usage) - cpu_before, 3),
+            "peak_mb": round(max(peak, before) / 1024, 1),
             "note": "peak_mb is the largest child so far" if peak == before else ""}
 
 
@@ -214,7 +222,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_op":
         name, url, shape_file = sys.argv[2:5]
         result = OPS[name](url, json.loads(Path(shape_file).read_text()))
-        result["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        result["peak_mb"] = round(usage.ru_maxrss / 1024, 1)
+        result["process_cpu_s"] = round(_cpu_seconds(usage), 3)  # imports included
         print(json.dumps(result))
         return
     p = parser(__doc__.splitlines()[0])

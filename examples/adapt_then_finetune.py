@@ -60,9 +60,11 @@ def main() -> int:
     from medhub.reproduce import reproduce
 
     new_id = free_id(f"{args.base.split(':')[-1]}_nih1000")
+    overlay = args.out / "registry.yaml"  # the example's own overlay: your registry.d is never touched
     try:
         adapted = adapt(args.base, "nih1000", data_dir=args.nih_dir, out=args.out / "checkpoint", new_id=new_id,
-                        epochs=args.adapt_epochs, seed=args.seed)
+                        epochs=args.adapt_epochs, seed=args.seed, overlay=overlay)
+        os.environ["MEDHUB_REGISTRY"] += os.pathsep + str(overlay)
         print(f"1. adapted {args.base} on NIH1000: test AUC {adapted['test_metric']:.4f} -> registered as {new_id}")
         common = dict(epochs=args.epochs, label_fraction=args.label_fraction, seed=args.seed)
         results = {name: reproduce(model, args.target, out=args.out / name, **common)
@@ -76,6 +78,7 @@ def main() -> int:
         print(f"   {name:8s} {report['model']:40s} test AUC {report['mean']:.4f}   ({report['out']}/report.md)")
     gain = results["adapted"]["mean"] - results["base"]["mean"]
     print(f"3. domain adaptation changed the test AUC by {gain:+.4f} (one seed: rerun with --seed to see the spread)")
+    print(f"the adapted checkpoint is registered in {overlay} only: MEDHUB_REGISTRY={overlay} loads {new_id}")
     print("Research software, not a medical device.")
     return 0
 

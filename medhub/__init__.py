@@ -32,6 +32,7 @@ _LAZY = {
     "load": "medhub.loader:load",
     "transforms": "medhub.loader:transforms",
     "convert_checkpoint": "medhub.convert:convert_checkpoint",
+    "rank": "medhub.rank:rank",
     "MedhubError": "medhub.errors:MedhubError",
 }
 

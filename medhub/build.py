@@ -109,8 +109,16 @@ def _cached_spec(arch: str, kwargs: _Frozen) -> ArchSpec:
     import timm
 
     _require_arch(arch)
-    with torch.device("meta"):
-        model = timm.create_model(arch, pretrained=False, **kwargs.value)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(arch, pretrained=False, **kwargs.value)
+    except (TypeError, AssertionError, ValueError, KeyError) as exc:  # timm refuses an option for this arch
+        options = ", ".join(f"{k}={v!r}" for k, v in kwargs.value.items())
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(
+            f"timm cannot build '{arch}'" + (f" with {options}" if options else "")
+            + f" ({detail}); drop or change that option (medhub convert --model-arg)"
+        ) from None
     cfg = dict(model.pretrained_cfg)
     classifier = cfg.get("classifier") or ()
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
@@ -211,9 +219,16 @@ def create_model(
 
     Raises:
         ConversionError: keys that are unexpected, missing (other than the classifier) or of other shapes.
+        UsageError: ``num_classes``, ``in_chans`` or ``img_size`` outside :data:`medhub.bounds.BOUNDS`, or an
+            option that ``arch`` does not take.
     """
     import timm
 
+    from medhub import bounds
+
+    bounds.check("num_classes", num_classes)
+    bounds.check("in_chans", in_chans)
+    bounds.check("img_size", timm_kwargs.get("img_size") if isinstance(timm_kwargs.get("img_size"), int) else None)
     model_kwargs, feature_kwargs = split_feature_options(timm_kwargs)
     spec = architecture_spec(arch, **model_kwargs)
     heads = (classifier,) if classifier else spec.classifier
@@ -408,11 +423,16 @@ def _build_features(
     report.classifier = (
         f"none (features_only=True: timm's feature extractor has no classifier; source had {source or 'none'})"
     )
-    # num_classes=-1 in the overlay never equals the extractor's 0, so timm loads without its classifier check
-    overlay = dict(state_dict=loaded, source="", num_classes=-1)
+    # num_classes=-1 in the overlay never equals the extractor's 0, so timm loads without its classifier
+    # check; input_size states the channels the (already adapted) first conv has, so timm leaves it alone
+    size = tuple(full.pretrained_cfg.get("input_size") or (3, 224, 224))
+    overlay = dict(state_dict=loaded, source="", num_classes=-1, input_size=(kwargs["in_chans"], *size[1:]))
     model = timm.create_model(arch, **{**kwargs, "pretrained": True}, pretrained_cfg_overlay=overlay, **features)
-    indices = getattr(model, "out_indices", None) or features.get("out_indices")
-    indices = tuple(indices) if indices is not None else "default"
+    for module in model.modules():  # the weights are in the model now: keep no second copy in a config
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, dict):
+            cfg.pop("state_dict", None)
+    indices = tuple(getattr(getattr(model, "feature_info", None), "out_indices", None) or ()) or "timm's default"
     report.adapted.append(
         f"features_only: timm built the full model, loaded it, then wrapped it in {type(model).__name__} "
         f"(out_indices {indices}); layers after the last output and the classifier are pruned"

@@ -93,7 +93,8 @@ def load(
         prefix: for a checkpoint file, the wrapper prefix to strip instead of searching for it (``'model.'``;
             ``'state_dict_ema/module.'`` also picks the container entry); recorded in the load report.
         key_map: for a checkpoint file, ``{regex: replacement}`` renames applied after the format's own
-            (to the names the "do not fit" error lists); recorded in the load report.
+            (to the names the "do not fit" error lists); a key renamed to ``''`` is dropped (a projection
+            head); recorded in the load report.
         **timm_kwargs: passed to ``timm.create_model`` (``drop_path_rate``, ``img_size``, ``patch_size``,
             ``global_pool``, ``features_only``, ``out_indices``...). Options that change shapes are applied
             to the weights with timm's own functions (position / patch embeddings resampled, feature
@@ -107,6 +108,10 @@ def load(
     >>> model.pretrained_cfg["input_size"], model.pretrained_cfg["mean"]  # doctest: +SKIP
     ((1, 224, 224), (0.449,))
     """
+    from medhub import bounds
+
+    bounds.check("num_classes", num_classes)  # before anything is downloaded
+    bounds.check("in_chans", in_chans)
     options = dict(num_classes=num_classes, in_chans=in_chans, timm_kwargs=timm_kwargs)
     name = os.fspath(name_or_path)
     if (prefix is not None or key_map) and not Path(name).expanduser().is_file():

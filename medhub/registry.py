@@ -256,9 +256,12 @@ def merge(files: list[Path]) -> Registry:
     origin: dict[str, Path] = {}
     aliases: dict[str, str] = {}
     mirrors: list[tuple[Path, str, tuple[WeightSource, ...]]] = []
+    builtin = builtin_registry_path().resolve()
     for path in files:
         data = read_yaml(path)
         new_ckpts, new_tasks, new_results = _parse_entries(path, data)
+        if path.resolve() != builtin:
+            check_overlay(path, data, new_ckpts, known_archs={c.arch for c in checkpoints.values()})
         mirrors += [(path, entry_id, sources) for entry_id, sources in _parse_mirrors(path, data).items()]
         for kind, new, store in (("checkpoint", new_ckpts, checkpoints), ("task", new_tasks, tasks)):
             for entry_id, entry in new.items():
@@ -291,6 +294,31 @@ def merge(files: list[Path]) -> Registry:
     registry = Registry(checkpoints, tasks, tuple(results), origin, aliases, tuple(comparisons))
     check_references(registry)
     return registry
+
+
+def check_overlay(path: Path, data: dict, checkpoints: dict[str, Checkpoint], *, known_archs: set[str]) -> None:
+    """An overlay must define something, and its checkpoints' architectures must exist in the installed timm.
+
+    Cheap: architectures already used by earlier files pass at once; others are looked up in timm's list of
+    names (:func:`medhub._timm_names.timm_model_names`, cached per timm version), never built.
+
+    Raises:
+        RegistryError: an empty overlay, or a checkpoint whose ``arch`` timm does not know (naming similar ones).
+    """
+    if not any(data.get(section) for section in SECTIONS):
+        raise RegistryError(f"{path}: this registry overlay defines nothing; add entries under "
+                            f"{', '.join(SECTIONS)}, or remove it from MEDHUB_REGISTRY / registry.d", path=path)
+    unknown = {entry.id: entry.arch for entry in checkpoints.values() if entry.arch not in known_archs}
+    if not unknown:
+        return
+    from medhub._timm_names import similar_names, timm_model_names
+
+    names = timm_model_names()
+    for entry_id, arch in unknown.items():
+        if arch not in names:
+            close = ", ".join(similar_names(arch, names)) or "none"
+            raise RegistryError(f"{path}: checkpoint '{entry_id}' has arch '{arch}', which timm "
+                                f"does not know (similar: {close}); fix its arch", path=path)
 
 
 def _apply_mirrors(

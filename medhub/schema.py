@@ -6,6 +6,7 @@ The ids follow ``<arch>[_<objective>]_<data1>[_<data2>...]`` with the oldest dat
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -281,6 +282,8 @@ class PixelRule(Frozen):
 
     @model_validator(mode="after")
     def _width(self) -> PixelRule:
+        if self.window is not None and not all(math.isfinite(v) for v in self.window):
+            raise ValueError(f"window center and width must be finite numbers, got {self.window}")
         width = self.window[1] if self.window is not None else 1.0
         if width <= 0 or (self.voi_function == "LINEAR" and width < 1):
             bound = ">= 1" if self.voi_function == "LINEAR" else "> 0"

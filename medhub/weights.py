@@ -6,7 +6,7 @@ original URL (``url``: downloaded with progress, converted with the entry's form
 safetensors), a local file (``local``), and last a ``manual`` note telling the user what to fetch by hand.
 Unavailable sources (network, missing file, not cached offline) are skipped; when every one fails, a single
 message lists what was tried. Integrity and format errors (sha256 mismatch, unsafe pickle, keys that do not
-fit the architecture) stop the search at once: they are never papered over by another source.
+fit the architecture, a hand-staged Hub cache with a wrong file) stop the search at once: they are never papered over by another source.
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from medhub import cache
 from medhub._io import sha256_file
-from medhub.errors import ChecksumError, DownloadError, HubError, OfflineError, WeightsUnavailableError
+from medhub.errors import (
+    CacheError,
+    ChecksumError,
+    DownloadError,
+    HubError,
+    OfflineError,
+    WeightsUnavailableError,
+)
 from medhub.hub import download_url, hf_file, is_offline
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,6 +117,8 @@ def entry_weights(
         name = describe(source, revision if source.kind.endswith("_hf") else None)
         try:
             found = _FETCHERS[source.kind](entry, source, revision, cache_dir, offline, progress)
+        except CacheError:  # a cache staged by hand with a wrong file: say which, never "not cached"
+            raise
         except _SKIPPABLE as exc:
             logger.info("source %s of %s unavailable: %s", name, entry.id, exc)
             tried.append(f"{name}: {'not cached' if isinstance(exc, OfflineError) else exc}")
@@ -215,6 +224,8 @@ def _first_hub_file(repo: str, names: list[str], revision: str | None, cache_dir
     for name in names:
         try:
             return hf_file(repo, name, revision=revision, cache_dir=cache_dir, local_files_only=offline)
+        except CacheError:
+            raise
         except (HubError, OfflineError) as exc:
             first_error = first_error or exc
             if isinstance(exc, HubError) and getattr(exc, "reason", None) != "file_not_found":

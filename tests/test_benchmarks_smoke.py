@@ -46,6 +46,7 @@ CASES = {
         ["--no-compile", "--batch-size", "8", "--batches", "1", "--repeats", "1"],
         ["ratio", "ratio_eager"],
     ),
+    "study_scale": (["--cells", "50", "--databases", "sqlite"], []),
     "pipeline": (
         ["--images", "4", "--batch-size", "2", "--repeats", "1"],
         ["ratio_first_epoch", "ratio_later_epoch", "ratio_later_epoch_batched_vs_per_image_augment"],

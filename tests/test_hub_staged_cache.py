@@ -11,7 +11,7 @@ import timm
 import torch
 
 import medhub
-from medhub.errors import OfflineError
+from medhub.errors import CacheError, OfflineError
 from medhub.export import write_model_folder
 from medhub.hub import hf_file
 
@@ -68,3 +68,35 @@ def test_a_missing_ref_and_a_missing_blob_are_named(staged):
     weights.resolve().unlink()  # the admin copied the snapshot links but not this blob
     with pytest.raises(OfflineError, match="model.safetensors in the local Hub cache points to .*blobs"):
         medhub.load(f"hf-hub:{repo}", cache_dir=cache)
+
+
+def test_a_registry_entry_on_a_staged_cache_names_the_wrong_ref(hub, tmp_path, monkeypatch):
+    """The registry path (one Hub file per source) reads the same refs, and a wrong one stops the search."""
+    import yaml
+    from huggingface_hub import HfApi
+
+    model = timm.create_model("resnet18", num_classes=3).eval()
+    folder = write_model_folder(tmp_path / "up", model.state_dict(), arch="resnet18", num_classes=3)
+    repo = hub.new_repo_id("staged-entry")
+    api = HfApi(endpoint=os.environ["HF_ENDPOINT"])
+    api.create_repo(repo)
+    api.upload_folder(folder_path=str(folder), repo_id=repo)
+    entry = {"arch": "resnet18", "family": "resnet", "objective": "supervised",
+             "lineage": [{"dataset": "testdata", "objective": "supervised"}],
+             "sources": [{"kind": "timm_hf", "repo": repo, "format": "timm"}],
+             "preprocessing": {"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3},
+             "head": {"classifier": "fc", "first_conv": "conv1", "num_classes": 3}}  # fmt: skip
+    registry = tmp_path / "overlay.yaml"
+    registry.write_text(yaml.safe_dump({"version": 1, "checkpoints": {"resnet18_stagedtest": entry}}))
+    monkeypatch.setenv("MEDHUB_REGISTRY", str(registry))
+    medhub.load("resnet18_stagedtest", cache_dir=tmp_path / "online")
+    shutil.copytree(tmp_path / "online", tmp_path / "staged", symlinks=True)
+    ref = next((tmp_path / "staged").rglob("refs/main"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ref.write_text(ref.read_text() + "\n")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(medhub.load("resnet18_stagedtest", cache_dir=tmp_path / "staged")(x), model(x), atol=1e-6)
+    ref.write_text("main\n")
+    with pytest.raises(CacheError, match=f"{ref} holds 'main"):
+        medhub.load("resnet18_stagedtest", cache_dir=tmp_path / "staged")

@@ -272,3 +272,15 @@ def test_a_timm_swin_at_another_window_has_its_tables_resized_and_reported(tmp_p
     assert any("relative_position_bias_table 13x13 -> 11x11 (window 7 -> 6)" in a for a in adapted)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 192, 192)).shape == (1, 96)
+
+
+def test_out_indices_as_a_count_of_last_blocks_on_a_vit(tmp_path):
+    arch, kw = "vit_small_patch16_224", dict(embed_dim=48, depth=4, num_heads=3)
+    src = om.randomize(timm.create_model(arch, img_size=32, num_classes=0, **kw), 18)
+    path = _save(tmp_path / "vit4.pth", src.state_dict())
+    model = medhub.load(path, arch=arch, img_size=32, features_only=True, out_indices=2, **kw)
+    assert any("out_indices (2, 3)" in a for a in model.medhub_load_report.load.adapted)
+    reference = timm_own(arch, path, img_size=32, features_only=True, out_indices=2, **kw)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(model(x), reference(x)))

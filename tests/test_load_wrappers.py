@@ -227,3 +227,42 @@ def test_torchvision_reference_training_checkpoint_keeps_model_over_its_ema(tmp_
     assert _same(model, net)
     assert "prefix='model_ema/module.'" in model.medhub_load_report.conversion.found
     assert _same(medhub.load(path, arch="resnet18", prefix="model_ema/module."), ema.module)
+
+
+def test_a_head_under_the_wrapper_s_own_name_is_refused_with_the_key_map_to_pass(tmp_path, net):
+    state = {("model.classifier." + k[3:] if k.startswith("fc.") else "model." + k): v for k, v in net.state_dict().items()}
+    path = _save(tmp_path / "w.ckpt", {"state_dict": state})
+    with pytest.raises(ConversionError, match=r"pass key_map=\{r'\^classifier\\\.': 'fc\.'\}"):
+        medhub.load(path, arch="resnet18")
+    assert _same(medhub.load(path, arch="resnet18", key_map={r"^classifier\.": "fc."}), net)
+
+
+def test_a_known_layout_inside_a_lightning_module_keeps_its_rules(tmp_path):
+    """A Lightning module holding MoCo as self.model: the query encoder is kept, the key encoder, queue and
+    projection MLP dropped, as for MoCo's own file."""
+    ckpt, reference = om.moco_checkpoint()
+    state = {"model." + k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
+    path = _save(tmp_path / "moco.ckpt", {"state_dict": state, "pytorch-lightning_version": "2.4.0", "epoch": 5})
+    state_dict, report = convert_file(path, arch="resnet18")
+    assert report.fmt == "moco" and "under the wrapper prefix 'model.'" in report.reason
+    assert report.prefix == "model.encoder_q." and "model.queue" in report.dropped
+    model = medhub.load(path, arch="resnet18")
+    with torch.no_grad():
+        assert torch.allclose(model(X), reference(X), atol=1e-5)
+
+
+def test_key_map_to_an_empty_name_drops_a_projection_head(tmp_path, net):
+    """A SimCLR-style wrapper: backbone plus a 2-layer projector under the same prefix as the network."""
+    backbone = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    state = {**backbone, "fc.0.weight": torch.randn(64, 512), "fc.0.bias": torch.zeros(64),
+             "fc.2.weight": torch.randn(16, 64), "fc.2.bias": torch.zeros(16)}  # fmt: skip
+    path = _save(tmp_path / "simclr.pth", {"state_dict": _prefixed(state, "module.")})
+    with pytest.raises(ConversionError, match="4 unexpected: fc.0.bias"):
+        medhub.load(path, arch="resnet18")
+    model = medhub.load(path, arch="resnet18", key_map={r"^fc\.\d+\..*": ""})
+    conversion = model.medhub_load_report.conversion
+    assert {"module.fc.0.weight", "module.fc.2.bias"} <= set(conversion.dropped)
+    assert model.medhub_load_report.load.classifier == "none (source had none)"
+    pooled = timm.create_model("resnet18", num_classes=0)
+    pooled.load_state_dict(backbone)
+    assert _same(model, pooled.eval())

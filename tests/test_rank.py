@@ -206,12 +206,12 @@ def test_rank_bad_inputs_exit_2_with_one_line(shared_data, tmp_path, capsys, mon
 def test_against_a_benchmark_db_gives_kendall_tau(shared_data, tmp_path, capsys, one_torch_thread):
     from scipy.stats import kendalltau, weightedtau
 
+    import medhub
     from medhub.grid.cells import expand_grid
     from medhub.grid.store import ResultStore
-    from medhub.rank import rank
 
     models = ["random:test_resnet", "random:resnet10t", "random:test_efficientnet"]
-    report = rank("breastmnist", models, data_dir=shared_data / "breastmnist", n_images=100, scores="logme,hscore")
+    report = medhub.rank("breastmnist", models, data_dir=shared_data / "breastmnist", n_images=100, scores="logme,hscore")
     order = [c["model"] for c in report["candidates"]]
     # fine-tuned results stored the way `medhub benchmark` stores them: 2 seeds each, the best-ranked lowest
     url = f"sqlite:///{tmp_path / 'grid.db'}"
@@ -254,3 +254,36 @@ def test_site_task_page_shows_a_saved_ranking(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(UsageError, match="not a 'medhub rank' report"):
         load_rankings([tmp_path / "bad.json"])
+
+
+def test_multi_label_scores_average_per_label_and_skip_constant_labels():
+    labels, separable, *_ = make_task("multi-label")
+    with_constant = np.c_[labels, np.zeros(len(labels))]  # a finding absent from the whole sample
+    for name in ("logme", "hscore", "nleep", "knn"):
+        assert S.compute(name, separable, with_constant, "multi-label") == pytest.approx(
+            S.compute(name, separable, labels, "multi-label"), rel=1e-9)
+    per_label = [S.hscore(separable, labels[:, j].astype(int), "binary") for j in range(labels.shape[1])]
+    assert S.hscore(separable, labels, "multi-label") == pytest.approx(np.mean(per_label), rel=1e-12)
+
+
+def test_a_checkpoint_with_a_source_head_gets_leep_and_nce(shared_data, tmp_path, one_torch_thread):
+    """A model folder with its own 5-class head (as medhub.export writes one): LEEP and NCE read that head."""
+    import timm
+    import torch
+
+    from medhub.export import write_model_folder
+    from medhub.rank import rank
+
+    torch.manual_seed(0)
+    network = timm.create_model("test_resnet", num_classes=5)
+    folder = write_model_folder(tmp_path / "with_head", network.state_dict(), arch="test_resnet", num_classes=5,
+                                pretrained_cfg=dict(network.pretrained_cfg))
+    report = rank("breastmnist", [str(folder), "random:test_resnet"], data_dir=shared_data / "breastmnist",
+                  n_images=80, scores="leep,nce,logme")
+    by_model = {c["model"]: c for c in report["candidates"]}
+    headed = by_model[str(folder)]
+    assert headed["has_head"] and headed["dim"] == 96
+    # LEEP is the mean log of a probability (< 0); NCE = -H(Y|Z) lies in [-log 2, 0] for two classes
+    assert headed["scores"]["leep"] < 0 and -math.log(2) - 1e-9 <= headed["scores"]["nce"] <= 0
+    assert by_model["random:test_resnet"]["scores"]["leep"] is None
+    assert report["candidates"][0]["model"] == str(folder)  # n/a sorts last

@@ -213,3 +213,34 @@ def test_opencv_resizes_as_the_released_loaders():
     assert resize_cv2("linear", mask, 2, mask=True).tolist() == [[1, 1], [1, 1]]
     with pytest.raises(ValueError, match="unknown OpenCV resize mode"):
         resize_cv2("cubic", image, 2)
+
+
+def test_plans_of_segmentation_tasks_per_architecture_family():
+    from medhub.train.protocol import make_plan
+
+    registry = load_registry()
+    resnet = make_plan(registry.get_task("siim_pneumothorax"), model="resnet50_imagenet1k").as_dict()
+    assert (resnet["recipe"], resnet["decoder"], resnet["metric"]) == ("benchmark_segmentation", "unet", "dice_pooled")
+    assert (resnet["optimizer"], resnet["lr"], resnet["scheduler"], resnet["epochs"], resnet["patience"]) == \
+        ("adam", 0.001, "cosine", 200, 20)
+    assert resnet["augment"][2]["name"] == "RandomSizedCrop" and resnet["augment"][2]["applied_to"] == ["train", "val"]
+    assert resnet["split"]["unknown"] and not resnet["comparable"]
+    convnext = make_plan(registry.get_task("siim_pneumothorax"), model="convnext_base_imagenet1k").as_dict()
+    assert (convnext["recipe"], convnext["decoder"], convnext["warmup_epochs"], convnext["precision"]) == \
+        ("benchmark_segmentation_v2", "upernet", 20, "fp16")
+    assert any("pyramid pooling bins" in d for d in convnext["known_differences"])
+    heart = make_plan(registry.get_task("scr_heart"), model="resnet50_imagenet1k").as_dict()
+    assert (heart["recipe"], heart["decoder"]) == ("benchmark_segmentation_v2", "unet")  # Version2/models.py:288
+    assert "unknown" not in heart["split"] and heart["split"]["train"]["size"] == 124
+
+
+def test_verdict_says_split_unknown_instead_of_comparing():
+    from medhub.train.verdict import SPLIT_UNKNOWN, verdict
+
+    plan = {"metric": "dice_pooled", "published": {"mean": 0.6793, "std": 0.0145}, "deviations": [],
+            "split": {"unknown": "no split files are shipped"}}
+    outcome = verdict(plan, 0.6800, 0.0, 3)
+    assert outcome["verdict"] == SPLIT_UNKNOWN and outcome["tolerance"] is None
+    assert outcome["difference"] == pytest.approx(0.0007)
+    assert "no split files are shipped" in outcome["verdict_reasons"][0]
+    assert verdict({**plan, "split": {}}, 0.6800, 0.0, 3)["verdict"] == "reproduced"

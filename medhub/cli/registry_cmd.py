@@ -61,7 +61,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         problems = deep_problems(registry)
         if problems:
-            raise RegistryError(f"{len(problems)} problem(s); first: {problems[0]}" + "".join(f"\n  {p}" for p in problems[1:20]))
+            for problem in problems:
+                print(f"problem: {problem}")
+            raise RegistryError(f"{len(problems)} problem(s) in the registry files (listed above); first: {problems[0]}")
     print(
         f"ok: {len(registry.checkpoints)} checkpoints, {len(registry.tasks)} tasks, "
         f"{len(registry.results)} reported results in {len(files)} file(s)"

@@ -6,8 +6,11 @@ import argparse
 
 from medhub.cli._output import print_json, print_table
 from medhub.cli.browse import format_result
+from medhub.errors import UsageError
 from medhub.registry import load_registry
 from medhub.schema import ReportedResult
+
+METRICS = ("auc", "acc", "dice")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +47,10 @@ def cmd_results(args: argparse.Namespace) -> int:
         from medhub.cli.benchmark import show_db_results
 
         return show_db_results(args)
+    if args.metric and args.metric.lower() not in METRICS:
+        raise UsageError(f"--metric {args.metric} is not one of {', '.join(METRICS)}")
+    if not args.db and (args.csv or args.baseline or args.plots):
+        raise UsageError("--csv, --baseline and --plots read a benchmark database: add --db URL")
     results = load_registry().results_for(model=args.model, task=args.task)
     if args.metric:
         results = [r for r in results if r.metric == args.metric.lower()]

@@ -67,6 +67,41 @@ def pool_hint(unexpected: Any, missing: Any) -> str:
     return ""
 
 
+def head_hint(unexpected: Any, absent_classifier: Any) -> str:
+    """The ``key_map`` to pass when the only unexpected keys are one linear layer and the arch's classifier
+    is absent from the weights (a fine-tuned head under the wrapper's own name), else ""."""
+    modules = {k.rsplit(".", 1)[0] for k in unexpected}
+    heads = {k.rsplit(".", 1)[0] for k in absent_classifier if k.endswith(".weight")}
+    if len(modules) != 1 or len(heads) != 1 or not {k.rsplit(".", 1)[1] for k in unexpected} <= {"weight", "bias"}:
+        return ""
+    (old,), (new,) = modules, heads
+    pattern = "^" + old.replace(".", "\\.") + "\\."
+    return f"; if {old}.* is your fine-tuned head, pass key_map={{r'{pattern}': '{new}.'}} (medhub convert --key-map)"
+
+
+MAX_STRAY = 4
+"""At most this many unexpected keys, with nothing missing, read as buffers saved beside the network."""
+
+
+def stray_hint(unexpected: Any, missing: Any, wrong: Any) -> str:
+    """The ``key_map`` that drops a few unexpected keys when nothing is missing or misshapen, else "".
+
+    TorchXRayVision's DenseNet keeps ``op_threshs`` (calibration thresholds) beside ``features``/``classifier``;
+    such buffers are not part of the timm network, and the strict contract refuses them until the caller drops
+    them by name.
+    """
+    unexpected = sorted(unexpected)
+    if missing or wrong or not unexpected or len(unexpected) > MAX_STRAY:
+        return ""
+    names = "|".join(re.escape(k) for k in unexpected)
+    pattern = f"^{names}$" if len(unexpected) == 1 else f"^({names})$"
+    return (
+        f"; if {', '.join(unexpected)} {'is' if len(unexpected) == 1 else 'are'} not part of the network (saved "
+        f"beside it), drop {'it' if len(unexpected) == 1 else 'them'} with key_map={{r'{pattern}': ''}} "
+        f"(medhub convert --key-map '{pattern}=')"
+    )
+
+
 @dataclass
 class ConversionReport:
     """What a conversion did, for the caller, the log and ``medhub convert``.
@@ -153,6 +188,30 @@ def compile_key_map(pairs: Any) -> list[tuple[re.Pattern, str]]:
     return out
 
 
+def apply_key_map(state: dict, pairs: list[tuple[re.Pattern, str]], report: ConversionReport) -> dict:
+    """A caller's compiled ``key_map`` on stripped keys: renames recorded; a key renamed to ``''`` is dropped.
+
+    Raises:
+        ConversionError: two keys renamed to the same name.
+    """
+    earlier = {new: old for old, new in report.renamed.items()}
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pattern, replacement in pairs:
+            new = pattern.sub(replacement, new)
+        source = earlier.get(key, report.prefix + key)
+        if not new:
+            report.dropped.append(source)
+            continue
+        if new != key:
+            report.renamed[source] = new
+        if new in out:
+            raise ConversionError(f"key_map renames two keys to '{new}'; make the patterns more specific")
+        out[new] = value
+    return out
+
+
 def unwrap_sequential_heads(state: dict, target: Target, report: ConversionReport) -> dict:
     """``fc.0.weight`` -> ``fc.weight`` where a head was a ``Sequential`` holding one layer with weights.
 
@@ -224,7 +283,8 @@ class Rules:
 
         With ``target`` (or a caller's ``prefix``) the container and wrapper prefix are searched
         (:mod:`medhub.convert._locate`); without, the format's listed containers and prefixes are used.
-        ``key_map`` (regex, replacement) pairs run after the format's renames, on the stripped keys.
+        ``key_map`` (regex, replacement) pairs run after the format's renames, on the stripped keys; a key
+        renamed to ``''`` is dropped.
         """
         user_map = compile_key_map(key_map)
         report.key_map = [f"{pattern.pattern} -> {replacement}" for pattern, replacement in user_map]
@@ -236,7 +296,7 @@ class Rules:
             state = self._strip(state, report)
         state = self._rename(state, report)
         if user_map:
-            state = rename_keys(state, user_map, report)
+            state = apply_key_map(state, user_map, report)
         if self.hook is not None:
             state = self.hook(state, target, report)
         if target is not None:
@@ -264,11 +324,11 @@ class Rules:
                 key = pattern.sub(replacement, key)
             return key
 
-        dropping = self._drop_pattern()
         found, everything = [], dict(_locate.tensor_dicts(obj))
         for path, tensors in everything.items():
             if container is not None and "/".join(path) != container:
                 continue
+            dropping = self._drop_pattern(_locate.shared_prefix(tensors))
             kept = {k: v for k, v in tensors.items() if not (dropping and dropping.match(k))}
             found += _locate.candidates(kept, path, target, name, key_prefix)
         if prefix is not None and not found:
@@ -281,15 +341,16 @@ class Rules:
         if not found or (prefix is None and not max(c.fits for c in found)):
             return None
         best, reason = _locate.choose(
-            found, self.containers, self.name, given=prefix is not None, prefixes=self.preferred_prefixes
-        )
+            found, self.containers, self.name, given=prefix is not None, prefixes=self.preferred_prefixes,
+            total=len(target) if target is not None else None,
+        )  # fmt: skip
         report.container, report.prefix, report.found = best.container, best.prefix, reason
         report.source_keys = len(everything[best.path])
         level: Any = obj
         for entry in best.path:
             report.metadata.update(describe_metadata(level, skip=entry))
             level = level[entry]
-        state = self._drop(everything[best.path], report)
+        state = self._drop(everything[best.path], report, _locate.shared_prefix(everything[best.path]))
         outside = sorted(k for k in state if not k.startswith(best.prefix))
         if outside:
             report.dropped += outside
@@ -299,10 +360,15 @@ class Rules:
             )
         return {k[len(best.prefix) :]: v for k, v in state.items() if k.startswith(best.prefix)}
 
-    def _drop_pattern(self) -> re.Pattern | None:
+    def _drop_pattern(self, wrapper: str = "") -> re.Pattern | None:
+        """Keys to drop: ``drop`` entries after an optional ``module.`` and, when the dict's keys all share a
+        wrapper prefix (a Lightning ``model.``), after that too."""
         if not self.drop:
             return None
-        return re.compile(r"^(?:module\.)?(?:{})".format("|".join(re.escape(d) for d in self.drop)))
+        outer = f"(?:{re.escape(wrapper)})?" if wrapper else ""
+        return re.compile(
+            r"^(?:module\.)?{}(?:module\.)?(?:{})".format(outer, "|".join(re.escape(d) for d in self.drop))
+        )
 
     def _unwrap(self, obj: Any, report: ConversionReport) -> dict[str, torch.Tensor]:
         if not isinstance(obj, Mapping):
@@ -335,8 +401,8 @@ class Rules:
             )
         return tensors
 
-    def _drop(self, state: dict, report: ConversionReport) -> dict:
-        pattern = self._drop_pattern()
+    def _drop(self, state: dict, report: ConversionReport, wrapper: str = "") -> dict:
+        pattern = self._drop_pattern(wrapper)
         if pattern is None:
             return state
         kept = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medhub.convert._core import is_state_dict
+from medhub.convert._locate import shared_prefix
 from medhub.errors import ConversionError
 
 _CONTAINERS = ("state_dict", "model", "teacher", "network", "state_dict_ema", "model_ema")
@@ -68,7 +69,7 @@ def detect_format(obj: Any, path: str | Path | None = None) -> tuple[str, str]:
             "save `model.state_dict()` instead"
         )
     top = set(map(str, obj))
-    if {"teacher", "student"} <= top:
+    if {"teacher", "student"} <= top and _dino_teacher(obj["teacher"]):
         return "dino", "entries 'teacher' and 'student' (a DINO training checkpoint; the teacher is kept)"
     if {"lossMIN", "state_dict"} <= top:
         return (
@@ -84,9 +85,22 @@ def detect_format(obj: Any, path: str | Path | None = None) -> tuple[str, str]:
     if not keys:
         raise ConversionError(f"no weights found in the checkpoint (entries: {', '.join(sorted(top)[:10])})")
     fmt, reason = _by_keys(keys, top)
+    wrapper = shared_prefix(keys)
+    if fmt == "timm" and wrapper:  # a known layout inside a wrapper module (a Lightning `model.` around MoCo)
+        inner, why = _by_keys([k[len(wrapper) :] for k in keys], top)
+        if inner != "timm":
+            fmt, reason = inner, f"{why}, under the wrapper prefix '{wrapper}'"
     if "pytorch-lightning_version" in top:
         reason = f"a PyTorch Lightning checkpoint (its 'state_dict' entry); {reason}"
     return fmt, reason
+
+
+def _dino_teacher(entry: Any) -> bool:
+    """True when a ``teacher`` entry is laid out as DINO's MultiCropWrapper (``backbone.*``/``head.*``); a
+    mean-teacher file's plain network keys are not DINO, and its two copies have no documented order."""
+    return isinstance(entry, Mapping) and any(
+        re.sub(r"^(module\.|_orig_mod\.)+", "", str(k)).startswith(("backbone.", "head.")) for k in entry
+    )
 
 
 def _has(keys: list[str], *prefixes: str) -> bool:

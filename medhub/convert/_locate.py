@@ -36,6 +36,7 @@ class Candidate:
         fits: tensors whose stripped name is the architecture's, with the architecture's shape.
         named: tensors whose stripped name is the architecture's (any shape).
         tensors: the dict of tensors the path leads to.
+        under: tensors under the prefix (named or not); ``under - named`` are not the architecture's.
     """
 
     path: tuple[str, ...]
@@ -43,6 +44,12 @@ class Candidate:
     fits: int
     named: int
     tensors: dict[str, torch.Tensor]
+    under: int = 0
+
+    @property
+    def foreign(self) -> int:
+        """Tensors under the prefix that name nothing of the architecture (a deeper variant's extra blocks)."""
+        return self.under - self.named
 
     @property
     def container(self) -> str | None:
@@ -70,6 +77,17 @@ def tensor_dicts(obj: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, 
     return found
 
 
+def shared_prefix(keys: Any) -> str:
+    """The longest dotted prefix every key shares (``'model.'`` for a Lightning module), else ``''``."""
+    keys = list(keys)
+    if not keys:
+        return ""
+    common = prefixes_of(keys[0])
+    for key in keys[1:]:
+        common = [p for p in common if key.startswith(p)]
+    return max(common, key=len, default="")
+
+
 def prefixes_of(key: str) -> list[str]:
     """``'a.b.c'`` -> ``['', 'a.', 'a.b.']``: every wrapper prefix a key could carry."""
     parts = key.split(".")
@@ -90,15 +108,26 @@ def candidates(
     """
     fits: dict[str, int] = {}
     named: dict[str, int] = {}
+    under: dict[str, int] = {}
     for key, value in tensors.items():
         for p in prefixes_of(key) if prefix is None else ([prefix] if key.startswith(prefix) else []):
+            under[p] = under.get(p, 0) + 1
             new = name(key[len(p) :])
             if target is None or new in target:
                 named[p] = named.get(p, 0) + 1
                 if target is None or tuple(value.shape) == tuple(target[new]):
                     fits[p] = fits.get(p, 0) + 1
-    found = [Candidate(path, p, fits.get(p, 0), n, tensors) for p, n in named.items()]
-    return sorted(found, key=lambda c: (-c.fits, -c.named, len(c.prefix)))
+    found = [Candidate(path, p, fits.get(p, 0), n, tensors, under[p]) for p, n in named.items()]
+    return sorted(found, key=lambda c: (-c.fits, -c.named, c.foreign, len(c.prefix)))
+
+
+def rivals_in_fit(c: Candidate, best: Candidate) -> bool:
+    """True when ``c`` fits about as well as ``best``: as many of the architecture's tensors
+    (:data:`RIVAL_SHARE`), and about as few of its own tensors outside the architecture. A ResNet-34 teacher
+    beside a ResNet-18 student names every ResNet-18 tensor, but 98 of its 218 are not ResNet-18's: it is
+    another architecture, not a second copy of this one."""
+    share = c.fits / max(c.under, 1)
+    return c.fits >= RIVAL_SHARE * best.fits and share >= RIVAL_SHARE * best.fits / max(best.under, 1)
 
 
 def same_weights(a: Candidate, b: Candidate) -> bool:
@@ -131,8 +160,9 @@ def prevails(a: Candidate, b: Candidate, containers: tuple[str, ...], prefixes: 
 
 
 def choose(
-    found: list[Candidate], containers: tuple[str, ...], fmt: str, given: bool, prefixes: tuple[str, ...] = ()
-) -> tuple[Candidate, str]:
+    found: list[Candidate], containers: tuple[str, ...], fmt: str, given: bool, prefixes: tuple[str, ...] = (),
+    total: int | None = None,
+) -> tuple[Candidate, str]:  # fmt: skip
     """The candidate to load and one sentence saying why; refuses two networks with no documented order.
 
     Args:
@@ -141,13 +171,14 @@ def choose(
         fmt: the format name (for the messages).
         given: True when the caller fixed the prefix (the sentence says so).
         prefixes: wrapper prefixes in the format's order of preference (``teacher.`` before ``student.``).
+        total: number of tensors of the architecture (for the sentence), when known.
 
     Raises:
         ConversionError: two or more different networks fit about equally and the format does not rank them.
     """
-    found = sorted(found, key=lambda c: (-c.fits, -c.named, len(c.path), len(c.prefix)))
+    found = sorted(found, key=lambda c: (-c.fits, -c.named, c.foreign, len(c.path), len(c.prefix)))
     best = found[0]
-    close = [c for c in found if c.fits >= RIVAL_SHARE * best.fits and c is not best]
+    close = [c for c in found if c is not best and rivals_in_fit(c, best)]
     rivals = [c for c in close if not same_weights(c, best)]
     aliases = [c for c in close if c not in rivals]
     why = ""
@@ -173,13 +204,14 @@ def choose(
             + f" (also in the file; pass prefix='{others[0].spelled()}' to load that instead)"
         )
     where = f"{best.container}, " if best.container else ""
+    of = f" of the architecture's {total}" if total else ""
     reason = (
-        f"network found in {where}prefix '{best.prefix}' ({'given' if given else 'searched'}): "
-        f"{best.fits} tensors match the architecture's names and shapes"
+        f"network found in {where}prefix '{best.prefix}' ({'given' if given else 'searched'}): its keys name "
+        f"{best.named}{of} tensors, {best.fits} with the same shape"
     )
-    runner = next((c for c in found if c is not best and c not in aliases and c.fits), None)
-    if runner and not why and not given:
-        reason += f"; next best prefix '{runner.spelled()}' matches {runner.fits}"
+    runner = next((c for c in found if c is not best and c not in aliases), None)
+    if runner and not why and not given and runner.fits >= best.fits / 2:
+        reason += f"; next best prefix '{runner.spelled()}' fits {runner.fits}"
     if aliases:
         reason += "; the same weights also appear under " + ", ".join(f"'{a.spelled()}'" for a in aliases)
     return best, reason + (f"; {why}" if why else "")

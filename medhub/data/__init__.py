@@ -100,6 +100,9 @@ def load_task_data(task, data_dir: str | Path | None = None, *, img_size: int | 
     explicit = data_dir is not None
     folder = Path(data_dir).expanduser() if explicit else default_data_dir(task.id)
     read = reader_for(reader or task.layout.reader)
+    if explicit and folder.exists() and not folder.is_dir():
+        raise DataError(f"--data-dir {folder} is a file; pass the task's data folder (laid out as 'medhub tasks' "
+                        "documents)", path=folder)
     if read is not read_medmnist and not folder.exists():
         hint = f"; get it from {task.layout.download}" if task.layout.download else ""
         raise DataError(

@@ -257,6 +257,19 @@ def set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
     loader.sampler.set_epoch(epoch)
 
 
+def normalization_stats(normalization: str | tuple, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)`` (pixel / 255 scale) that :func:`to_model_input` applies for ``channels`` inputs.
+
+    ``normalization`` is a name in :data:`NORMALIZATION` (an unknown name means ImageNet) or a ``(mean, std)``
+    pair; statistics of another channel count are averaged and repeated (ImageNet on 1 channel -> 0.449/0.226).
+    """
+    mean, std = NORMALIZATION.get(normalization, NORMALIZATION["imagenet"]) if isinstance(normalization, str) \
+        else normalization
+    if len(mean) != channels:
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 def to_model_input(images: torch.Tensor, device: torch.device, channels: int, normalization: str | tuple,
                    channels_last: bool = False) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float normalized on ``device``, with gray replicated to 3 channels if needed."""
@@ -265,10 +278,7 @@ def to_model_input(images: torch.Tensor, device: torch.device, channels: int, no
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] == 3 and channels == 1:
         x = (x * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    mean, std = NORMALIZATION.get(normalization, NORMALIZATION["imagenet"]) if isinstance(normalization, str) \
-        else normalization
-    if len(mean) != channels:
-        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    mean, std = normalization_stats(normalization, channels)
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     x = (x - mean_t) / std_t

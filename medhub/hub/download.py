@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from medhub.errors import ChecksumError, DownloadError, HubError, OfflineError
+from medhub.errors import CacheError, ChecksumError, DownloadError, HubError, OfflineError
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +70,26 @@ def download_url(
 
     >>> path = download_url("https://example.org/w.pth", "/tmp/w.pth", sha256=None)  # doctest: +SKIP
     """
-    from filelock import FileLock
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dest) + ".lock"):
+    lock = Path(str(dest) + ".lock")
+    try:
+        return _download_locked(url, dest, lock, sha256=sha256, progress=progress,
+                                local_files_only=local_files_only, timeout=timeout)
+    finally:
+        if not dest.exists():  # a failed download leaves no lock (and no empty partial file) behind
+            lock.unlink(missing_ok=True)
+            part = dest.with_name(dest.name + ".part")
+            if part.is_file() and part.stat().st_size == 0:
+                part.unlink()
+
+
+def _download_locked(url: str, dest: Path, lock: Path, *, sha256: str | None, progress: bool,
+                     local_files_only: bool, timeout: float) -> Path:
+    """:func:`download_url`'s work, under a lock file that keeps two processes from fetching the same file."""
+    from filelock import FileLock
+
+    with FileLock(str(lock)):
         if dest.exists():
             _verify(dest, sha256, url)
             logger.info("using cached %s", dest)
@@ -282,7 +297,8 @@ def cached_commit(repo_id: str, revision: str | None, cache_dir: str | os.PathLi
     (huggingface_hub then reports what is missing).
 
     Raises:
-        OfflineError: a refs file that holds no 40-hex commit, or names a commit whose snapshot folder is
+        OfflineError: the repo is cached but ``refs/<revision>`` is not (that branch or tag never was).
+        CacheError: a refs file that holds no 40-hex commit, or names a commit whose snapshot folder is
             absent, or a snapshot file whose blob is missing; the message names the file or folder to fix.
     """
     import re
@@ -305,13 +321,13 @@ def cached_commit(repo_id: str, revision: str | None, cache_dir: str | os.PathLi
     text = ref.read_text(errors="replace")
     commit = text.strip()
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
-        raise OfflineError(
+        raise CacheError(
             f"{ref} holds {text[:60]!r}, not a 40-character commit hash; write the name of a folder in "
             f"{folder / 'snapshots'} into it",
             repo_id=repo_id, revision=revision, path=ref,
         )  # fmt: skip
     if not (folder / "snapshots" / commit).is_dir():
-        raise OfflineError(
+        raise CacheError(
             f"{ref} points to commit {commit}, but {folder / 'snapshots' / commit} does not exist; copy that "
             f"snapshot (and its blobs) into the cache, or correct {ref} (snapshots present: "
             f"{_listing(folder / 'snapshots') or 'none'})",
@@ -329,7 +345,7 @@ def _check_links(snapshot: Path) -> None:
     """Raise :class:`OfflineError` naming a snapshot file whose blob is missing (a half-copied cache)."""
     for file in sorted(snapshot.rglob("*")) if snapshot.is_dir() else []:
         if file.is_symlink() and not file.exists():
-            raise OfflineError(
+            raise CacheError(
                 f"{file} in the local Hub cache points to {os.readlink(file)}, which does not exist; copy the "
                 f"repo's blobs folder along with its snapshots",
                 path=file,

@@ -3,7 +3,7 @@
 Flow per candidate::
 
     sample (stratified, seeded) ─► decode-once cache (medhub.data.cache) ─► the checkpoint's own input
-    (channels, mean/std, crop: exactly what fine-tuning feeds it) ─► timm forward_features
+    (its channels; the recipe's normalization, size and crop: what fine-tuning feeds it) ─► timm forward_features
     ─► forward_head(pre_logits=True) = features (N, D) [+ the source head's logits (N, Z) when it has one]
 
 Features are stored under ``$MEDHUB_HOME/rank/features/<key>.npz`` (plain arrays, loaded with
@@ -29,7 +29,7 @@ from medhub._io import atomic_write_text
 from medhub.errors import UsageError
 
 log = logging.getLogger(__name__)
-FEATURE_VERSION = 1  # bump when extraction changes what it returns
+FEATURE_VERSION = 2  # bump when extraction changes what it returns
 RANDOM_SEED = 0  # random: baselines are initialised with this seed, so their features are reproducible
 
 
@@ -189,13 +189,15 @@ def build_frozen(model: str, *, arch: str | None, data_channels: int):
 
 
 def input_settings(network, model: str, plan) -> dict:
-    """The checkpoint's own preprocessing as fine-tuning applies it: channels, normalization, sizes, crop."""
-    from medhub.train.runner import _input_channels, _normalization
+    """The input this checkpoint gets when ``medhub reproduce`` fine-tunes it on the task: its own input
+    channels (first conv; gray images are repeated to 3), the recipe's normalization (``plan.normalization``,
+    which fine-tuning applies to every initialisation: ImageNet mean/std for the benchmark's tasks, 0.5/0.5
+    for MedMNIST's), and the protocol's size and crop."""
+    import torch
 
-    normalization = _normalization(network, plan, model)
-    return {"channels": _input_channels(network), "normalization": list(normalization) if not isinstance(
-        normalization, str) else normalization, "img_size": plan.img_size, "cache_size": plan.cache_size,
-            "center_crop": plan.center_crop}
+    first = next((m for m in network.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return {"channels": first.in_channels if first is not None else 3, "normalization": plan.normalization,
+            "img_size": plan.img_size, "cache_size": plan.cache_size, "center_crop": plan.center_crop}
 
 
 def extract(network, images: np.ndarray, settings: dict, *, device, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -256,7 +258,6 @@ def candidate_features(model: str, *, arch: str | None, images: np.ndarray, chan
 
 
 def _preprocessing_for_key(model: str, plan, identity: dict) -> dict:
-    """What decides the input pixels, known before the network is built: the plan's sizes and normalization
-    rule (the checkpoint's own mean/std come with its identity)."""
+    """What decides the input pixels besides the checkpoint: the plan's sizes, crop and normalization."""
     return {"img_size": plan.img_size, "cache_size": plan.cache_size, "center_crop": plan.center_crop,
-            "normalization_rule": plan.normalization, "random": model.startswith("random:")}
+            "normalization": plan.normalization, "random": model.startswith("random:")}

@@ -30,7 +30,10 @@ def plot_scores(report: dict, path: Path) -> None:
         ax.barh(range(len(rows)), [v if v is not None else 0.0 for v in values],
                 color=["#4c72b0" if v is not None else "#cccccc" for v in values])
         ax.set_yticks(range(len(rows)), labels if ax is axes[0][0] else [""] * len(rows), fontsize=8)
-        ax.set_title(name + (" (ranks)" if name == report["primary"] else ""), fontsize=9)
+        suffix = " (ranks)" if name == report["primary"] else ""
+        if all(v is None for v in values):
+            suffix = " (n/a for every candidate)"
+        ax.set_title(name + suffix, fontsize=9)
         ax.axvline(0, color="black", linewidth=0.6)
     fig.suptitle(f"medhub rank: {report['task']} ({report['sample']['n_images']} training images)", fontsize=10)
     fig.tight_layout()
@@ -39,14 +42,17 @@ def plot_scores(report: dict, path: Path) -> None:
 
 
 def plot_against(report: dict, path: Path) -> None:
-    """Each score (x) against the fine-tuned metric (y, mean ± std over seeds), one panel per score."""
+    """Each score (x) against the fine-tuned metric (y, mean ± std over seeds), one panel per score that has
+    values (scores that are n/a for every candidate get none); nothing is written when no score has any."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     section = report["against"]
-    names = report["scores"]
+    names = [n for n in report["scores"] if any(p["scores"].get(n) is not None for p in section["points"])]
+    if not names:
+        return
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
     metric = (section.get("group") or {}).get("metric", "metric")
     for ax, name in zip(axes[0], names, strict=True):

@@ -126,8 +126,9 @@ def logme(features: np.ndarray, labels: np.ndarray, task_type: str, logits: np.n
     labels = np.asarray(labels)
     if task_type == "ordinal":
         columns = labels.reshape(-1, 1).astype(np.float64)
-    elif task_type == "multi-label":
-        columns = (labels >= 0.5).astype(np.float64)
+    elif task_type == "multi-label":  # labels with one value only in the sample are left out, as in _per_label
+        hard = labels.reshape(len(labels), -1) >= 0.5
+        columns = hard[:, hard.any(axis=0) & ~hard.all(axis=0)].astype(np.float64)
     else:
         classes = np.unique(labels)
         columns = (labels.reshape(-1, 1) == classes.reshape(1, -1)).astype(np.float64)

@@ -216,7 +216,7 @@ def _repo_route(
         return write_api.lfs_upload, {"oid": _dec(args[0])}
     if action == "revision" and len(args) > 1:  # an unencoded revision such as refs/pr/1
         rev, tail = check_revision("/".join(_dec(s) for s in args)), ""
-    elif len(args) > 1 and action != "tree":
+    elif len(args) > 1 and action != "tree" and any(a == action and r for _, a, r in table):
         # POST .../commit/feature/x would otherwise commit to "feature": refuse, never guess
         raise ProtocolError(
             400,

@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from medhub.errors import UsageError
+
 #: Actions written to the audit log.
 ACTIONS = (
     "create_repo",
@@ -42,11 +44,20 @@ class AuditLog:
 
     Args:
         path: the log file.
+
+    Raises:
+        UsageError: the file cannot be opened for appending.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        try:  # fail at start-up, not after a commit has been made
+            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise UsageError(
+                f"cannot append to the audit log {self.path}: {exc.strerror}; pick another --audit-log"
+            ) from None
 
     def record(self, action: str, user: str, client: str | None, repo: str, **details: object) -> None:
         """Append one line: ``action`` (one of :data:`ACTIONS`) by ``user`` on ``repo`` (``type/ns/name``)."""

@@ -43,6 +43,9 @@ SUBSET_RULE = ("Python random.Random(seed).shuffle of the sample indexes in list
 # How the images of a run were made (setting["input"]): the dataset's own images brought to img_size the
 # recipe's way, or MedMNIST's 28 px images upsampled with NEAREST (MedMNIST v2's "224" rows).
 NATIVE, NEAREST_FROM_28 = "native", "nearest_from_28"
+# Segmentation's task metric: Dice pooled over all test pixels (threshold 0.5, empty/empty = 1), the papers'
+# headline "Dice = x%" (BTL Version1/engine.py:246); the per-image mean is reported beside it.
+DICE_POOLED = "dice_pooled"
 
 
 @dataclass
@@ -174,20 +177,28 @@ def _source(protocol, key: str) -> str | None:
     return where if "@" in where.split(" ")[0] else f"{protocol.code} {where}" if protocol.code else where
 
 
-def _augment_steps(plan_augment: tuple[str, ...], size: int, segmentation: bool) -> list[dict[str, Any]]:
+def _augment_steps(plan_augment: tuple[str, ...], size: int, segmentation: bool, protocol=None
+                   ) -> list[dict[str, Any]]:
+    """The plan's ``augment``: steps with their parameters; a named pipeline is read from its constructed object."""
+    if protocol is not None and protocol.augment_pipeline:
+        from medhub.data.seg_augment import PIPELINE, SOURCE, describe, released_pipeline
+
+        if protocol.augment_pipeline != PIPELINE:
+            raise UsageError(f"unknown augmentation pipeline '{protocol.augment_pipeline}'; known: {PIPELINE}")
+        applied = ["train", "val"] if protocol.augment_val else ["train"]
+        return [{**step, "applied_to": applied, "library": "albumentations", "source": SOURCE}
+                for step in describe(released_pipeline(size))]
     from medhub.data.loader import describe_augment
 
     return describe_augment(plan_augment, size, segmentation=segmentation)
 
 
 def _validate(epochs, batch_size, img_size, lr, label_fraction, precision) -> None:
-    if not 0.0 < label_fraction <= 1.0:
-        raise UsageError(f"--label-fraction must be in (0, 1], got {label_fraction}")
-    for name, value in (("epochs", epochs), ("batch-size", batch_size), ("img-size", img_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"--{name} must be a positive integer, got {value}")
-    if lr is not None and lr <= 0:
-        raise UsageError(f"--lr must be positive, got {lr}")
+    from medhub import bounds
+
+    for name, value in (("label_fraction", label_fraction), ("epochs", epochs), ("batch_size", batch_size),
+                        ("img_size", img_size), ("lr", lr)):
+        bounds.check(name, value, label=f"--{name.replace('_', '-')}")
     if precision is not None and precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
@@ -313,8 +324,10 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
                "epochs": epochs}
     if subset is not None:
         setting["subset_seed"] = subset["seed"]
-    metric = "dice" if segmentation else task.metric
+    metric = "dice" if segmentation else task.metric  # the registry's Dice numbers are the papers' pooled Dice
     published, reference, other_settings = published_for(model, task, metric, setting, protocol)
+    if segmentation:
+        metric = DICE_POOLED
     deviations = [_deviation(name, value) for name, value in overrides.items()
                   if name not in ("img_size", "label_fraction") and not (name == "epochs" and shortened)]
     if shortened:
@@ -333,7 +346,10 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
         unknown.append(f"head_init: {head_init['why']}")
     if medmnist and random_model and not stem and size == 28:
         unknown.append("stem: timm's stem instead of the published CIFAR-style one")
-    comparable = published is not None and not deviations
+    comparable = published is not None and not deviations and not task.split_unknown
+    split = {s.name: {"size": s.size, "definition": s.definition} for s in task.splits}
+    if task.split_unknown:
+        split["unknown"] = task.split_unknown
     plan = Plan(
         recipe=protocol.recipe, img_size=size, cache_size=cache_size, epochs=epochs,
         batch_size=batch_size or protocol.batch_size, lr=lr or protocol.lr, optimizer=protocol.optimizer,
@@ -345,11 +361,12 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
         model=model, task=task.id, metric=metric, warmup_epochs=protocol.warmup_epochs, precision=plan_precision,
         head_init=head_init if not segmentation else {"kind": "decoder", "family": family or "unknown"},
         scratch_init=_scratch_init(protocol, model, stem), input=input_kind, input_channels=input_channels,
-        augment=_augment_steps(augment, size, segmentation),
-        split={s.name: {"size": s.size, "definition": s.definition} for s in task.splits},
+        augment=_augment_steps(augment, size, segmentation, protocol),
+        split=split,
         subset=subset, labels_trained=list(task.trained_labels), labels_evaluated=list(task.labels),
         setting=setting, published=published, reference=reference if published is None else None,
-        deviations=deviations, protocol_partly_unknown=unknown, known_differences=_known_differences(protocol, task),
+        deviations=deviations, protocol_partly_unknown=unknown,
+        known_differences=_known_differences(protocol, task, _decoder(protocol, family) if segmentation else None),
         comparable=comparable, shortened=shortened, sources=_sources(protocol),
         data_layout={"reader": task.layout.reader, "description": task.layout.description,
                      "files": list(task.layout.files), "download": task.layout.download},
@@ -384,12 +401,21 @@ def _unknowns(protocol) -> list[tuple[str, str]]:
     return [(name, "not stated by the released code (see the recipe's notes)") for name in protocol.unknown]
 
 
-def _known_differences(protocol, task) -> list[str]:
+def _known_differences(protocol, task, decoder: str | None = None) -> list[str]:
     """What medhub does differently from the released code even under the recipe (stated, not hidden)."""
     if protocol.recipe == "benchmark_classification":
         return ["images are decoded once into a 256 px cache; RandomResizedCrop, flip and rotation then resample that "
                 "array in one step (the released code crops the full-resolution PIL image)"]
-    return []
+    differences = []
+    if decoder == "upernet":
+        from medhub.train.segnet import UPERNET_DIFFERENCES
+
+        differences += [f"UperNet (segmentation_models_pytorch) vs the released one: {d}" for d in UPERNET_DIFFERENCES]
+    if protocol.augment_pipeline:
+        from medhub.data.seg_augment import LIBRARY_DIFFERENCES
+
+        differences += [f"augmentation (albumentations 2.x vs the released 0.x): {d}" for d in LIBRARY_DIFFERENCES]
+    return differences
 
 
 def _scratch_init(protocol, model: str, stem: str | None) -> str | None:

@@ -119,7 +119,8 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         chans = plan.input_channels
     network = build_network(model, num_outputs=plan.num_outputs, in_chans=chans, arch=arch,
                             segmentation=task.type == "segmentation", linear_probe=plan.linear_probe,
-                            stem=getattr(plan, "stem", None), decoder=getattr(plan, "decoder", None))
+                            stem=getattr(plan, "stem", None), decoder=getattr(plan, "decoder", None),
+                            img_size=plan.img_size)
     if getattr(plan, "scratch_init", None):
         init_from_scratch(network, plan.scratch_init)
     if task.type != "segmentation" and getattr(plan, "head_init", None):
@@ -165,7 +166,8 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         "input": {"channels": config.channels, "normalization": config.normalization, "device": str(device),
                   "threads": torch.get_num_threads(),
                   "compile": {"used": outcome.compiled,
-                              "why": compiling.why if outcome.compiled == compiling.used else "the saved run's",
+                              "why": (f"compiling failed: {outcome.compile_failed}" if outcome.compile_failed
+                                      else compiling.why if outcome.compiled == compiling.used else "the saved run's"),
                               "first_step_s": outcome.first_step_s}},
     }
     atomic_write_text(result_path, json.dumps(result, indent=1, default=lambda v: None))

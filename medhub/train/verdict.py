@@ -6,6 +6,8 @@ One rule for every recipe (classification, MedMNIST, segmentation), applied to t
 * ``not comparable``: the run deviates from the published setting (an override that no published number was
   made with, a shortened schedule, ...). Each deviation is listed; no verdict on the number.
 * ``no published number``: the registry has no number for exactly this (model, task, metric, setting).
+* ``split unknown``: the task's published split is not known (``plan["split"]["unknown"]``, e.g. Montgomery,
+  SIIM, the breast set): the number is shown for context, never judged.
 * otherwise the mean over runs is compared with the published mean: ``reproduced`` when
   ``|mean - published| <= tolerance``, else ``not reproduced`` (by how much, in which direction).
 
@@ -23,9 +25,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE, NO_PUBLISHED = (
-    "reproduced", "not reproduced", "not comparable", "no published number")
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE, NO_PUBLISHED)
+REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE, NO_PUBLISHED, SPLIT_UNKNOWN = (
+    "reproduced", "not reproduced", "not comparable", "no published number", "split unknown")
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE, NO_PUBLISHED, SPLIT_UNKNOWN)
 MIN_TOLERANCE = 0.01
 
 
@@ -66,6 +68,14 @@ def verdict(plan: dict[str, Any], mean: float, std: float, runs: int) -> dict[st
                 "verdict_reasons": [f"no published {metric} in the registry for {plan.get('model')} on "
                                     f"{plan.get('task')} with {setting}"] + unknown,
                 "tolerance": None, "difference": None}
+    split_unknown = (plan.get("split") or {}).get("unknown")
+    if split_unknown:
+        return {"verdict": SPLIT_UNKNOWN,
+                "verdict_reasons": [f"the published split is not known ({split_unknown}): the test set may differ "
+                                    "from the paper's",
+                                    f"for context only: published {metric} {published['mean']:.4f}, this run "
+                                    f"{mean - published['mean']:+.4f} from it"] + unknown,
+                "tolerance": None, "difference": mean - published["mean"]}
     tol = tolerance(published.get("std"), std, runs)
     difference = mean - published["mean"]
     if abs(difference) <= tol:
