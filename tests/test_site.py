@@ -254,3 +254,27 @@ def test_search_filters_over_http(browser, static_server):
     page.goto(f"{static_server}/index.html?q=simmim")
     assert visible_ids(page) == ["swin_base_simmim_imagenet1k"]
     page.close()
+
+
+def test_a_chart_of_hundreds_of_checkpoints_shows_the_best_and_every_baseline(tmp_path):
+    """The chart draws the best CHART_BARS rows plus random-init baselines ranked below them; the table keeps all."""
+    from medhub.cards.site import CHART_BARS, _chart, _leaderboard_rows, chart_rows
+    from medhub.schema import ReportedResult
+
+    task = load_registry().get_task("breastmnist")
+    results = [ReportedResult(model=f"ckpt_{i:03d}", task=task.id, metric="auc", mean=0.99 - i / 1000,
+                              source="reproduced: test") for i in range(100)]
+    results.append(ReportedResult(model="random:resnet18", task=task.id, metric="auc", mean=0.5, source="x"))
+    rows = _leaderboard_rows(task, results)
+    shown = chart_rows(rows)
+    assert [r.model for r in shown] == [f"ckpt_{i:03d}" for i in range(CHART_BARS)] + ["random:resnet18"]
+    _chart(task, "auc", rows, tmp_path / "c.svg")
+    svg = (tmp_path / "c.svg").read_text()
+    assert f"best {CHART_BARS + 1} of 101" in svg and "ckpt_039" in svg and "ckpt_040" not in svg
+    assert oct((tmp_path / "c.svg").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

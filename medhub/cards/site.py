@@ -8,6 +8,7 @@ object, so the site works from ``file://`` as well as from any static web server
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import json
@@ -33,6 +34,7 @@ from medhub.schema import RANDOM_PREFIX, Checkpoint, ReportedResult, Task
 
 log = logging.getLogger(__name__)
 REPRODUCED_PREFIX = "reproduced"
+CHART_BARS = 40  # bars per leaderboard chart (plus random-init baselines); the table lists every row
 
 
 def load_reproduced(db_url: str) -> list[ReportedResult]:
@@ -97,11 +99,17 @@ def _page(title: str, body: str, depth: int) -> str:
 """
 
 
-def _markdown_to_html(text: str) -> str:
-    # markdown-it-py is what rich renders Markdown with; the site uses it for the card bodies.
+@functools.lru_cache(maxsize=1)
+def _markdown():
+    # markdown-it-py is what rich renders Markdown with; the site uses it for the card bodies. One parser for
+    # every card: building it compiles its rules (a site with 500 checkpoints renders 500 cards).
     from markdown_it import MarkdownIt
 
-    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    return MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def _markdown_to_html(text: str) -> str:
+    return _markdown().render(text)
 
 
 def _model_label(model: str) -> str:
@@ -239,12 +247,21 @@ def chart_name(task: Task, metric: str) -> str:
     return f"{task.id}-{metric}.svg"
 
 
+def chart_rows(rows: Sequence[ReportedResult]) -> list[ReportedResult]:
+    """The bars of one metric's chart: the best :data:`CHART_BARS` rows (table order), plus every random-init
+    baseline below them, so the chart stays readable (and cheap to draw) for a study with hundreds of
+    checkpoints. The task page's table lists every row."""
+    top = list(rows[:CHART_BARS])
+    return top + [r for r in rows[CHART_BARS:] if r.model.startswith(RANDOM_PREFIX)]
+
+
 def _chart(task: Task, metric: str, rows: list[ReportedResult], path: Path) -> None:
     """A horizontal bar chart of one metric with std error bars (matplotlib's object API: no pyplot, no global
-    backend); text stays text in the SVG (searchable, readable by screen readers)."""
+    backend); text stays text in the SVG (searchable, readable by screen readers). Only :func:`chart_rows`."""
     import matplotlib
     from matplotlib.figure import Figure
 
+    total, rows = len(rows), chart_rows(rows)
     labels = bar_labels(rows)[::-1]
     means = [r.mean for r in rows][::-1]
     errors = [r.std or 0.0 for r in rows][::-1]
@@ -262,11 +279,12 @@ def _chart(task: Task, metric: str, rows: list[ReportedResult], path: Path) -> N
         ax.set_xlim(max(0.0, low - 0.05), min(1.0, max(m + e for m, e in zip(means, errors, strict=True)) + 0.02))
         ax.set_xlabel(f"{name} (mean ± std; grey = random init, light blue = reproduced)")
         kinds = "reported and reproduced" if any(_is_reproduced(r) for r in rows) else "reported"
-        ax.set_title(f"{task.name}: {kinds} {name}")
+        shown = f" (best {len(rows)} of {total}; the table lists all)" if len(rows) < total else ""
+        ax.set_title(f"{task.name}: {kinds} {name}{shown}")
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="svg", metadata={"Date": None})
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), durable=False)
 
 
 def load_rankings(paths: Sequence[str | Path]) -> dict[str, list[dict]]:
@@ -363,6 +381,11 @@ def _tasks_index(registry: Registry, counts: dict[str, int]) -> str:
     return _page("Leaderboards", body, depth=1)
 
 
+def _write(path: Path, text: str) -> None:
+    """A site file, replaced atomically; not fsynced (a build output, rebuilt in seconds)."""
+    atomic_write_text(path, text, durable=False)
+
+
 def build_site(
     out_dir: str | Path,
     *,
@@ -385,22 +408,22 @@ def build_site(
     for sub in ("cards", "tasks", "assets"):
         shutil.rmtree(out / sub, ignore_errors=True)
     results = [*registry.results, *reproduced]
-    atomic_write_text(out / "assets" / "site.css", CSS)
-    atomic_write_text(out / "assets" / "site.js", JS)
+    _write(out / "assets" / "site.css", CSS)
+    _write(out / "assets" / "site.js", JS)
     for entry in registry.checkpoints.values():
-        atomic_write_text(out / "cards" / f"{entry.id}.html", _card_page(entry, registry))
+        _write(out / "cards" / f"{entry.id}.html", _card_page(entry, registry))
     counts: dict[str, int] = {}
     for task in registry.tasks.values():
         rows = _leaderboard_rows(task, results)
         counts[task.id] = len(rows)
         for metric, group in chart_groups(rows).items():
             _chart(task, metric, group, out / "tasks" / chart_name(task, metric))
-        atomic_write_text(
+        _write(
             out / "tasks" / f"{task.id}.html", _task_page(task, rows, registry, chart=bool(rows),
                                                          rankings=(rankings or {}).get(task.id, ()))
         )
-    atomic_write_text(out / "tasks" / "index.html", _tasks_index(registry, counts))
+    _write(out / "tasks" / "index.html", _tasks_index(registry, counts))
     index = out / "index.html"
-    atomic_write_text(index, _index_page(registry, results))
+    _write(index, _index_page(registry, results))
     log.info("site: %d cards, %d task pages in %s", len(registry.checkpoints), len(registry.tasks), out)
     return index

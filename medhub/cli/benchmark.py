@@ -229,18 +229,18 @@ def _print_summary(summary: dict) -> None:
     if sig["rows"]:
         print()
         print_table(
-            ["model", "task", "fraction", "n", "diff", "t", "p", "test", "significant"],
+            ["model", "task", "fraction", "runs", "diff", "t", "p", "mark", "test"],
             [
                 (
                     r["model"],
                     r["task"],
                     f"{r['label_fraction']:g}",
-                    r["n"],
+                    "{}+{}".format(*r["n"]) if isinstance(r["n"], (list, tuple)) else r["n"],
                     _fmt(r["difference"], "+.4f"),
                     _fmt(r["t"], ".2f"),
-                    _fmt(r["p"], ".4f"),
+                    _fmt(r["p"], ".2g"),
+                    r.get("mark") or "-",
                     r["test"],
-                    "yes" if r["significant"] else "no",
                 )
                 for r in sig["rows"]
             ],
@@ -248,6 +248,18 @@ def _print_summary(summary: dict) -> None:
         )
     elif sig.get("note"):
         print(f"\nsignificance: {sig['note']}")
+    published = summary.get("published_comparisons") or []
+    if published:
+        print()
+        print_table(
+            ["model", "baseline", "task", "published diff", "published p / mark", "diff here", "p / mark here",
+             "agrees"],
+            [(r["model"], r["baseline"], r["task"], _fmt(r["published_delta"], "+.4f"),
+              f"{_fmt(r['published_p'], '.2g')} / {r['published_mark'] or '-'}", _fmt(r["difference"], "+.4f"),
+              f"{_fmt(r['p'], '.2g')} / {r['mark'] or '-'}", {True: "yes", False: "no", None: "-"}[r["agrees"]])
+             for r in published],
+            title="Published comparisons (registry 'comparisons') checked on this grid",
+        )
     for path in summary.get("plots", []):
         print(f"plot: {path}")
 

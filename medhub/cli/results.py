@@ -15,14 +15,22 @@ METRICS = ("auc", "acc", "dice")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``results``."""
-    p = subparsers.add_parser("results", help="reported results as a model x task table")
+    p = subparsers.add_parser(
+        "results", help="reported results as a model x task table",
+        description="Reported results as a model x task table; with --db, a benchmark grid's reproduced results "
+        "(mean and population std over seeds), every model tested against a baseline with the independent two-sample "
+        "t-test (equal variances, scipy.stats.ttest_ind; marks n.s., * p<0.05, ** p<0.01, *** p<0.0001), and the "
+        "registry's published comparisons checked where both checkpoints ran.")
     p.add_argument("--task", help="only this task")
     p.add_argument("--model", help="only this checkpoint id, alias or random:<arch>")
     p.add_argument("--metric", help="only this metric (auc, acc, dice)")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.add_argument("--db", help="show reproduced results from a 'medhub benchmark' database (SQLAlchemy URL)")
     p.add_argument("--csv", action="store_true", help="with --db: print the matrix as CSV")
-    p.add_argument("--baseline", help="with --db: model to test every other against (default: a random: model)")
+    p.add_argument("--baseline", help="with --db: model to test every other against (default: a random: model) "
+                   "with the independent two-sample t-test, equal variances (scipy.stats.ttest_ind), as the benchmark "
+                   "lab reports; marks n.s., * p<0.05, ** p<0.01, *** p<0.0001; std is the population std (np.std); "
+                   "the registry's published deltas/p-values between checkpoints that both ran are checked too")
     p.add_argument("--plots", help="with --db: write per-task bar and label-efficiency plots (PNG, SVG) here")
     p.set_defaults(func=cmd_results)
 

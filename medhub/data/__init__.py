@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medhub.data.ct import read_rsna_pe
-from medhub.data.cxr import read_chexpert, read_nih_cxr14, read_shenzhen, read_vindr_cxr
+from medhub.data.cxr import read_chexpert, read_mimic_cxr, read_nih_cxr14, read_shenzhen, read_vindr_cxr
 from medhub.data.folders import read_csv_manifest, read_image_folder
 from medhub.data.images import describe_rule
 from medhub.data.medmnist import read_medmnist
@@ -36,6 +36,7 @@ READERS: dict[str, Callable[..., TaskData]] = {
     "csv_manifest": read_csv_manifest,
     "nih_cxr14": read_nih_cxr14,
     "chexpert": read_chexpert,
+    "mimic_cxr": read_mimic_cxr,
     "vindr_cxr": read_vindr_cxr,
     "shenzhen": read_shenzhen,
     "montgomery": read_montgomery,

@@ -2,9 +2,9 @@
 
 Why: on a CPU, the CIFAR-stem ResNet-18 of MedMNIST v2's 28 px experiments spends its step in many small
 memory-bound operators (BatchNorm, ReLU, additions on 28x28 maps at batch 128); Inductor fuses them into
-generated C++ loops. On the 2-core development machine (2026-11-30, fp32, batch 128) the compiled step gave
-1.22x the eager images/s with 2 threads and ~1.05x with 1 (the oneDNN convolutions, ~86% of the step, are the
-same either way; ``benchmarks/medmnist_recipe.py``, BENCHMARKS.md). Compilation costs a one-off warm-up
+generated C++ loops. On the busy 2-core development machine (2026-11-30, fp32, batch 128) the compiled step
+gave 1.13-2.0x the eager images/s with 2 threads (three runs) and ~1.05x with 1 (the oneDNN convolutions,
+~86% of the step, are the same either way; ``benchmarks/medmnist_recipe.py``, BENCHMARKS.md). Compilation costs a one-off warm-up
 (~25 s there at moderate load, minutes on a very busy machine; recorded per run as ``first_step_s``), so it
 is on by default only where the planned steps repay it:
 

@@ -203,18 +203,18 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
         for images, targets in bar:
             started = time.perf_counter()
             full = full or len(images)
-            network = compiled if compiled is not None and len(images) == full else model
-            try:
-                logits = _forward(network, images, device, config)
-            except torch._dynamo.exc.BackendCompilerFailed as exc:  # raised before the graph ran: no side effects
-                if network is model:
-                    raise
-                reason = " ".join(str(exc).split())[:200]
-                log.warning("torch.compile failed (%s); training eagerly", reason)
-                if timings is not None:
-                    timings["compile_failed"] = reason
-                compiled = network = None
+            if compiled is None or len(images) != full:
                 logits = _forward(model, images, device, config)
+            else:
+                try:
+                    logits = _forward(compiled, images, device, config)
+                except torch._dynamo.exc.BackendCompilerFailed as exc:  # before the graph ran: nothing changed
+                    reason = " ".join(str(exc).split())[:200]
+                    log.warning("torch.compile failed (%s); training eagerly", reason)
+                    if timings is not None:
+                        timings["compile_failed"] = reason
+                    compiled = None
+                    logits = _forward(model, images, device, config)
             loss = compute_loss(logits, targets.to(device, non_blocking=True), config)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:

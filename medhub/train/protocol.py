@@ -329,17 +329,18 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
     if segmentation:
         metric = DICE_POOLED
     deviations = [_deviation(name, value) for name, value in overrides.items()
-                  if name not in ("img_size", "label_fraction")]
+                  if name not in ("img_size", "label_fraction") and not (name == "epochs" and shortened)]
     if shortened:
-        deviations.append(f"{SHORTENED} ({epochs} of {protocol.max_epochs} epochs)")
+        deviations.append(f"{SHORTENED} ({epochs} of {protocol.max_epochs} epochs{', --quick' if quick else ''})")
     if published is None and reference is None:
         for key in ("img_size", "label_fraction"):
             if key in overrides:
                 deviations.append(_deviation(key, overrides[key]) + ": no published number for this setting")
     unknown = [f"{name}: {why}" for name, why in _unknowns(protocol)]
     unknown += [f"split {s.name}: {s.definition or 'not in the released code'}" for s in task.splits
-                if s.size is None or "not in the reference" in (s.definition or "")]
-    if task.split_unknown:
+                if not s.definition or "not in the reference" in s.definition]
+    unknown += list(getattr(task, "unknown", ()))
+    if getattr(task, "split_unknown", None):
         unknown.append(f"split: {task.split_unknown}")
     if not head_known and not keep_head and not segmentation:
         unknown.append(f"head_init: {head_init['why']}")

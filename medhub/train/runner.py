@@ -140,6 +140,8 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     workers = default_workers(device)
     common = dict(batch_size=plan.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     augment = _train_augment(plan, config.segmentation)
+    # CheXpert's LSR-Ones: uncertain train/val labels drawn anew each read, as the released dataset class does
+    common["uncertain_range"] = getattr(data, "uncertain_range", None)
     train_loader = make_loader(splits["train"], shuffle=True, seed=seed, transform=augment,
                                crop=plan.center_crop if augment is None else None, **common)
     # the benchmark's segmentation code augments the validation split too (augment_val)
@@ -147,7 +149,7 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     val_loader = make_loader(splits["val"], shuffle=False, seed=seed, transform=val_augment, crop=plan.center_crop,
                              **common)
     test_loader = make_loader(splits["test"], shuffle=False, crop=None if plan.ten_crop else plan.center_crop,
-                              **common)
+                              **{**common, "uncertain_range": None})
     outcome = fit(network, train_loader, val_loader, config, run_dir, device, progress=progress, resume=resume,
                   label=label)
     network.load_state_dict(outcome.best_state)
