@@ -230,3 +230,30 @@ def test_rows_fetch_only_the_report_keys_asked_for(tmp_path):
         {k: v for k, v in full[cells[0].key].items() if k != "report"}
     with pytest.raises(ValueError):
         store.rows(report_keys=("x') OR 1=1 --",))
+
+
+def test_vectorised_t_tests_equal_one_scipy_call_per_pair():
+    """compare_many groups pairs by run counts into one ttest_ind(axis=1) call; each result equals its own call."""
+    import math
+    import random
+
+    from scipy import stats
+
+    from medhub.grid.analysis import compare_many
+
+    rng = random.Random(3)
+    pairs = []
+    for _ in range(60):
+        n_a, n_b = rng.choice([(3, 3), (2, 5), (5, 2), (1, 3), (4, 4)])
+        pairs.append(({s: rng.random() for s in range(n_a)}, {s: rng.random() for s in range(n_b)}))
+    pairs.append(({0: 0.5, 1: 0.5}, {0: 0.5, 1: 0.5}))  # no variance on either side
+    for (ours, theirs), result in zip(pairs, compare_many(pairs), strict=True):
+        if min(len(ours), len(theirs)) < 2:
+            assert result["p"] is None and result["test"].startswith("none")
+            continue
+        expected = stats.ttest_ind(list(ours.values()), list(theirs.values()))
+        if math.isnan(expected.pvalue):
+            assert result["p"] is None and "no variance" in result["test"]
+            continue
+        assert result["t"] == pytest.approx(float(expected.statistic), rel=1e-12)
+        assert result["p"] == pytest.approx(float(expected.pvalue), rel=1e-12)

@@ -112,11 +112,12 @@ def test_a_file_that_is_no_checkpoint_is_refused_in_one_line(tmp_path, capsys, c
     checkpoint (not a traceback, not 'needs a Python object'); the CLI exits 2."""
     path = tmp_path / "model.pth"
     path.write_bytes(content)
-    with pytest.raises(ConversionError, match="not a readable PyTorch checkpoint"):
+    said = "empty" if not content else "not a readable PyTorch checkpoint"
+    with pytest.raises(ConversionError, match=said):
         medhub.load(path, arch="resnet18")
     assert main(["convert", str(path), "--arch", "resnet18", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "not a readable PyTorch checkpoint" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -133,3 +134,15 @@ def test_an_option_timm_refuses_for_the_architecture_is_one_line(tmp_path, capsy
     code = main(["convert", str(path), "--arch", arch, "--model-arg", f"{option}={value}", "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and option in err
+
+
+def test_half_precision_weights_load_as_stored_and_the_report_says_so(tmp_path, net):
+    """A model saved after .half() (AMP users do): the float32 model computes with exactly the stored
+    float16 values, and the load report says the tensors were float16."""
+    half = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    model = medhub.load(_save(tmp_path / "half.pth", {"model": half}), arch="resnet18")
+    ref = timm.create_model("resnet18", num_classes=2).eval()
+    ref.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in half.items()})
+    with torch.no_grad():
+        assert torch.equal(model(X), ref(X))
+    assert any("float16" in line and "float32" in line for line in model.medhub_load_report.load.adapted)

@@ -113,19 +113,37 @@ def compare(values: dict[int, float], base: dict[int, float]) -> dict:
     Independent two-sample t-test with equal variances (``scipy.stats.ttest_ind``), every run of each side,
     seeds need not pair up; ``mark`` is the figure legend's level. Fewer than two runs on a side: no test.
     """
+    return compare_many([(values, base)])[0]
+
+
+def compare_many(pairs: list[tuple[dict[int, float], dict[int, float]]]) -> list[dict]:
+    """:func:`compare` for many (values, base) pairs at once, in order.
+
+    Pairs with the same run counts go to one vectorised ``scipy.stats.ttest_ind(..., axis=1)`` call (the same
+    statistic and p-value as one call per pair): a 5,000-cell grid has ~1,000 comparisons.
+    """
+    import numpy as np
     from scipy import stats
 
-    diff = statistics.fmean(values.values()) - statistics.fmean(base.values())
-    n = (len(values), len(base))
-    if min(n) < 2:
-        return {"test": "none (fewer than 2 runs)", "n": n, "difference": diff, "t": None, "p": None,
-                "mark": None, "significant": False}
-    res = stats.ttest_ind(list(values.values()), list(base.values()))
-    t, p, test = float(res.statistic), float(res.pvalue), "independent t-test"
-    if math.isnan(p):  # identical values on both sides: no variance to test against
-        t, p, test = None, None, f"{test} (no variance)"
-    return {"test": test, "n": n, "difference": diff, "t": t, "p": p, "mark": level(p),
-            "significant": p is not None and p < ALPHA}
+    out: list[dict | None] = [None] * len(pairs)
+    by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (values, base) in enumerate(pairs):
+        n = (len(values), len(base))
+        diff = statistics.fmean(values.values()) - statistics.fmean(base.values())
+        out[i] = {"test": "none (fewer than 2 runs)", "n": n, "difference": diff, "t": None, "p": None,
+                  "mark": None, "significant": False}
+        if min(n) >= 2:
+            by_size[n].append(i)
+    for indices in by_size.values():
+        ours = np.array([list(pairs[i][0].values()) for i in indices], dtype=float)
+        theirs = np.array([list(pairs[i][1].values()) for i in indices], dtype=float)
+        res = stats.ttest_ind(ours, theirs, axis=1)
+        for i, t, p in zip(indices, np.atleast_1d(res.statistic), np.atleast_1d(res.pvalue), strict=True):
+            t, p, test = float(t), float(p), "independent t-test"
+            if math.isnan(p):  # identical values on both sides: no variance to test against
+                t, p, test = None, None, f"{test} (no variance)"
+            out[i].update({"test": test, "t": t, "p": p, "mark": level(p), "significant": p is not None and p < ALPHA})
+    return out
 
 
 def significance(matrix: list[dict], baseline: str | None) -> dict:
@@ -138,14 +156,11 @@ def significance(matrix: list[dict], baseline: str | None) -> dict:
     if not bases:
         out["note"] = f"baseline {baseline} has no results in this database; pick one with --baseline"
         return out
-    for entry in matrix:
-        base = bases.get((entry["task"], entry["label_fraction"], entry["setting"]))
-        if entry["model"] == baseline or base is None:
-            continue
-        result = compare(
-            dict(zip(entry["seeds"], entry["values"], strict=False)),
-            dict(zip(base["seeds"], base["values"], strict=False)),
-        )
+    compared = [(entry, bases.get((entry["task"], entry["label_fraction"], entry["setting"]))) for entry in matrix]
+    compared = [(entry, base) for entry, base in compared if entry["model"] != baseline and base is not None]
+    results = compare_many([(dict(zip(entry["seeds"], entry["values"], strict=False)),
+                             dict(zip(base["seeds"], base["values"], strict=False))) for entry, base in compared])
+    for (entry, _), result in zip(compared, results, strict=True):
         out["rows"].append(
             {
                 "model": entry["model"],

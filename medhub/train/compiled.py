@@ -11,7 +11,7 @@ is on by default only where the planned steps repay it:
 * a CPU run (CUDA runs keep cuDNN kernels and channels-last),
 * of a CIFAR-stem ResNet (the network this was measured on),
 * with at least :data:`MIN_STEPS` planned training steps (MedMNIST's 100-epoch recipe on PneumoniaMNIST has
-  3,700; the shortened ``--quick`` schedule ~360),
+  3,700; the shortened ``--quick`` schedule ~150),
 * and a C++ compiler on PATH (Inductor needs one).
 
 ``--compile`` / ``--no-compile`` (``reproduce(..., compile_model=True/False)``) decide instead. The choice is

@@ -221,7 +221,7 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
         random_model: the model is a ``random:`` ResNet (default: read from ``model``).
         keep_head: keep a pretrained head whose shape fits instead of the recipe's re-initialisation.
         subset_seed: seed of the label-fraction subset (default: the released code's 99).
-        quick: ``medmnist_v2`` only: a ~360-step version of the schedule (indicative, not a verdict).
+        quick: ``medmnist_v2`` only: a ~150-step version of the schedule (indicative, not a verdict).
         native_size: MedMNIST: read the native MedMNIST+ file of ``img_size`` instead of upsampling 28 px.
         family: architecture family (resnet, convnext, swin, ...; default: from ``model`` and ``arch``); picks
             the task's recipe for that family (``task.family_protocols``) and the head init.
