@@ -58,6 +58,8 @@ ROWS: list[tuple[str, str, list[str], dict[str, str], str]] = [
     ("registry validate", "file", ["registry", "validate", "{missing}"], {}, "missing path"),
     ("registry validate", "file", ["registry", "validate", "{badyaml}", "--shallow"], {}, "corrupt file"),
     ("registry validate", "--shallow", ["registry", "validate", "--shallow=1"], {}, "value on a flag"),
+    ("registry protocols", "--out", ["registry", "protocols", "--out", "{dir}"], {}, "folder for file"),
+    ("registry protocols", "--check", ["registry", "protocols", "--check"], {}, "needs --out"),
     # cards, card, site
     ("cards build", "--check", ["cards", "build", "--check=1"], {}, "value on a flag"),
     ("cards build", "--dir", ["cards", "build", "--dir", "{file}"], {}, "file for folder"),
