@@ -78,13 +78,23 @@ def fake_report(cell, rng: random.Random) -> dict:
 
 def fill(url: str, cells: list, pending_share: float = 0.01) -> int:
     """Store every cell; all but ``pending_share`` of them done with a report. Returns the pending count."""
-    from medhub.grid.store import DONE, PENDING, ResultStore, cells_table
+    from medhub.grid.store import ResultStore
 
     store = ResultStore(url)
     rng = random.Random(0)
     pending_every = int(round(1 / pending_share))
+    pending = 0
+    for start in range(0, len(cells), 2000):  # in chunks: the driver stays small
+        pending += _insert(store, cells[start:start + 2000], start, pending_every, rng)
+    store.close()
+    return pending
+
+
+def _insert(store, cells: list, offset: int, pending_every: int, rng: random.Random) -> int:
+    from medhub.grid.store import DONE, PENDING, cells_table
+
     rows = []
-    for i, cell in enumerate(cells):
+    for i, cell in enumerate(cells, start=offset):
         done = i % pending_every != 0
         report = fake_report(cell, rng) if done else None
         rows.append({"key": cell.key, "model": cell.model, "task": cell.task, "label_fraction": cell.label_fraction,
@@ -93,9 +103,7 @@ def fill(url: str, cells: list, pending_share: float = 0.01) -> int:
                      "seconds": report["runs"][0]["seconds"] if done else None, "metric_name": "auc" if done else None,
                      "metric": report["mean"] if done else None, "report": json.dumps(report) if done else None})
     with store.engine.begin() as conn:
-        for start in range(0, len(rows), 2000):
-            conn.execute(cells_table.insert(), rows[start:start + 2000])
-    store.close()
+        conn.execute(cells_table.insert(), rows)
     return sum(1 for r in rows if r["status"] == PENDING)
 
 
@@ -160,22 +168,34 @@ def _cpu_seconds(usage: resource.struct_rusage) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (``VmHWM``; unlike ``ru_maxrss`` it starts afresh at exec, so a
+    child does not report its parent's peak), in MB; ``ru_maxrss`` where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def run_cli(args: list[str], env: dict) -> dict:
     """A ``medhub`` command end to end: wall seconds and the child's peak resident memory (MB)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    before, cpu_before = usage.ru_maxrss, _cpu_seconds(usage)
-    started = time.perf_counter()
-    code = "import sys; from medhub.cli import main; sys.exit(main(sys.argv[1:]))"
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
-                          timeout=3600)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"medhub {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    peak = usage.ru_maxrss
-    return {"seconds": seconds, "cpu_s": round(_cpu_seconds(usage) - cpu_before, 3),
-            "peak_mb": round(max(peak, before) / 1024, 1),
-            "note": "peak_mb is the largest child so far" if peak == before else ""}
+    cpu_before = _cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN))
+    with tempfile.NamedTemporaryFile("r", suffix=".peak") as peak:
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); from study_scale import peak_rss_mb; "
+                "from medhub.cli import main\ntry:\n    code = main(sys.argv[3:])\nfinally:\n"
+                "    open(sys.argv[2], 'w').write(str(peak_rss_mb()))\nsys.exit(code)")
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), peak.name, *args],
+                              capture_output=True, text=True, env=env, timeout=3600)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"medhub {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+        peak_mb = float(Path(peak.name).read_text())
+    cpu = _cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN)) - cpu_before
+    return {"seconds": seconds, "cpu_s": round(cpu, 3), "peak_mb": peak_mb}
 
 
 def measure_size(cells: int, url: str, work: Path, env: dict) -> dict:
@@ -222,9 +242,8 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_op":
         name, url, shape_file = sys.argv[2:5]
         result = OPS[name](url, json.loads(Path(shape_file).read_text()))
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        result["peak_mb"] = round(usage.ru_maxrss / 1024, 1)
-        result["process_cpu_s"] = round(_cpu_seconds(usage), 3)  # imports included
+        result["peak_mb"] = peak_rss_mb()
+        result["process_cpu_s"] = round(_cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)), 3)
         print(json.dumps(result))
         return
     p = parser(__doc__.splitlines()[0])

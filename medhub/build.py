@@ -109,8 +109,16 @@ def _cached_spec(arch: str, kwargs: _Frozen) -> ArchSpec:
     import timm
 
     _require_arch(arch)
-    with torch.device("meta"):
-        model = timm.create_model(arch, pretrained=False, **kwargs.value)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(arch, pretrained=False, **kwargs.value)
+    except (TypeError, AssertionError, ValueError, KeyError) as exc:  # timm refuses an option for this arch
+        options = ", ".join(f"{k}={v!r}" for k, v in kwargs.value.items())
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(
+            f"timm cannot build '{arch}'" + (f" with {options}" if options else "")
+            + f" ({detail}); drop or change that option (medhub convert --model-arg)"
+        ) from None
     cfg = dict(model.pretrained_cfg)
     classifier = cfg.get("classifier") or ()
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
@@ -211,9 +219,16 @@ def create_model(
 
     Raises:
         ConversionError: keys that are unexpected, missing (other than the classifier) or of other shapes.
+        UsageError: ``num_classes``, ``in_chans`` or ``img_size`` outside :data:`medhub.bounds.BOUNDS`, or an
+            option that ``arch`` does not take.
     """
     import timm
 
+    from medhub import bounds
+
+    bounds.check("num_classes", num_classes)
+    bounds.check("in_chans", in_chans)
+    bounds.check("img_size", timm_kwargs.get("img_size") if isinstance(timm_kwargs.get("img_size"), int) else None)
     model_kwargs, feature_kwargs = split_feature_options(timm_kwargs)
     spec = architecture_spec(arch, **model_kwargs)
     heads = (classifier,) if classifier else spec.classifier
@@ -276,6 +291,7 @@ def fit_to_arch(
       (:func:`medhub.convert.official.resize_relative_position_tables`).
     * ``global_pool="avg"`` on a ViT: timm then has ``fc_norm`` after the token average and no final ``norm``;
       the pre-training ``norm`` is dropped and ``fc_norm`` starts new, as in MAE's fine-tuning recipe.
+    * floating tensors that are not float32 (float16, bfloat16, float64) are noted; the load casts them.
 
     Args:
         state: timm-named weights (not changed; a new dict is returned).
@@ -319,7 +335,23 @@ def fit_to_arch(
             "global_pool='avg': the pre-training norm (norm.weight, norm.bias) is not used; fc_norm after the "
             "token average starts new (MAE's fine-tuning recipe)"
         )
+    _note_precision(state, adapted)
     return state
+
+
+def _note_precision(state: dict[str, torch.Tensor], adapted: list[str]) -> None:
+    """One report line when floating tensors are not float32 (a model saved after ``.half()``): timm's
+    float32 parameters take their values as stored (exact from float16/bfloat16, rounded from float64)."""
+    kinds: dict[str, int] = {}
+    for value in state.values():
+        if value.is_floating_point() and value.dtype != torch.float32:
+            name = str(value.dtype).removeprefix("torch.")
+            kinds[name] = kinds.get(name, 0) + 1
+    if kinds:
+        stored = ", ".join(f"{count} {name}" for name, count in sorted(kinds.items()))
+        line = f"{stored} tensors loaded into float32 parameters (values as stored)"
+        if line not in adapted:
+            adapted.append(line)
 
 
 def _resample_positions(value: torch.Tensor, spec: ArchSpec, adapted: list[str]) -> torch.Tensor:

@@ -63,9 +63,9 @@ def write_model_folder(
     from safetensors.torch import save
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if label_names is not None and len(label_names) != num_classes:
         raise ConversionError(f"{len(label_names)} label names for {num_classes} classes; give one per class")
+    out.mkdir(parents=True, exist_ok=True)
     cfg = {k: _jsonable(v) for k, v in (pretrained_cfg or {}).items() if k in _CFG_KEYS}
     cfg["num_classes"] = num_classes
     cfg.pop("label_names", None)

@@ -108,6 +108,10 @@ def load(
     >>> model.pretrained_cfg["input_size"], model.pretrained_cfg["mean"]  # doctest: +SKIP
     ((1, 224, 224), (0.449,))
     """
+    from medhub import bounds
+
+    bounds.check("num_classes", num_classes)  # before anything is downloaded
+    bounds.check("in_chans", in_chans)
     options = dict(num_classes=num_classes, in_chans=in_chans, timm_kwargs=timm_kwargs)
     name = os.fspath(name_or_path)
     if (prefix is not None or key_map) and not Path(name).expanduser().is_file():

@@ -22,12 +22,12 @@ import yaml
 from pydantic import ValidationError
 
 from medhub.errors import RegistryError, UnknownModelError, UnknownTaskError
-from medhub.schema import RANDOM_PREFIX, Checkpoint, ReportedResult, Task, WeightSource
+from medhub.schema import RANDOM_PREFIX, Checkpoint, PublishedComparison, ReportedResult, Task, WeightSource
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SECTIONS = ("checkpoints", "tasks", "results", "mirrors")
+SECTIONS = ("checkpoints", "tasks", "results", "comparisons", "mirrors")
 
 
 def builtin_registry_path() -> Path:
@@ -152,6 +152,21 @@ def _parse_entries(path: Path, data: dict) -> tuple[dict, dict, list]:
     return checkpoints, tasks, results
 
 
+def _parse_comparisons(path: Path, data: dict) -> list[PublishedComparison]:
+    """The ``comparisons`` section: published deltas and p-values between two checkpoints."""
+    raw = data.get("comparisons") or []
+    if not isinstance(raw, list):
+        raise RegistryError(f"{path}: 'comparisons' must be a list of comparisons", path=path)
+    out = []
+    for index, body in enumerate(raw):
+        try:
+            out.append(PublishedComparison(**body))
+        except (ValidationError, TypeError) as exc:
+            detail = _describe(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise RegistryError(f"{path}: comparisons[{index}]: {detail}", path=path) from exc
+    return out
+
+
 @dataclass(frozen=True)
 class Registry:
     """Validated, immutable registry contents with the file each entry came from."""
@@ -161,6 +176,7 @@ class Registry:
     results: tuple[ReportedResult, ...]
     origin: dict[str, Path] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    comparisons: tuple[PublishedComparison, ...] = ()
 
     # ---- queries -------------------------------------------------------------------------
     def resolve_id(self, name: str) -> str:
@@ -236,12 +252,16 @@ def merge(files: list[Path]) -> Registry:
     checkpoints: dict[str, Checkpoint] = {}
     tasks: dict[str, Task] = {}
     results: list[ReportedResult] = []
+    comparisons: list[PublishedComparison] = []
     origin: dict[str, Path] = {}
     aliases: dict[str, str] = {}
     mirrors: list[tuple[Path, str, tuple[WeightSource, ...]]] = []
+    builtin = builtin_registry_path().resolve()
     for path in files:
         data = read_yaml(path)
         new_ckpts, new_tasks, new_results = _parse_entries(path, data)
+        if path.resolve() != builtin:
+            check_overlay(path, data, new_ckpts, known_archs={c.arch for c in checkpoints.values()})
         mirrors += [(path, entry_id, sources) for entry_id, sources in _parse_mirrors(path, data).items()]
         for kind, new, store in (("checkpoint", new_ckpts, checkpoints), ("task", new_tasks, tasks)):
             for entry_id, entry in new.items():
@@ -269,10 +289,36 @@ def merge(files: list[Path]) -> Registry:
                     )
                 aliases[alias] = entry.id
         results.extend(new_results)
+        comparisons.extend(_parse_comparisons(path, data))
     _apply_mirrors(checkpoints, aliases, mirrors)
-    registry = Registry(checkpoints, tasks, tuple(results), origin, aliases)
+    registry = Registry(checkpoints, tasks, tuple(results), origin, aliases, tuple(comparisons))
     check_references(registry)
     return registry
+
+
+def check_overlay(path: Path, data: dict, checkpoints: dict[str, Checkpoint], *, known_archs: set[str]) -> None:
+    """An overlay must define something, and its checkpoints' architectures must exist in the installed timm.
+
+    Cheap: architectures already used by earlier files pass at once; others are looked up in timm's list of
+    names (:func:`medhub._timm_names.timm_model_names`, cached per timm version), never built.
+
+    Raises:
+        RegistryError: an empty overlay, or a checkpoint whose ``arch`` timm does not know (naming similar ones).
+    """
+    if not any(data.get(section) for section in SECTIONS):
+        raise RegistryError(f"{path}: this registry overlay defines nothing; add entries under "
+                            f"{', '.join(SECTIONS)}, or remove it from MEDHUB_REGISTRY / registry.d", path=path)
+    unknown = {entry.id: entry.arch for entry in checkpoints.values() if entry.arch not in known_archs}
+    if not unknown:
+        return
+    from medhub._timm_names import similar_names, timm_model_names
+
+    names = timm_model_names()
+    for entry_id, arch in unknown.items():
+        if arch not in names:
+            close = ", ".join(similar_names(arch, names)) or "none"
+            raise RegistryError(f"{path}: checkpoint '{entry_id}' has arch '{arch}', which timm "
+                                f"does not know (similar: {close}); fix its arch", path=path)
 
 
 def _apply_mirrors(
@@ -296,7 +342,14 @@ def fulfils_recipe(existing: Checkpoint | None, new: Checkpoint) -> bool:
 
 
 def check_references(registry: Registry) -> None:
-    """Every reported result names an existing task and a known model (or ``random:<arch>``)."""
+    """Every reported result and comparison names an existing task and known models (or ``random:<arch>``)."""
+    for comparison in registry.comparisons:
+        label = f"comparison {comparison.model} - {comparison.baseline} on {comparison.task}"
+        if comparison.task not in registry.tasks:
+            raise RegistryError(f"{label}: task '{comparison.task}' is not registered")
+        for model in (comparison.model, comparison.baseline):
+            if not model.startswith(RANDOM_PREFIX) and model not in registry.checkpoints:
+                raise RegistryError(f"{label}: model '{model}' is not a registered checkpoint")
     for result in registry.results:
         if result.task not in registry.tasks:
             raise RegistryError(f"result {result.model}/{result.task}: task '{result.task}' is not registered")

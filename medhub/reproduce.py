@@ -6,7 +6,8 @@ The flow, one stage module per step::
         network ─► fit (resumable) ─► best epoch ─► test ─► run result
     ─► report.json / report.md / plots, compared with the registry's reported number
 
-Only ``out`` is written. Research software, not a medical device.
+Every input is checked before anything is written, and only ``out`` is written; a run that fails before its
+first checkpoint removes the folder it created. Research software, not a medical device.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medhub._io import atomic_write_text
+from medhub import bounds
+from medhub._io import atomic_write_text, check_output_dir, remove_created
 from medhub.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -105,14 +107,15 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     """
     from medhub.data import load_task_data, pixel_rule
     from medhub.registry import load_registry
-    from medhub.train.network import check_stem, is_random
+    from medhub.train.network import check_input_size, check_stem, is_random, model_arch
     from medhub.train.protocol import make_plan
     from medhub.train.report import environment
     from medhub.train.runner import prepare_data, run_once, write_outputs
 
-    if runs < 1:
-        raise UsageError(f"--runs must be at least 1, got {runs}")
+    bounds.check("runs", runs, label="--runs")
+    bounds.check("seed", seed, label="--seed")
     entry = load_registry().get_task(task)
+    model_arch(model, arch)  # an unknown id or architecture is refused before anything is written
     options = dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
                    label_fraction=label_fraction, linear_probe=linear_probe, cifar_stem=cifar_stem,
                    random_model=is_random(model) and "resnet" in model.lower(), keep_head=keep_head,
@@ -121,26 +124,36 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     known_train = next((s.size for s in entry.splits if s.name == "train" and s.size), None)
     plan = make_plan(entry, **options,  # checks the overrides before any data is read
                      train_size=int(known_train * label_fraction) if known_train else None)
+    check_stem(model, arch=arch, stem=plan.stem)
+    size_note = None if entry.type == "segmentation" else check_input_size(model, plan.img_size, arch=arch)
+    if size_note:
+        plan.notes.append(size_note)
     if dry_run:
         return {"model": model, "task": entry.id, "seed": seed, "runs": runs, **plan.as_dict()}
-    check_stem(model, arch=arch, stem=plan.stem)
     torch_device = pick_device(device)
-    out_dir = Path(out) if out is not None else default_out(model, entry.id, resume)
-    if out_dir.exists() and not resume and any(out_dir.glob("run*/state.pt")):
-        raise UsageError(f"{out_dir} already holds runs; pass --resume to continue them or choose another --out")
-    reader_options = {"native_size": native_size} if plan.recipe == "medmnist_v2" else {}
-    data = load_task_data(entry, data_dir, img_size=plan.img_size, pixels=pixels, **reader_options)
-    plan = make_plan(entry, **options, train_size=int(len(data.split("train")) * label_fraction))
-    splits = prepare_data(entry, data, plan, seed=seed, progress=progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    planned = {"model": model, "task": entry.id, "seed": seed, **plan.as_dict(),
-               **({"pixels": pixel_rule(entry, pixels).model_dump(mode="json")} if pixels else {})}
-    _check_same_plan(out_dir / "plan.json", planned, resume)
-    atomic_write_text(out_dir / "plan.json", json.dumps(planned, indent=1))
-    results = [run_once(model, entry, data, splits, plan, seed=seed + i, run_dir=out_dir / f"run{i}",
-                        device=torch_device, resume=resume, arch=arch, progress=progress, label=f"run {i}",
-                        compile_model=compile_model)
-               for i in range(runs)]
+    out_dir = _output_dir(model, entry.id, out, resume)
+    existed = out_dir.exists()
+    try:
+        # only when asked: a task with the MedMNIST recipe may keep its data in class folders (examples/nih1000)
+        reader_options = {"native_size": True} if native_size else {}
+        data = load_task_data(entry, data_dir, img_size=plan.img_size, pixels=pixels, **reader_options)
+        plan = make_plan(entry, **options, train_size=int(len(data.split("train")) * label_fraction))
+        if size_note:
+            plan.notes.append(size_note)
+        splits = prepare_data(entry, data, plan, seed=seed, progress=progress)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        planned = {"model": model, "task": entry.id, "seed": seed, **plan.as_dict(),
+                   **({"pixels": pixel_rule(entry, pixels).model_dump(mode="json")} if pixels else {})}
+        _check_same_plan(out_dir / "plan.json", planned, resume)
+        atomic_write_text(out_dir / "plan.json", json.dumps(planned, indent=1))
+        results = [run_once(model, entry, data, splits, plan, seed=seed + i, run_dir=out_dir / f"run{i}",
+                            device=torch_device, resume=resume, arch=arch, progress=progress, label=f"run {i}",
+                            compile_model=compile_model)
+                   for i in range(runs)]
+    except Exception:
+        if not any(out_dir.glob("run*/state.pt")):  # nothing resumable: remove what this call created
+            remove_created(out_dir, existed)
+        raise
     metric = plan.metric
     protocol = {**plan.as_dict(), "data_notes": data.notes, "data_root": str(data.root), "model_arch": arch,
                 "device": str(torch_device)}
@@ -148,6 +161,21 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
                            plan.published)
     log.info("report written to %s", out_dir / "report.json")
     return report
+
+
+def _output_dir(model: str, task: str, out: str | os.PathLike | None, resume: bool) -> Path:
+    """The run folder, checked before anything is written: not a file, and holding a run iff ``resume``."""
+    out_dir = Path(out) if out is not None else default_out(model, task, resume)
+    check_output_dir(out_dir, "--out")
+    started = out_dir.is_dir() and ((out_dir / "plan.json").is_file() or any(out_dir.glob("run*/state.pt")))
+    if not resume and any(out_dir.glob("run*/state.pt")):
+        raise UsageError(f"{out_dir} already holds runs; pass --resume to continue them or choose another --out")
+    if resume and out is not None and not started:
+        raise UsageError(f"--resume: {out_dir} holds no run to continue; drop --resume to start one there")
+    if resume and out is None and not started:
+        log.warning("--resume: no unfinished run of %s on %s under %s; starting a new one in %s", model, task,
+                    out_dir.parent, out_dir)
+    return out_dir
 
 
 def _check_same_plan(path: Path, planned: dict[str, Any], resume: bool) -> None:

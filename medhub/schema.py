@@ -6,6 +6,7 @@ The ids follow ``<arch>[_<objective>]_<data1>[_<data2>...]`` with the oldest dat
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -281,6 +282,8 @@ class PixelRule(Frozen):
 
     @model_validator(mode="after")
     def _width(self) -> PixelRule:
+        if self.window is not None and not all(math.isfinite(v) for v in self.window):
+            raise ValueError(f"window center and width must be finite numbers, got {self.window}")
         width = self.window[1] if self.window is not None else 1.0
         if width <= 0 or (self.voi_function == "LINEAR" and width < 1):
             bound = ">= 1" if self.voi_function == "LINEAR" else "> 0"
@@ -320,6 +323,8 @@ class Task(Frozen):
     split_unknown: str | None = Field(None, description="why the published split is not known (the plan lists it "
                                       "under protocol_partly_unknown)")
     label_subset: LabelSubset = LabelSubset()
+    unknown: tuple[str, ...] = Field((), description="what the released code leaves unknown for this task (the "
+                                     "plan lists it under protocol_partly_unknown)")
     layout: DataLayout
     licence: Licence = Licence()
     paper: Paper | None = None
@@ -369,3 +374,47 @@ class ReportedResult(Frozen):
     def is_baseline(self) -> bool:
         """True for from-scratch baselines (``random:<arch>``)."""
         return self.model.startswith(RANDOM_PREFIX)
+
+
+SIGNIFICANCE_LEVELS = ("n.s.", "*", "**", "***")
+
+
+class PublishedComparison(Frozen):
+    """A published difference between two checkpoints at one setting: ``model - baseline`` and/or its p-value.
+
+    The MedIA (2025) overview figure prints such deltas (e.g. ConvNeXt-T minus Swin-T, +3.7 Dice on clavicle
+    segmentation) and p-values; the figures' legend reads n.s., * p<0.05, ** p<0.01, *** p<0.0001.
+    ``medhub results --db`` checks a grid against them.
+    """
+
+    model: str = Field(description="the checkpoint whose mean is the minuend (id or random:<arch>)")
+    baseline: str = Field(description="the checkpoint subtracted")
+    task: str
+    metric: str
+    delta: float | None = Field(None, description="model mean - baseline mean, 0-1 scale (e.g. +3.7 points = 0.037)")
+    p_value: float | None = Field(None, ge=0.0, le=1.0)
+    significance: str | None = Field(None, description="the printed mark: n.s., *, ** or ***")
+    setting: dict[str, int | float | str] = Field(default_factory=dict)
+    test: str | None = Field(None, description="the test behind the p-value, when stated")
+    source: str
+    notes: str | None = None
+
+    @field_validator("delta")
+    @classmethod
+    def _delta_on_unit_scale(cls, value: float | None) -> float | None:
+        if value is not None and not -1.0 <= value <= 1.0:
+            raise ValueError(f"deltas are stored on the 0-1 scale, got {value}")
+        return value
+
+    @field_validator("significance")
+    @classmethod
+    def _known_mark(cls, value: str | None) -> str | None:
+        if value is not None and value not in SIGNIFICANCE_LEVELS:
+            raise ValueError(f"significance must be one of {', '.join(SIGNIFICANCE_LEVELS)}, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _has_a_number(self) -> PublishedComparison:
+        if self.delta is None and self.p_value is None and self.significance is None:
+            raise ValueError("a published comparison needs a delta, a p-value or a significance mark")
+        return self

@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
+
+# Before anything is collected or imported: a session HOME, XDG folders and caches of its own, and none of the
+# user's medhub / Hugging Face settings. Module-level code (parametrize lists that read the registry) and
+# session/module fixtures run before the per-test isolation below, so they must not see ~/.config/medhub.
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="medhub-test-home-"))
+os.environ.update({
+    "HOME": str(SESSION_HOME), "XDG_CONFIG_HOME": str(SESSION_HOME / ".config"),
+    "XDG_CACHE_HOME": str(SESSION_HOME / ".cache"), "HF_HOME": str(SESSION_HOME / ".cache" / "huggingface"),
+    "MEDHUB_HOME": str(SESSION_HOME / ".cache" / "medhub"),
+})
+for _name in ("MEDHUB_REGISTRY", "MEDHUB_DATA", "MEDHUB_RESULTS", "HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE",
+              "HUGGINGFACE_HUB_CACHE", "TORCH_HOME"):
+    os.environ.pop(_name, None)
 
 # huggingface_hub reads these at import time: set them before anything imports it.
 os.environ["HF_HUB_DISABLE_XET"] = "1"
@@ -31,6 +46,11 @@ def shared_data() -> Path:
     return DATA
 
 
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Remove the session HOME."""
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory, monkeypatch) -> Path:
     """A fresh HOME, XDG config/cache, HF cache and medhub cache for each test."""
@@ -40,9 +60,8 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
     monkeypatch.setenv("HF_HOME", str(home / ".cache" / "huggingface"))
     monkeypatch.setenv("MEDHUB_HOME", str(home / ".cache" / "medhub"))
-    monkeypatch.delenv("MEDHUB_REGISTRY", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in ("MEDHUB_REGISTRY", "MEDHUB_DATA", "MEDHUB_RESULTS", "HF_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
     from medhub.registry import clear_cache
 
     clear_cache()

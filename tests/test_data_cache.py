@@ -7,6 +7,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from medhub._io import sha256_file
@@ -87,36 +88,36 @@ def test_parallel_builders_share_one_array(tmp_path):
     assert len(list(folder.glob("train-40px-1ch-*.npy"))) == 1 and not list(folder.glob(".*.tmp"))
 
 
-def test_process_pool_build_matches_threads_and_reports_bad_files(shared_data, tmp_path, monkeypatch):
-    """Worker processes writing rows by index give the byte-identical array of the thread build; a file that
-    cannot be decoded stops the build with its DataError and leaves no temporary file."""
-    import sys
-
+def test_a_file_that_cannot_be_decoded_stops_the_build_and_leaves_nothing(shared_data, tmp_path):
+    """A truncated PNG among good ones: the build raises its DataError (naming the file) and leaves neither a
+    temporary nor a final array behind."""
     import pytest
 
-    from medhub.data import cache
     from medhub.data.sources import SplitData
     from medhub.errors import DataError
 
     files = sorted((shared_data / "nih_cxr14_1000_64px" / "NIH1000" / "test" / "0_normal").glob("*.png"))[:20]
-    split = SplitData("train", labels=np.zeros(len(files), dtype=np.int64), paths=files)
-    monkeypatch.setattr(cache, "usable_cpus", lambda: 2)
-    monkeypatch.setattr(cache, "PROCESS_MIN_IMAGES", 10**9)
-    assert cache.decode_workers(split) == (2, "threads")
-    threaded = cached_split("t", split, 48, 3, progress=False, root=tmp_path / "threads")
-    monkeypatch.setattr(cache, "PROCESS_MIN_IMAGES", 1)
-    if not sys.platform.startswith("linux"):
-        pytest.skip("worker processes are forked on Linux only")
-    assert cache.decode_workers(split) == (2, "processes")
-    forked = cached_split("t", split, 48, 3, progress=False, root=tmp_path / "processes")
-    assert forked.images.shape == (20, 3, 48, 48)
-    assert np.array_equal(np.asarray(forked.images), np.asarray(threaded.images))
-    manifest = json.loads(forked.path.with_suffix(".json").read_text())
-    assert manifest["sha256"]["images"] == sha256_file(forked.path)
-
     broken = tmp_path / "broken.png"
-    broken.write_bytes(files[0].read_bytes()[:200])  # a truncated PNG
+    broken.write_bytes(files[0].read_bytes()[:200])
     bad = SplitData("train", labels=np.zeros(len(files), dtype=np.int64), paths=[*files[:-1], broken])
     with pytest.raises(DataError, match="broken.png"):
         cached_split("t", bad, 48, 3, progress=False, root=tmp_path / "bad")
-    assert not [p for p in (tmp_path / "bad").rglob("*") if p.is_file() and p.suffix in (".tmp", ".npy")]
+    assert not [p for p in (tmp_path / "bad").rglob("*") if p.is_file() and p.suffix in (".tmp", ".npy", ".json")]
+
+
+def test_a_cache_that_would_not_fit_on_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    """--img-size 2048 on BreastMNIST's train split: 546 x 2048 x 2048 bytes = 2.13 GiB, on a disk with 1 GiB
+    free: refused with both figures, and no array file (sparse or not) is left."""
+    from collections import namedtuple
+
+    from medhub.data import cache
+    from medhub.errors import DataError
+
+    data = load_task_data(load_registry().get_task("breastmnist"))
+    split = data.split("train")
+    assert cache.cache_bytes(len(split), 2048, 1) == len(split) * 2048 * 2048 == 546 * 4 * 2**20
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40 - 2**30, 2**30))
+    with pytest.raises(DataError, match=r"needs 2\.13 GiB but .* has 1\.00 GiB free; use a smaller --img-size"):
+        cached_split("breastmnist", split, 2048, 1, progress=False, root=tmp_path)
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".npy", ".tmp")]

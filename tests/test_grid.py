@@ -8,6 +8,7 @@ import multiprocessing as mp
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -128,30 +129,57 @@ def _filled_store(tmp_path, values: dict[str, list[float]], seeds=(0, 1, 2)) -> 
     return store
 
 
-def test_paired_t_test_against_the_baseline(tmp_path):
+def test_independent_t_test_against_the_baseline(tmp_path):
     base, other = [0.70, 0.72, 0.71], [0.80, 0.79, 0.83]
     store = _filled_store(tmp_path, {"random:resnet18": base, "resnet50_imagenet1k": other})
     summary = analysis.summarize(store.rows())
     (row,) = summary["significance"]["rows"]
-    expected = stats.ttest_rel(other, base)
+    expected = stats.ttest_ind(other, base)  # equal variances: the lab's independent two-sample t-test
     assert summary["significance"]["baseline"] == "random:resnet18"
-    assert row["test"] == "paired t-test" and row["n"] == 3
+    assert row["test"] == "independent t-test" and row["n"] == (3, 3)
     assert row["p"] == pytest.approx(expected.pvalue) and row["t"] == pytest.approx(expected.statistic)
-    assert row["significant"] is bool(expected.pvalue < 0.05)
+    assert row["mark"] == ("**" if 1e-4 <= expected.pvalue < 0.01 else row["mark"])
+    assert row["mark"] == analysis.level(expected.pvalue) and row["significant"] is bool(expected.pvalue < 0.05)
     entry = next(e for e in summary["matrix"] if e["model"] == "resnet50_imagenet1k")
     assert entry["mean"] == pytest.approx(sum(other) / 3) and entry["reported_mean"] == 0.9
+    assert entry["std"] == pytest.approx(float(np.std(other)))  # population std, as the released code prints
 
 
-def test_welch_when_seeds_do_not_pair(tmp_path):
+def test_unpaired_seeds_use_the_same_test(tmp_path):
     store = _filled_store(tmp_path, {"random:resnet18": [0.6, 0.65]}, seeds=(0, 1))
-    for seed, metric in ((5, 0.9), (6, 0.85)):
+    for seed, metric in ((5, 0.9), (6, 0.85), (7, 0.88)):
         (cell,) = expand_grid(["resnet50_imagenet1k"], ["pneumoniamnist"], [1.0], first_seed=seed)
         store.add_cells([cell])
         store.claim(cell.key)
         store.mark_done(cell.key, _report(metric, seed))
     (row,) = analysis.summarize(store.rows())["significance"]["rows"]
-    assert row["test"] == "Welch's t-test"
-    assert row["p"] == pytest.approx(stats.ttest_ind([0.9, 0.85], [0.6, 0.65], equal_var=False).pvalue)
+    assert row["test"] == "independent t-test" and row["n"] == (3, 2)
+    assert row["p"] == pytest.approx(stats.ttest_ind([0.9, 0.85, 0.88], [0.6, 0.65]).pvalue)
+
+
+def test_significance_marks_follow_the_figure_legend():
+    assert [analysis.level(p) for p in (0.5, 0.05, 0.0499, 0.01, 0.0099, 1e-4, 9.9e-5)] == [
+        "n.s.", "n.s.", "*", "*", "**", "**", "***"]
+
+
+def test_published_comparisons_are_checked_against_the_grid(tmp_path):
+    from medhub.schema import PublishedComparison
+
+    store = _filled_store(tmp_path, {"swin_tiny_imagenet1k": [0.70, 0.71, 0.69],
+                                     "convnext_tiny_imagenet1k": [0.74, 0.75, 0.73]})
+    matrix = analysis.summarize(store.rows())["matrix"]
+    published = [PublishedComparison(model="convnext_tiny_imagenet1k", baseline="swin_tiny_imagenet1k",
+                                     task="pneumoniamnist", metric="auc", delta=0.037, source="test"),
+                 PublishedComparison(model="convnext_tiny_imagenet1k", baseline="swin_tiny_imagenet1k",
+                                     task="pneumoniamnist", metric="auc", p_value=0.3, source="test"),
+                 PublishedComparison(model="convnext_tiny_imagenet1k", baseline="resnet50_imagenet1k",
+                                     task="pneumoniamnist", metric="auc", delta=0.01, source="not in the grid")]
+    same_sign, other_mark = analysis.check_published(matrix, published)
+    expected = stats.ttest_ind([0.74, 0.75, 0.73], [0.70, 0.71, 0.69]).pvalue
+    assert same_sign["difference"] == pytest.approx(0.04) and same_sign["p"] == pytest.approx(expected)
+    assert same_sign["agrees"] is True and same_sign["published_delta"] == 0.037
+    assert other_mark["published_mark"] == "n.s." and other_mark["mark"] == analysis.level(expected) != "n.s."
+    assert other_mark["agrees"] is False
 
 
 def test_results_cli_json_csv_and_plots(tmp_path, capsys):
@@ -173,7 +201,7 @@ def test_results_cli_json_csv_and_plots(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("model,task,label_fraction") and len(lines) == 3
     assert main(["results", "--db", url]) == 0
-    assert "paired t-test" in capsys.readouterr().out
+    assert "independent t-test" in capsys.readouterr().out
 
 
 def test_reading_a_missing_results_database_creates_nothing(tmp_path, capsys):
@@ -202,3 +230,30 @@ def test_rows_fetch_only_the_report_keys_asked_for(tmp_path):
         {k: v for k, v in full[cells[0].key].items() if k != "report"}
     with pytest.raises(ValueError):
         store.rows(report_keys=("x') OR 1=1 --",))
+
+
+def test_vectorised_t_tests_equal_one_scipy_call_per_pair():
+    """compare_many groups pairs by run counts into one ttest_ind(axis=1) call; each result equals its own call."""
+    import math
+    import random
+
+    from scipy import stats
+
+    from medhub.grid.analysis import compare_many
+
+    rng = random.Random(3)
+    pairs = []
+    for _ in range(60):
+        n_a, n_b = rng.choice([(3, 3), (2, 5), (5, 2), (1, 3), (4, 4)])
+        pairs.append(({s: rng.random() for s in range(n_a)}, {s: rng.random() for s in range(n_b)}))
+    pairs.append(({0: 0.5, 1: 0.5}, {0: 0.5, 1: 0.5}))  # no variance on either side
+    for (ours, theirs), result in zip(pairs, compare_many(pairs), strict=True):
+        if min(len(ours), len(theirs)) < 2:
+            assert result["p"] is None and result["test"].startswith("none")
+            continue
+        expected = stats.ttest_ind(list(ours.values()), list(theirs.values()))
+        if math.isnan(expected.pvalue):
+            assert result["p"] is None and "no variance" in result["test"]
+            continue
+        assert result["t"] == pytest.approx(float(expected.statistic), rel=1e-12)
+        assert result["p"] == pytest.approx(float(expected.pvalue), rel=1e-12)

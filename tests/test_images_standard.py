@@ -256,17 +256,37 @@ def test_undecodable_names_the_transfer_syntax_and_the_package():
     assert "pip install python-gdcm" in message and "\n" not in message and "remove" not in message
 
 
-def test_a_missing_decoder_package_is_named(tmp_path):
-    """With pylibjpeg absent (its module hidden), JPEG-LS names the packages; one line."""
+def test_undecodable_file_logs_no_traceback_under_the_clis_logging(tmp_path):
+    """The CLI logs WARNING and up (logging.basicConfig): pydicom's per-plugin LOGGER.exception records, with
+    their tracebacks, must not reach stderr; the DataError line says it all."""
+    code = ("import logging; logging.basicConfig(level=logging.WARNING)\n"
+            "from pydicom.data import get_testdata_file\n"
+            "from medhub.data.images import read_image\n"
+            "from medhub.errors import DataError\n"
+            "try:\n    read_image(get_testdata_file('JPEG-lossy.dcm'))\n"
+            "except DataError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert "JPEG Extended (Process 2 and 4)" in done.stdout and done.stdout.count("\n") == 1
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize(("name", "syntax"), [
+    ("MR_small_jpeg_ls_lossless.dcm", "JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80)"),
+    # Pillow is installed but cannot read 12-bit JPEG: the missing dependency is still what to install
+    ("JPGExtended.dcm", "JPEG Extended (Process 2 and 4) (1.2.840.10008.1.2.4.51)"),
+])
+def test_a_missing_decoder_package_is_named(tmp_path, name, syntax):
+    """With pylibjpeg absent (its module hidden), the file names its syntax and medhub's decoder packages."""
     code = ("import sys; sys.modules['pylibjpeg'] = None\n"
             "from pydicom.data import get_testdata_file\n"
             "from medhub.data.images import read_image\n"
             "from medhub.errors import DataError\n"
-            "try:\n    read_image(get_testdata_file('MR_small_jpeg_ls_lossless.dcm'))\n"
+            f"try:\n    read_image(get_testdata_file('{name}'))\n"
             "except DataError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}).stdout
-    assert "JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80)" in out
+    assert syntax in out and out.count("\n") == 1
     assert "pip install pylibjpeg pylibjpeg-libjpeg" in out
 
 
@@ -440,6 +460,10 @@ def test_pixel_rule_schema_rejects_bad_values():
     with pytest.raises(ValueError):
         PixelRule(bits=17)
     assert PixelRule(window=(0, 0.5), voi_function="LINEAR_EXACT").window == (0, 0.5)
+    # a window that is not a pair of finite numbers would map every pixel to one grey level (or NaN)
+    for window in ((float("nan"), 400), (40, float("nan")), (40, float("inf")), (float("-inf"), 400)):
+        with pytest.raises(ValueError, match="finite"):
+            PixelRule(window=window)
 
 
 

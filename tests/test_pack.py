@@ -571,3 +571,106 @@ def test_with_tasks_carries_task_descriptions_and_adds_unknown_ones(tmp_path, mo
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(medhub.load("cxr_site").eval()(x), model(x))
+
+
+# ---- archives whose manifest and members agree but whose contents are malformed (review) -------------------
+
+
+@pytest.fixture
+def folder_pack(tmp_path) -> Path:
+    """A pack of one tiny model folder (no servers): the base of the consistent-but-malformed archives."""
+    import timm
+
+    model = timm.create_model("test_resnet", num_classes=2)
+    folder = tmp_path / "tiny_packtest"
+    write_model_folder(folder, model.state_dict(), arch="test_resnet", num_classes=2,
+                       pretrained_cfg=model.pretrained_cfg, extra={"licence": {"weights": "MIT"}})  # fmt: skip
+    archive = tmp_path / "tiny.tar"
+    assert pack_cli(str(folder), "-o", str(archive))[0] == 0
+    return archive
+
+
+def consistent(source: Path, target: Path, edit_members=None, edit_manifest=None, manifest_raw=None) -> Path:
+    """Rewrite a pack with edited members and/or manifest, the manifest's sizes and sha256s made to agree."""
+    files = members(source)
+    manifest = json.loads(files.pop("manifest.json"))
+    if edit_members:
+        edit_members(files)
+    manifest["members"] = [
+        {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in sorted(files.items())
+    ]  # fmt: skip
+    if edit_manifest:
+        edit_manifest(manifest)
+    items = [("manifest.json", manifest_raw if manifest_raw is not None else json.dumps(manifest).encode())]
+    with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in items + sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return target
+
+
+def _set_member(suffix: str, data: bytes):
+    def edit(files):
+        for name in files:
+            if name.endswith(suffix):
+                files[name] = data
+
+    return edit
+
+
+def _set_files(value):
+    def edit(manifest):
+        manifest["checkpoints"][0]["files"] = value
+
+    return edit
+
+
+MALFORMED = {
+    "registry.yaml not YAML": (dict(edit_members=_set_member("registry.yaml", b"checkpoints: [unclosed\n  - : :\n")), "registry.yaml"),
+    "registry.yaml not UTF-8": (dict(edit_members=_set_member("registry.yaml", b"\xff\xfe\x00bad")), "registry.yaml"),
+    "registry.yaml python tag": (dict(edit_members=_set_member("registry.yaml", b"!!python/object/apply:os.system ['true']\n")), "registry.yaml"),
+    "files not a mapping": (dict(edit_manifest=_set_files("x")), "files"),
+    "file member not a path": (dict(edit_manifest=_set_files({"model.safetensors": ["x"]})), "lacks model.safetensors"),
+    "manifest nested too deep": (dict(manifest_raw=b"[" * 200000 + b"]" * 200000), "manifest.json"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", [*MALFORMED, "tail cut off", "junk after the end"])
+def test_malformed_but_consistent_archive_is_one_line_and_nothing_is_written(
+    folder_pack, tmp_path, kind, capsys
+):
+    """Contents an attacker controls (the manifest is not signed) never crash unpack: one line, exit 2."""
+    bad = tmp_path / "bad.tar"
+    if kind in MALFORMED:
+        kwargs, expected = MALFORMED[kind]
+        consistent(folder_pack, bad, **kwargs)
+    else:
+        data = folder_pack.read_bytes()
+        # a download cut in the end-of-archive blocks, or bytes appended after them
+        bad.write_bytes(data[:-700] if kind == "tail cut off" else data + b"not a tar header" * 64)
+        expected = "end" if kind == "tail cut off" else "after"
+    home = Path(os.environ["HOME"])
+    before = tree_state(home)
+    for args in (["--cache"], ["--to-store", str(home / "store"), "--overlay", str(home / "o.yaml")]):
+        assert cli(["unpack", str(bad), *args]) == 2
+        out, err = capsys.readouterr()
+        assert expected in err and "nothing was written" in err and err.count("\n") == 1 and not out, err
+        assert tree_state(home) == before
+
+
+@pytest.mark.parametrize("overlay", ["not yaml", "a list", "a folder"])
+def test_an_unusable_overlay_is_refused_before_anything_is_installed(folder_pack, overlay, capsys):
+    """--overlay naming a file that is no registry file: one line, and no checkpoint file half-installed."""
+    home = Path(os.environ["HOME"])
+    path = home / "site.yaml"
+    if overlay == "a folder":
+        path.mkdir()
+    else:
+        path.write_text("a: [b\n" if overlay == "not yaml" else "- 1\n")
+    before = tree_state(home)
+    for args in (["--cache"], ["--to-store", str(home / "store")]):
+        assert cli(["unpack", str(folder_pack), *args, "--overlay", str(path)]) == 2
+        out, err = capsys.readouterr()
+        assert str(path) in err and err.count("\n") == 1 and "Traceback" not in err, err
+        assert tree_state(home) == before

@@ -154,3 +154,55 @@ def test_short_run_report_ends_in_not_comparable(tmp_path, shared_data):
 def test_plan_json_is_a_copyable_dict():
     plan = reproduce("random:resnet18", "pneumoniamnist", dry_run=True)
     assert copy.deepcopy(plan) == json.loads(json.dumps(plan))
+
+
+def test_protocols_doc_is_current_and_cites_every_classification_value():
+    from pathlib import Path
+
+    from medhub import protocols_doc
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
+    assert path.read_text(encoding="utf-8") == protocols_doc.render(), (
+        "docs/protocols.md is stale: run 'medhub registry protocols --out docs/protocols.md'")
+    registry = load_registry()
+    for task_id in ("chestxray14", "pneumoniamnist"):
+        protocol = registry.get_task(task_id).protocol
+        uncited = [key for _, _, key in protocols_doc.FIELDS if key not in protocol.sources]
+        assert uncited == [], f"{task_id}: values without a released-code source: {uncited}"
+        assert protocol.code in ("MR-HosseinzadehTaher/BenchmarkTransferLearning@5656fec", "MedMNIST/experiments@70b6b3a")
+
+
+def test_protocols_cli_check(tmp_path, capsys):
+    stale = tmp_path / "protocols.md"
+    stale.write_text("old\n")
+    assert main(["registry", "protocols", "--out", str(stale), "--check"]) == 1
+    assert main(["registry", "protocols", "--out", str(stale)]) == 0
+    assert main(["registry", "protocols", "--out", str(stale), "--check"]) == 0
+    assert "is current" in capsys.readouterr().out
+
+
+def test_classifier_reinit_is_the_released_rule():
+    import torch
+
+    from medhub.train.network import build_network, init_classifier, init_from_scratch
+
+    torch.manual_seed(0)
+    network = build_network("random:resnet18", num_outputs=14, in_chans=3)
+    with torch.no_grad():
+        network.fc.weight.fill_(1.0)  # stands in for a kept 14-way pretrained head
+    done = init_classifier(network, {"kind": "normal", "std": 0.01, "bias": 0.0})
+    weight = network.fc.weight.detach()
+    # Version2/models.py:56-57: weight.normal_(mean=0.0, std=0.01), bias.zero_(); 14 x 512 draws
+    assert done.startswith("normal") and abs(float(weight.std()) - 0.01) < 0.0005 and abs(float(weight.mean())) < 0.001
+    assert torch.count_nonzero(network.fc.bias) == 0
+    # --keep-head on a from-scratch model has nothing pretrained to keep: the fallback applies
+    assert init_classifier(network, {"kind": "kept", "fallback": {"kind": "normal", "std": 0.01}},
+                           model="random:resnet18", num_outputs=14).startswith("normal")
+    # from scratch: torchvision's init has no zero-initialised last BN (timm zeroes it by default)
+    assert float(network.layer1[0].bn2.weight.abs().sum()) == 0.0
+    init_from_scratch(network, "torchvision")
+    assert torch.equal(network.layer1[0].bn2.weight, torch.ones(64))
+    init_from_scratch(network, "pytorch_default")  # MedMNIST's models.py: nn.Conv2d's own kaiming-uniform init
+    bound = 1 / math.sqrt(64 * 3 * 3)
+    conv = network.layer1[0].conv1.weight.detach()
+    assert float(conv.abs().max()) <= bound and float(conv.abs().max()) > 0.9 * bound

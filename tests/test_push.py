@@ -208,3 +208,21 @@ def test_private_push_creates_a_private_repo(hub, tmp_path, capsys):
         == 0
     )
     assert HfApi(endpoint=hub.endpoint, token=hub.token).model_info(repo).private is True
+
+
+def test_push_without_xet_disabled_gives_the_remedy_and_leaves_no_empty_repo(hub, tmp_path):
+    """The README's push as a user types it without HF_HUB_DISABLE_XET: medhub serve answers Xet with 501; the
+    push says in one line what to set, and the repo it created for the upload is gone again."""
+    src = tmp_path / "w.safetensors"
+    tiny_checkpoint(src, num_classes=2)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_XET"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-m", "medhub", "push", str(src), "--arch", "test_resnet", "--repo",
+                           "lab/xet_push", "--id", "xet_push_test"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "set HF_HUB_DISABLE_XET=1" in lines[0], lines[0]
+    assert repo_files("lab/xet_push") is None  # no empty repo behind the failed push
+    assert not (user_overlay_dir() / "user.yaml").exists()

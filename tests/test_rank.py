@@ -264,3 +264,26 @@ def test_multi_label_scores_average_per_label_and_skip_constant_labels():
             S.compute(name, separable, labels, "multi-label"), rel=1e-9)
     per_label = [S.hscore(separable, labels[:, j].astype(int), "binary") for j in range(labels.shape[1])]
     assert S.hscore(separable, labels, "multi-label") == pytest.approx(np.mean(per_label), rel=1e-12)
+
+
+def test_a_checkpoint_with_a_source_head_gets_leep_and_nce(shared_data, tmp_path, one_torch_thread):
+    """A model folder with its own 5-class head (as medhub.export writes one): LEEP and NCE read that head."""
+    import timm
+    import torch
+
+    from medhub.export import write_model_folder
+    from medhub.rank import rank
+
+    torch.manual_seed(0)
+    network = timm.create_model("test_resnet", num_classes=5)
+    folder = write_model_folder(tmp_path / "with_head", network.state_dict(), arch="test_resnet", num_classes=5,
+                                pretrained_cfg=dict(network.pretrained_cfg))
+    report = rank("breastmnist", [str(folder), "random:test_resnet"], data_dir=shared_data / "breastmnist",
+                  n_images=80, scores="leep,nce,logme")
+    by_model = {c["model"]: c for c in report["candidates"]}
+    headed = by_model[str(folder)]
+    assert headed["has_head"] and headed["dim"] == 96
+    # LEEP is the mean log of a probability (< 0); NCE = -H(Y|Z) lies in [-log 2, 0] for two classes
+    assert headed["scores"]["leep"] < 0 and -math.log(2) - 1e-9 <= headed["scores"]["nce"] <= 0
+    assert by_model["random:test_resnet"]["scores"]["leep"] is None
+    assert report["candidates"][0]["model"] == str(folder)  # n/a sorts last

@@ -59,7 +59,7 @@ def test_cli_broken_data_folder_is_one_line(tmp_path, capsys):
 
 def test_cli_rejects_bad_overrides(capsys):
     assert main(["reproduce", "random:test_resnet", "breastmnist", "--label-fraction", "0"]) == 2
-    assert "--label-fraction must be in (0, 1]" in capsys.readouterr().err
+    assert "argument --label-fraction: must be > 0 and <= 1, got 0" in capsys.readouterr().err
 
 
 def test_segmentation_unet_on_montgomery_layout(tmp_path, shared_data):
@@ -125,8 +125,15 @@ def test_adapt_then_load_by_new_id(tmp_path, shared_data):
     entry = load_registry().get_model("test_resnet_breastmnist")
     assert [s.dataset for s in entry.lineage] == ["breastmnist"]
     assert entry.sources[0].kind == "local" and entry.head.num_classes == 0
+    # the trainer fed 28 px images normalized with MedMNIST's mean 0.5, std 0.5 (train_and_eval_pytorch.py:53-60),
+    # gray replicated to the 3 input channels, no crop
+    assert entry.preprocessing.input_size == (3, 28, 28) and entry.preprocessing.crop_pct == 1.0
+    assert entry.preprocessing.mean == (0.5, 0.5, 0.5) and entry.preprocessing.std == (0.5, 0.5, 0.5)
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())["pretrained_cfg"]
+    assert config["input_size"] == [3, 28, 28] and config["mean"] == [0.5] * 3 and config["std"] == [0.5] * 3
     model = medhub.load("test_resnet_breastmnist", num_classes=2, in_chans=1)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 2)
+    assert model.pretrained_cfg["mean"] == (0.5,) and model.pretrained_cfg["std"] == (0.5,)
     assert main(["adapt", "random:test_resnet", "breastmnist", "--out", str(tmp_path / "again"),
                  "--id", "test_resnet_breastmnist", "--epochs", "1"]) == 2  # the id is taken
     # a second stage on top of the registered id: lineage grows, weights load by the newest id
@@ -138,8 +145,8 @@ def test_adapt_then_load_by_new_id(tmp_path, shared_data):
     assert medhub.load(second["id"], num_classes=0)(torch.zeros(1, 3, 28, 28)).ndim == 2
 
 
-def test_benchmark_recipe_on_nih_layout(tmp_path, shared_data):
-    """ChestX-ray14 protocol (resize-crop augmentation, centre crop, ten-crop test) on real NIH images."""
+def _nih_layout(tmp_path, shared_data):
+    """Every 8th image of the NIH 1000-image subset in the ChestX-ray14 release layout (No Finding / Effusion)."""
     root = tmp_path / "cxr14"
     (root / "images").mkdir(parents=True)
     rows, train_val, test = ["Image Index,Finding Labels"], [], []
@@ -150,6 +157,12 @@ def test_benchmark_recipe_on_nih_layout(tmp_path, shared_data):
     (root / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
     (root / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
     (root / "test_list.txt").write_text("\n".join(test) + "\n")
+    return root
+
+
+def test_benchmark_recipe_on_nih_layout(tmp_path, shared_data):
+    """ChestX-ray14 protocol (resize-crop augmentation, centre crop, ten-crop test) on real NIH images."""
+    root = _nih_layout(tmp_path, shared_data)
     report = reproduce("random:test_resnet", "chestxray14", data_dir=root, epochs=1, img_size=32, batch_size=16,
                        out=tmp_path / "out", progress=False)
     protocol = report["protocol"]
@@ -157,6 +170,23 @@ def test_benchmark_recipe_on_nih_layout(tmp_path, shared_data):
     assert any("resized" in a.lower() for a in protocol["train_augment"])
     defined = {k: v for k, v in report["runs"][0]["per_class"].items() if v == v}  # labels present in test
     assert set(defined) == {next(label for label in defined if "ffusion" in label)}
+
+
+def test_adapt_records_the_preprocessing_it_trained_with(tmp_path, shared_data):
+    """An adapt run at --img-size 32 on NIH images: the new checkpoint's input contract is the run's, not 224 px."""
+    from medhub.adapt import adapt
+
+    result = adapt("random:test_resnet", "chestxray14", data_dir=_nih_layout(tmp_path, shared_data),
+                   out=tmp_path / "ckpt", new_id="test_resnet_cxr32", epochs=1, img_size=32, batch_size=16,
+                   progress=False)
+    # the benchmark recipe: ImageNet mean/std (Version2/dataloader.py:25-26), crop 32 out of the 37 px cache
+    expected = {"input_size": [3, 32, 32], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                "crop_pct": pytest.approx(32 / 37)}
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())["pretrained_cfg"]
+    assert {key: config[key] for key in expected} == expected
+    entry = load_registry().get_model(result["id"]).preprocessing.model_dump(mode="json")
+    assert {key: entry[key] for key in expected} == expected
+    assert list(medhub.transforms(result["id"]).transforms[-1].mean) == expected["mean"]
 
 
 def test_resume_refuses_changed_options(tmp_path):
@@ -171,3 +201,21 @@ def test_resume_refuses_changed_options(tmp_path):
                   resume=True, progress=False)
     with pytest.raises(UsageError, match="already holds runs; pass --resume"):
         reproduce("random:test_resnet", "breastmnist", epochs=1, out=tmp_path / "o", progress=False)
+
+
+def test_adapt_into_its_own_overlay_leaves_the_users_registry_alone(tmp_path, shared_data, monkeypatch):
+    """What examples/adapt_then_finetune.py does: the new id lives in the run's own overlay file."""
+    from medhub.adapt import adapt
+    from medhub.registry import clear_cache, user_overlay_dir
+
+    overlay = tmp_path / "run" / "registry.yaml"
+    result = adapt("random:test_resnet", "breastmnist", data_dir=shared_data / "breastmnist", out=tmp_path / "ckpt",
+                   new_id="own_overlay_test", epochs=1, progress=False, overlay=overlay)
+    assert result["overlay"] == str(overlay) and overlay.is_file()
+    assert not user_overlay_dir().exists() or not list(user_overlay_dir().iterdir())
+    clear_cache()
+    with pytest.raises(KeyError):
+        load_registry().get_model("own_overlay_test")  # not in the user's registry...
+    monkeypatch.setenv("MEDHUB_REGISTRY", str(overlay))
+    clear_cache()
+    assert load_registry().get_model("own_overlay_test").lineage[-1].dataset == "breastmnist"  # ...only in its own

@@ -320,3 +320,29 @@ def test_reads_racing_delete_and_recreate_get_404_or_content(tmp_path):
         assert "Traceback" not in hub.log.read_text(errors="replace")
     finally:
         hub.stop()
+
+
+@pytest.mark.parametrize(
+    "front",
+    [
+        "a: &a [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+            for p, c in zip("abcdefgh", "bcdefghi")
+        )
+        + "license: mit\n",
+        "license: mit\nx: " + "[" * 5000 + "]" * 5000 + "\n",
+    ],
+    ids=["alias-bomb", "deep"],
+)
+def test_hostile_model_card_front_matter_is_ignored(server, front):
+    api = HfApi(endpoint=server.endpoint, token=server.token)
+    repo = f"lab/card-{len(front)}"
+    api.create_repo(repo)
+    api.upload_file(
+        path_or_fileobj=f"---\n{front}---\n# card\n".encode(), path_in_repo="README.md", repo_id=repo
+    )
+    r = requests.get(f"{server.endpoint}/api/models/{repo}", headers=_auth(server), timeout=60)
+    assert r.status_code == 200 and len(r.content) < 100_000
+    assert "cardData" not in r.json()
+    assert "Traceback" not in server.log.read_text(errors="replace")

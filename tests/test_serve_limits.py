@@ -87,6 +87,27 @@ def test_deeply_nested_json_is_a_400(server, method, path, body):
     _no_traceback(server)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /api/whoami-v2 HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+        b"GET /api/whoami-v2 HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+    ],
+)
+def test_malformed_requests_get_the_hub_error_shape(server, raw):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head[:100]
+    assert b"x-error-message: " in head.lower()
+    assert isinstance(json.loads(body)["error"], str)
+    _no_traceback(server)
+
+
 # ---- item 2: slow clients ---------------------------------------------------------------------
 def _half_sent(port: int, count: int) -> list[socket.socket]:
     socks = []
@@ -149,6 +170,34 @@ def test_body_timeout_closes_a_stalled_upload(server):
             + b'\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"content": '
         )
         assert _wait_closed(sock)
+
+
+def test_send_timeout_drops_a_client_that_stops_reading(tmp_path):
+    hub = start_server(tmp_path / "root", extra_args=("--send-timeout", "1"))
+    size = 32 * 1024 * 1024  # more than the socket buffers on both sides hold
+    try:
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        api.create_repo("lab/big")
+        api.upload_file(path_or_fileobj=b"\1" * size, path_in_repo="w.bin", repo_id="lab/big")
+        with socket.create_connection(("127.0.0.1", hub.port), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.sendall(
+                b"GET /lab/big/resolve/main/w.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                + hub.token.encode()
+                + b"\r\n\r\n"
+            )
+            time.sleep(6)  # read nothing for a while: the server must give up on this client
+            received = 0
+            try:
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+        assert received < size
+        r = requests.get(f"{hub.endpoint}/api/models/lab/big", headers=_auth(hub), timeout=30)
+        assert r.status_code == 200
+    finally:
+        hub.stop()
 
 
 def test_keep_alive_connections_close_after_a_number_of_requests(server):

@@ -109,3 +109,38 @@ def test_reproduce_records_the_choice(tmp_path):
         torch.set_num_threads(threads)
     record = report["runs"][0]["input"]["compile"]
     assert record["used"] is False and record["why"] == "--no-compile" and record["first_step_s"] > 0
+
+
+def test_a_failing_compiler_falls_back_to_eager_training(tmp_path, monkeypatch):
+    """No working C++ compiler at run time: the first compiled step fails before updating anything, and the
+    run trains eagerly to the eager run's exact weights, recording why."""
+    import torch._inductor.config as inductor
+
+    from medhub.data.loader import make_loader
+
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
+    torch._dynamo.reset()
+    data = load_task_data(load_registry().get_task("breastmnist"))
+    train = cached_split("breastmnist", data.split("train"), 28, 1, progress=False)
+    config = FitConfig(task_type="binary", label_names=("malignant", "benign"), loss="cross_entropy", lr=1e-3,
+                       epochs=2, channels=1, normalization="half", seed=1, compile=True)
+    results = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, cfg in (("failed", config), ("eager", FitConfig(**{**config.__dict__, "compile": False}))):
+            model = small_network()
+            with deterministic(CPU, 1):
+                outcome = fit(model, make_loader(train, batch_size=100, shuffle=True, seed=1),
+                              make_loader(train, batch_size=100, shuffle=False), cfg, tmp_path / name, CPU,
+                              progress=False)
+            results[name] = (model, outcome)
+    finally:
+        torch.set_num_threads(threads)
+        torch._dynamo.reset()
+    failed, eager = results["failed"][1], results["eager"][1]
+    assert failed.compiled is False and "compiler" in failed.compile_failed.lower()
+    for name, value in results["eager"][0].state_dict().items():
+        assert torch.equal(results["failed"][0].state_dict()[name], value), name
+    assert [h["train_loss"] for h in failed.history] == [h["train_loss"] for h in eager.history]

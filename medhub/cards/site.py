@@ -8,6 +8,7 @@ object, so the site works from ``file://`` as well as from any static web server
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import json
@@ -33,6 +34,7 @@ from medhub.schema import RANDOM_PREFIX, Checkpoint, ReportedResult, Task
 
 log = logging.getLogger(__name__)
 REPRODUCED_PREFIX = "reproduced"
+CHART_BARS = 40  # bars per leaderboard chart (plus random-init baselines); the table lists every row
 
 
 def load_reproduced(db_url: str) -> list[ReportedResult]:
@@ -97,11 +99,17 @@ def _page(title: str, body: str, depth: int) -> str:
 """
 
 
-def _markdown_to_html(text: str) -> str:
-    # markdown-it-py is what rich renders Markdown with; the site uses it for the card bodies.
+@functools.lru_cache(maxsize=1)
+def _markdown():
+    # markdown-it-py is what rich renders Markdown with; the site uses it for the card bodies. One parser for
+    # every card: building it compiles its rules (a site with 500 checkpoints renders 500 cards).
     from markdown_it import MarkdownIt
 
-    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    return MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def _markdown_to_html(text: str) -> str:
+    return _markdown().render(text)
 
 
 def _model_label(model: str) -> str:
@@ -216,32 +224,67 @@ def _leaderboard_rows(task: Task, results: Sequence[ReportedResult]) -> list[Rep
     return sorted((r for r in results if r.task == task.id), key=lambda r: (-r.mean, r.model, _settings(r)))
 
 
-def _chart(task: Task, rows: list[ReportedResult], path: Path) -> None:
-    """A horizontal bar chart with std error bars (matplotlib's object API: no pyplot, no global backend)."""
+def chart_groups(rows: Sequence[ReportedResult]) -> dict[str, list[ReportedResult]]:
+    """Leaderboard rows split by metric (one chart each: AUC and ACC bars never share an axis), in table order."""
+    groups: dict[str, list[ReportedResult]] = {}
+    for row in rows:
+        groups.setdefault(row.metric, []).append(row)
+    return groups
+
+
+def bar_labels(rows: Sequence[ReportedResult]) -> list[str]:
+    """One label per bar: checkpoint, then its setting, then "reproduced"; the source only where still ambiguous."""
+    labels = [_model_label(r.model) + (f" [{_settings(r)}]" if r.setting else "")
+              + (" (reproduced)" if _is_reproduced(r) else "") for r in rows]
+    seen: dict[str, int] = {}
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+    return [f"{label} - {r.source}" if seen[label] > 1 else label for label, r in zip(labels, rows, strict=True)]
+
+
+def chart_name(task: Task, metric: str) -> str:
+    """File name of a task's chart for one metric: ``pneumoniamnist-auc.svg``."""
+    return f"{task.id}-{metric}.svg"
+
+
+def chart_rows(rows: Sequence[ReportedResult]) -> list[ReportedResult]:
+    """The bars of one metric's chart: the best :data:`CHART_BARS` rows (table order), plus every random-init
+    baseline below them, so the chart stays readable (and cheap to draw) for a study with hundreds of
+    checkpoints. The task page's table lists every row."""
+    top = list(rows[:CHART_BARS])
+    return top + [r for r in rows[CHART_BARS:] if r.model.startswith(RANDOM_PREFIX)]
+
+
+def _chart(task: Task, metric: str, rows: list[ReportedResult], path: Path) -> None:
+    """A horizontal bar chart of one metric with std error bars (matplotlib's object API: no pyplot, no global
+    backend); text stays text in the SVG (searchable, readable by screen readers). Only :func:`chart_rows`."""
+    import matplotlib
     from matplotlib.figure import Figure
 
-    labels = [_model_label(r.model) + (f" [{_settings(r)}]" if r.setting else "") for r in rows][::-1]
+    total, rows = len(rows), chart_rows(rows)
+    labels = bar_labels(rows)[::-1]
     means = [r.mean for r in rows][::-1]
     errors = [r.std or 0.0 for r in rows][::-1]
     colours = [
         "#9aa3b2" if r.model.startswith(RANDOM_PREFIX) else "#2f6fd6" if _is_reproduced(r) else "#1f3f73"
         for r in rows
     ][::-1]
-    fig = Figure(figsize=(8, 0.45 * len(rows) + 1.2))
-    ax = fig.add_subplot()
-    ax.barh(range(len(rows)), means, xerr=errors, color=colours, capsize=3)
-    ax.set_yticks(range(len(rows)), labels, fontsize=8)
-    low = min(m - e for m, e in zip(means, errors, strict=True))
-    ax.set_xlim(max(0.0, low - 0.05), min(1.0, max(m + e for m, e in zip(means, errors, strict=True)) + 0.02))
-    ax.set_xlabel(
-        f"{METRIC_NAMES.get(task.metric, task.metric)} (mean ± std; grey = random init, light blue = reproduced)"
-    )
-    kinds = "reported and reproduced" if any(_is_reproduced(r) for r in rows) else "reported"
-    ax.set_title(f"{task.name}: {kinds} results")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="svg", metadata={"Date": None})
-    atomic_write_bytes(path, buffer.getvalue())
+    name = METRIC_NAMES.get(metric, metric)
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "medhub"}):
+        fig = Figure(figsize=(8, 0.45 * len(rows) + 1.2))
+        ax = fig.add_subplot()
+        ax.barh(range(len(rows)), means, xerr=errors, color=colours, capsize=3)
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        low = min(m - e for m, e in zip(means, errors, strict=True))
+        ax.set_xlim(max(0.0, low - 0.05), min(1.0, max(m + e for m, e in zip(means, errors, strict=True)) + 0.02))
+        ax.set_xlabel(f"{name} (mean ± std; grey = random init, light blue = reproduced)")
+        kinds = "reported and reproduced" if any(_is_reproduced(r) for r in rows) else "reported"
+        shown = f" (best {len(rows)} of {total}; the table lists all)" if len(rows) < total else ""
+        ax.set_title(f"{task.name}: {kinds} {name}{shown}")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
+    atomic_write_bytes(path, buffer.getvalue(), durable=False)
 
 
 def load_rankings(paths: Sequence[str | Path]) -> dict[str, list[dict]]:
@@ -311,10 +354,10 @@ def _task_page(task: Task, rows: list[ReportedResult], registry: Registry, chart
         "<table><thead><tr><th>#</th><th>initialisation</th><th>metric</th><th>mean ± std</th><th>runs</th>"
         "<th>setting</th><th>source</th></tr></thead><tbody>" + "".join(lines) + "</tbody></table>"
     )
-    figure = (
-        f'<p><img class="chart" src="{_e(task.id)}.svg" alt="bar chart of {_e(task.name)} results"></p>'
-        if chart
-        else ""
+    figure = "".join(
+        f'<p><img class="chart" src="{_e(chart_name(task, metric))}" alt="bar chart of {_e(task.name)} '
+        f'{_e(METRIC_NAMES.get(metric, metric))} results"></p>'
+        for metric in (chart_groups(rows) if chart else {})
     )
     body = f"""<h1>{_e(task.name)} <small>(<code>{_e(task.id)}</code>)</small></h1>
 <p>{_e(task.modality)}; {_e(task.type)}; {len(task.labels)} labels; metric {_e(task.metric.upper())}.
@@ -336,6 +379,11 @@ def _tasks_index(registry: Registry, counts: dict[str, int]) -> str:
         f"<th>results</th></tr></thead><tbody>{rows}</tbody></table>"
     )
     return _page("Leaderboards", body, depth=1)
+
+
+def _write(path: Path, text: str) -> None:
+    """A site file, replaced atomically; not fsynced (a build output, rebuilt in seconds)."""
+    atomic_write_text(path, text, durable=False)
 
 
 def build_site(
@@ -360,22 +408,22 @@ def build_site(
     for sub in ("cards", "tasks", "assets"):
         shutil.rmtree(out / sub, ignore_errors=True)
     results = [*registry.results, *reproduced]
-    atomic_write_text(out / "assets" / "site.css", CSS)
-    atomic_write_text(out / "assets" / "site.js", JS)
+    _write(out / "assets" / "site.css", CSS)
+    _write(out / "assets" / "site.js", JS)
     for entry in registry.checkpoints.values():
-        atomic_write_text(out / "cards" / f"{entry.id}.html", _card_page(entry, registry))
+        _write(out / "cards" / f"{entry.id}.html", _card_page(entry, registry))
     counts: dict[str, int] = {}
     for task in registry.tasks.values():
         rows = _leaderboard_rows(task, results)
         counts[task.id] = len(rows)
-        if rows:
-            _chart(task, rows, out / "tasks" / f"{task.id}.svg")
-        atomic_write_text(
+        for metric, group in chart_groups(rows).items():
+            _chart(task, metric, group, out / "tasks" / chart_name(task, metric))
+        _write(
             out / "tasks" / f"{task.id}.html", _task_page(task, rows, registry, chart=bool(rows),
                                                          rankings=(rankings or {}).get(task.id, ()))
         )
-    atomic_write_text(out / "tasks" / "index.html", _tasks_index(registry, counts))
+    _write(out / "tasks" / "index.html", _tasks_index(registry, counts))
     index = out / "index.html"
-    atomic_write_text(index, _index_page(registry, results))
+    _write(index, _index_page(registry, results))
     log.info("site: %d cards, %d task pages in %s", len(registry.checkpoints), len(registry.tasks), out)
     return index

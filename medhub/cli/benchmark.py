@@ -12,7 +12,9 @@ import signal
 import sys
 from pathlib import Path
 
+from medhub.bounds import cli_type
 from medhub.cli._output import print_json, print_table
+from medhub.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +36,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ids, aliases, patterns ('resnet50_*') or random:<arch>, comma separated",
     )
     p.add_argument("--tasks", required=True, help="task ids, comma separated")
-    p.add_argument("--runs", type=int, default=1, help="seeds per cell (seeds 0..N-1, shared by every model)")
+    p.add_argument("--runs", type=cli_type("runs"), default=1, help="seeds per cell (seeds 0..N-1, shared by every model)")
     p.add_argument(
         "--label-fractions", default="1.0", help="comma separated, e.g. 0.1,0.25,1.0 (default 1.0)"
     )
-    p.add_argument("--epochs", type=int, help="override the task protocol's epochs")
-    p.add_argument("--batch-size", type=int, help="override the protocol's batch size")
-    p.add_argument("--lr", type=float, help="override the protocol's learning rate")
-    p.add_argument("--img-size", type=int, help="override the protocol's input size")
+    p.add_argument("--epochs", type=cli_type("epochs"), help="override the task protocol's epochs")
+    p.add_argument("--batch-size", type=cli_type("batch_size"), help="override the protocol's batch size")
+    p.add_argument("--lr", type=cli_type("lr", float), help="override the protocol's learning rate")
+    p.add_argument("--img-size", type=cli_type("img_size"), help="override the protocol's input size")
     p.add_argument("--linear-probe", action="store_true", help="train the head only")
     p.add_argument("--cifar-stem", action="store_true", help="random:<resnet> only: MedMNIST's CIFAR-style stem")
     p.add_argument(
         "--executor", choices=["local", "ray"], default="local", help="local processes or Ray (default local)"
     )
     p.add_argument("--address", help="Ray cluster: 'auto' or ray://host:10001 (default: start a local Ray)")
-    p.add_argument("--workers", type=int, help="cells at a time (default: CPUs / --cpus-per-run)")
-    p.add_argument("--cpus-per-run", type=int, default=1, help="CPU threads per cell (default 1)")
-    p.add_argument("--gpus-per-run", type=float, default=0, help="GPUs per cell (default 0)")
+    p.add_argument("--workers", type=cli_type("workers"), help="cells at a time (default: CPUs / --cpus-per-run)")
+    p.add_argument("--cpus-per-run", type=cli_type("cpus_per_run"), default=1, help="CPU threads per cell (default 1)")
+    p.add_argument("--gpus-per-run", type=cli_type("gpus_per_run", float), default=0, help="GPUs per cell (default 0)")
     p.add_argument(
-        "--max-retries", type=int, default=1, help="re-runs of a cell whose worker died (default 1)"
+        "--max-retries", type=cli_type("max_retries"), default=1, help="re-runs of a cell whose worker died (default 1)"
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where each cell trains (default auto)")
     p.add_argument(
         "--results", help=f"SQLAlchemy URL or SQLite path (default sqlite:///{DEFAULT_OUT}/results.db)"
     )
@@ -81,6 +83,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from medhub.grid.cells import expand_grid, parse_fractions, resolve_models, resolve_tasks
     from medhub.grid.store import ResultStore
 
+    if args.address and args.executor != "ray":
+        raise UsageError("--address joins a Ray cluster: add --executor ray (or drop --address)")
     settings = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -96,10 +100,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         runs=args.runs,
         settings=settings,
     )
+    from medhub._io import check_output_dir
+
     url = args.results or f"sqlite:///{DEFAULT_OUT}/results.db"
     if "://" not in url:
         url = f"sqlite:///{Path(url).expanduser().resolve()}"
     out = args.out or _default_out(url)
+    check_output_dir(out, "--out")
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise UsageError(f"--data-root {args.data_root} is not a folder; pass the folder with one sub-folder per task")
     store = ResultStore(url)
     try:
         return _run(args, store, cells, out)
@@ -188,6 +197,10 @@ def show_db_results(args: argparse.Namespace) -> int:
     from medhub.grid import analysis
     from medhub.grid.store import ResultStore
 
+    if getattr(args, "plots", None):
+        from medhub._io import check_output_dir
+
+        check_output_dir(args.plots, "--plots")
     store = ResultStore(args.db, create=False)
     try:
         rows = store.rows(task=args.task, model=getattr(args, "model", None), report_keys=analysis.REPORT_KEYS)
@@ -216,18 +229,18 @@ def _print_summary(summary: dict) -> None:
     if sig["rows"]:
         print()
         print_table(
-            ["model", "task", "fraction", "n", "diff", "t", "p", "test", "significant"],
+            ["model", "task", "fraction", "runs", "diff", "t", "p", "mark", "test"],
             [
                 (
                     r["model"],
                     r["task"],
                     f"{r['label_fraction']:g}",
-                    r["n"],
+                    "{}+{}".format(*r["n"]) if isinstance(r["n"], (list, tuple)) else r["n"],
                     _fmt(r["difference"], "+.4f"),
                     _fmt(r["t"], ".2f"),
-                    _fmt(r["p"], ".4f"),
+                    _fmt(r["p"], ".2g"),
+                    r.get("mark") or "-",
                     r["test"],
-                    "yes" if r["significant"] else "no",
                 )
                 for r in sig["rows"]
             ],
@@ -235,6 +248,18 @@ def _print_summary(summary: dict) -> None:
         )
     elif sig.get("note"):
         print(f"\nsignificance: {sig['note']}")
+    published = summary.get("published_comparisons") or []
+    if published:
+        print()
+        print_table(
+            ["model", "baseline", "task", "published diff", "published p / mark", "diff here", "p / mark here",
+             "agrees"],
+            [(r["model"], r["baseline"], r["task"], _fmt(r["published_delta"], "+.4f"),
+              f"{_fmt(r['published_p'], '.2g')} / {r['published_mark'] or '-'}", _fmt(r["difference"], "+.4f"),
+              f"{_fmt(r['p'], '.2g')} / {r['mark'] or '-'}", {True: "yes", False: "no", None: "-"}[r["agrees"]])
+             for r in published],
+            title="Published comparisons (registry 'comparisons') checked on this grid",
+        )
     for path in summary.get("plots", []):
         print(f"plot: {path}")
 

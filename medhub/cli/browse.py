@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medhub.cli._output import print_json, print_table
+from medhub.errors import UsageError
 from medhub.registry import load_registry
 from medhub.schema import Checkpoint, ReportedResult
 
@@ -53,6 +54,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json([summary(e) for e in entries])
         return 0
+    if not entries:
+        given = " ".join(f"{k} {v!r}" for k, v in (("pattern", args.pattern), ("--arch", args.arch),
+                         ("--objective", args.objective), ("--data", args.data), ("--task", args.task)) if v)
+        raise UsageError(f"no checkpoint matches {given}; 'medhub list' shows them all, 'medhub list --json' every "
+                         "field (filters take shell wildcards, e.g. 'resnet50_*' or --objective 'moco*')")
     rows = [
         (e.id, e.arch, e.objective, " > ".join(e.data_chain), "yes" if e.published else "recipe only")
         for e in entries

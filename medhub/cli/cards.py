@@ -82,8 +82,10 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 def cmd_site_build(args: argparse.Namespace) -> int:
     """Write the static site."""
+    from medhub._io import check_output_dir
     from medhub.cards.site import build_site, load_rankings, load_reproduced
 
+    check_output_dir(args.out_dir, "OUT_DIR")
     reproduced = load_reproduced(args.results_db) if args.results_db else ()
     rankings = load_rankings(args.rank_json) if args.rank_json else None
     index = build_site(args.out_dir, reproduced=reproduced, rankings=rankings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from medhub.bounds import cli_type
 from medhub.errors import UsageError
 
 
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument(
         "--num-classes",
-        type=int,
+        type=cli_type("num_classes"),
         default=None,
         help="classifier size (default: the source's, or none if it had none)",
     )
@@ -83,10 +84,12 @@ def _key_map(pairs: list[str]) -> list[tuple[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     """Convert, load strictly, write the folder, print the report."""
+    from medhub._io import check_output_dir
     from medhub.build import create_model
     from medhub.convert import convert_file
     from medhub.export import write_model_folder
 
+    check_output_dir(args.output, "-o")
     model_args = _model_args(args.model_arg)
     options = sorted(set(model_args) & {"features_only", "out_indices", "feature_cls"})
     if options:

@@ -24,6 +24,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from medhub.registry import load_registry
     from medhub.weights import entry_weights
 
+    if args.cache_dir is not None:
+        from medhub._io import check_output_dir
+
+        check_output_dir(args.cache_dir, "--cache-dir")
     registry = load_registry()
     entries = [registry.get_model(name) for name in args.ids]  # unknown ids fail before any download
     rows = []

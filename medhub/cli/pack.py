@@ -125,6 +125,8 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     """Verify and install; print what was installed and how to use it."""
     from medhub.pack import unpack
 
+    _check_namespace(args.namespace)
+    _check_overlay_path(args.overlay)
     result = unpack(args.archive, to_store=args.to_store, overlay=args.overlay, namespace=args.namespace)
     if args.json:
         print_json({"archive": str(result.archive), "mode": result.mode, "ids": list(result.ids),
@@ -155,6 +157,8 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     # a medhub serve answers Xet with 501: plain LFS uploads work with every Hub (read at huggingface_hub import)
     os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
     token = _read_token(args.token_file) if args.token_file else None
+    _check_namespace(args.namespace)
+    _check_overlay_path(args.overlay)
 
     def show(model_id: str, outcome: str) -> None:
         if not args.json:
@@ -174,6 +178,18 @@ def cmd_mirror(args: argparse.Namespace) -> int:
             for model_id, error in result.failed:
                 print(f"  {model_id}: {error}", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def _check_namespace(namespace: str) -> None:
+    from medhub.push import REPO_RE
+
+    if not REPO_RE.match(f"{namespace}/x"):
+        raise UsageError(f"--namespace '{namespace}' is not a Hub namespace; use letters, digits, '_', '.', '-'")
+
+
+def _check_overlay_path(path: Path | None) -> None:
+    if path is not None and path.is_dir():
+        raise UsageError(f"--overlay {path} is a folder; pass the overlay file to write (e.g. {path}/site.yaml)")
 
 
 def _read_token(path: Path) -> str:

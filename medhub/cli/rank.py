@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medhub.bounds import cli_type
 from medhub.cli._output import print_json, print_table
 
 
@@ -22,14 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", required=True, help="ids, aliases, patterns ('resnet50_*'), hf-hub:ORG/NAME, "
                    "folders, files (with --arch) or random:<arch>, comma separated")
     p.add_argument("--data-dir", help="the task's data folder (default as for 'medhub reproduce')")
-    p.add_argument("--n-images", type=int, default=1000, help="stratified sample of the training split (default 1000)")
+    p.add_argument("--n-images", type=cli_type("n_images"), default=1000, help="stratified sample of the training split (default 1000)")
     p.add_argument("--score", default="logme", help="comma separated: logme, hscore, nleep, leep, nce, knn; the "
                    "first orders the table (default logme)")
     p.add_argument("--arch", help="timm architecture, for bare checkpoint files among the candidates")
-    p.add_argument("--img-size", type=int, help="input size (default: the task protocol's, as fine-tuning)")
+    p.add_argument("--img-size", type=cli_type("img_size"), help="input size (default: the task protocol's, as fine-tuning)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to extract features")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default 256 on a GPU, 64 on a CPU)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    p.add_argument("--batch-size", type=cli_type("batch_size"), help="images per forward pass (default 256 on a GPU, 64 on a CPU)")
+    p.add_argument("--seed", type=cli_type("seed"), default=0, help="seed of the sample (default 0)")
     p.add_argument("--against", metavar="DB_URL", help="a 'medhub benchmark' results DB (sqlite:///grid.db): "
                    "print Kendall's tau and weighted tau of each score against the fine-tuned metric")
     p.add_argument("--out", help="folder for rank.json, rank.png, against.png (default ./medhub-rank/TASK)")
@@ -40,12 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_rank(args: argparse.Namespace) -> int:
     """Rank, print, and exit 2 when any candidate failed (the others are still ranked)."""
-    from medhub.errors import UsageError
     from medhub.rank import rank
 
-    for name, value in (("--n-images", args.n_images), ("--batch-size", args.batch_size), ("--img-size", args.img_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"{name} must be a positive integer, got {value}")
     report = rank(args.task, args.models, data_dir=args.data_dir, n_images=args.n_images, scores=args.score,
                   arch=args.arch, img_size=args.img_size, device=args.device, batch_size=args.batch_size,
                   seed=args.seed, out=args.out or f"medhub-rank/{args.task}", against=args.against,

@@ -6,20 +6,31 @@ import argparse
 
 from medhub.cli._output import print_json, print_table
 from medhub.cli.browse import format_result
+from medhub.errors import UsageError
 from medhub.registry import load_registry
 from medhub.schema import ReportedResult
+
+METRICS = ("auc", "acc", "dice")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``results``."""
-    p = subparsers.add_parser("results", help="reported results as a model x task table")
+    p = subparsers.add_parser(
+        "results", help="reported results as a model x task table",
+        description="Reported results as a model x task table; with --db, a benchmark grid's reproduced results "
+        "(mean and population std over seeds), every model tested against a baseline with the independent two-sample "
+        "t-test (equal variances, scipy.stats.ttest_ind; marks n.s., * p<0.05, ** p<0.01, *** p<0.0001), and the "
+        "registry's published comparisons checked where both checkpoints ran.")
     p.add_argument("--task", help="only this task")
     p.add_argument("--model", help="only this checkpoint id, alias or random:<arch>")
     p.add_argument("--metric", help="only this metric (auc, acc, dice)")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.add_argument("--db", help="show reproduced results from a 'medhub benchmark' database (SQLAlchemy URL)")
     p.add_argument("--csv", action="store_true", help="with --db: print the matrix as CSV")
-    p.add_argument("--baseline", help="with --db: model to test every other against (default: a random: model)")
+    p.add_argument("--baseline", help="with --db: model to test every other against (default: a random: model) "
+                   "with the independent two-sample t-test, equal variances (scipy.stats.ttest_ind), as the benchmark "
+                   "lab reports; marks n.s., * p<0.05, ** p<0.01, *** p<0.0001; std is the population std (np.std); "
+                   "the registry's published deltas/p-values between checkpoints that both ran are checked too")
     p.add_argument("--plots", help="with --db: write per-task bar and label-efficiency plots (PNG, SVG) here")
     p.set_defaults(func=cmd_results)
 
@@ -36,6 +47,10 @@ def cmd_results(args: argparse.Namespace) -> int:
         from medhub.cli.benchmark import show_db_results
 
         return show_db_results(args)
+    if args.metric and args.metric.lower() not in METRICS:
+        raise UsageError(f"--metric {args.metric} is not one of {', '.join(METRICS)}")
+    if not args.db and (args.csv or args.baseline or args.plots):
+        raise UsageError("--csv, --baseline and --plots read a benchmark database: add --db URL")
     results = load_registry().results_for(model=args.model, task=args.task)
     if args.metric:
         results = [r for r in results if r.metric == args.metric.lower()]

@@ -6,7 +6,9 @@ import argparse
 import logging
 import signal
 import socket
+from pathlib import Path
 
+from medhub.bounds import cli_type
 from medhub.errors import UsageError
 
 
@@ -20,14 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--root", required=True, help="folder holding the repositories (created if missing)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (0 picks a free one; default 8080)")
+    p.add_argument("--port", type=cli_type("port"), default=8080, help="port (0 picks a free one; default 8080)")
     p.add_argument(
         "--token-file",
         help="file with one token per line ('TOKEN [NAME] [read|write|admin] [NAMESPACE=ROLE ...]', see "
         "docs/serve.md); re-read on SIGHUP; without it the server is read-only",
     )
     p.add_argument("--public-read", action="store_true", help="allow reads without a token")
-    p.add_argument("--max-upload-mb", type=int, default=20_480, help="largest upload in MiB (default 20480)")
+    p.add_argument("--max-upload-mb", type=cli_type("max_upload_mb"), default=20_480, help="largest upload in MiB (default 20480)")
     p.add_argument(
         "--regular-only",
         action="store_true",
@@ -40,43 +42,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--audit-log", help="file every write is appended to (default ROOT/audit.log)")
     p.add_argument(
-        "--cache-mb", type=int, default=128, help="memory for cached commit trees, in MiB (default 128)"
+        "--cache-mb", type=cli_type("cache_mb"), default=128, help="memory for cached commit trees, in MiB (default 128)"
     )
     limits = p.add_argument_group("connection limits (defences against slow or idle clients)")
     limits.add_argument(
         "--max-connections",
-        type=int,
+        type=cli_type("max_connections"),
         default=1024,
         help="open connections at most; beyond it half-sent requests are dropped first (default 1024)",
     )
     limits.add_argument(
-        "--header-timeout", type=float, default=10.0, help="seconds to send a request's headers (default 10)"
+        "--header-timeout", type=cli_type("timeout_s", float), default=10.0, help="seconds to send a request's headers (default 10)"
     )
     limits.add_argument(
         "--body-timeout",
-        type=float,
+        type=cli_type("timeout_s", float),
         default=30.0,
         help="longest pause in seconds while sending a request body (default 30)",
     )
     limits.add_argument(
         "--send-timeout",
-        type=float,
+        type=cli_type("timeout_s", float),
         default=60.0,
         help="seconds a client may leave a response unread before it is dropped (default 60)",
     )
     limits.add_argument(
         "--keep-alive-timeout",
-        type=float,
+        type=cli_type("timeout_s", float),
         default=5.0,
         help="seconds an idle kept-alive connection stays open (default 5)",
     )
     limits.add_argument(
         "--keep-alive-requests",
-        type=int,
+        type=cli_type("keep_alive_requests"),
         default=1000,
         help="requests served on one connection before it closes (default 1000)",
     )
     p.set_defaults(func=cmd_serve)
+
+
+def check_serve_inputs(args: argparse.Namespace) -> None:
+    """Refuse, before anything is created or bound, a --root that is a file and a token file without tokens."""
+    from medhub._io import check_output_dir
+    from medhub.serve.auth import read_token_file
+
+    check_output_dir(args.root, "--root")
+    if args.audit_log is not None and Path(args.audit_log).is_dir():
+        raise UsageError(f"--audit-log {args.audit_log} is a folder; pass the log file to append to")
+    if args.token_file is None:
+        return
+    if not read_token_file(args.token_file):
+        if not args.public_read:
+            raise UsageError(f"the token file {args.token_file} holds no token, so nobody could read or write; add "
+                             "a line 'TOKEN [NAME] [read|write]' (e.g. from 'openssl rand -hex 24'), or pass "
+                             "--public-read for a read-only server")
+        logging.getLogger(__name__).warning("%s holds no token: the server is read-only", args.token_file)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -93,10 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise_fd_limit,
     )
 
-    if not 0 <= args.port <= 65535 or args.max_upload_mb < 1:
-        raise UsageError("--port must be 0..65535 and --max-upload-mb at least 1")
-    if not 1 <= args.cache_mb <= 1 << 20:
-        raise UsageError("--cache-mb must be between 1 and 1048576")
+    check_serve_inputs(args)
     limits = raise_fd_limit(
         ConnectionLimits(
             header_timeout=args.header_timeout,
@@ -110,17 +127,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     redacting = RedactingFilter()
     for handler in logging.getLogger().handlers:  # every line, whichever logger wrote it
         handler.addFilter(redacting)
-    app = build_app(
-        args.root,
-        token_file=args.token_file,
-        public_read=args.public_read,
-        max_upload_mb=args.max_upload_mb,
-        regular_only=args.regular_only,
-        audit_log=args.audit_log,
-        cache_bytes=args.cache_mb * 1024 * 1024,
-    )
-    auth = app.state.hub.auth
-    redacting.auth = auth
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(
         family, socket.SOCK_STREAM, socket.IPPROTO_TCP
@@ -131,8 +137,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         sock.close()
         raise UsageError(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port"
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; pick another --port (or --host)"
         ) from None
+    try:  # the folder is created only once the address is known to work
+        app = build_app(
+            args.root,
+            token_file=args.token_file,
+            public_read=args.public_read,
+            max_upload_mb=args.max_upload_mb,
+            regular_only=args.regular_only,
+            audit_log=args.audit_log,
+            cache_bytes=args.cache_mb * 1024 * 1024,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    auth = app.state.hub.auth
+    redacting.auth = auth
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     level = logging.getLogger().getEffectiveLevel()

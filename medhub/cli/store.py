@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from medhub.bounds import cli_type
 from medhub.errors import UsageError
 
 
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gc.add_argument("--root", required=True, help="the folder given to medhub serve --root")
     gc.add_argument(
         "--min-age-hours",
-        type=float,
+        type=cli_type("min_age_hours", float),
         default=24.0,
         help="keep unreferenced blobs younger than this: an upload may still be waiting for its commit (default 24)",
     )

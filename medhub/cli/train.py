@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from medhub.bounds import cli_type
 from medhub.cli._output import print_json
 
 DATA_HELP = ("the task's data folder, laid out as 'medhub tasks' documents (default: $MEDHUB_DATA/<task>, "
@@ -12,13 +13,13 @@ DATA_HELP = ("the task's data folder, laid out as 'medhub tasks' documents (defa
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help=DATA_HELP)
-    p.add_argument("--epochs", type=int, help="maximum epochs (default: the protocol's, e.g. 100 for MedMNIST); "
+    p.add_argument("--epochs", type=cli_type("epochs"), help="maximum epochs (default: the protocol's, e.g. 100 for MedMNIST); "
                    "fewer than the protocol's is a shortened schedule: indicative, not a verdict")
-    p.add_argument("--batch-size", type=int, help="batch size (default: the protocol's)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the protocol's)")
-    p.add_argument("--img-size", type=int, help="input size in pixels (default: the protocol's)")
+    p.add_argument("--batch-size", type=cli_type("batch_size"), help="batch size (default: the protocol's)")
+    p.add_argument("--lr", type=cli_type("lr", float), help="learning rate (default: the protocol's)")
+    p.add_argument("--img-size", type=cli_type("img_size"), help="input size in pixels (default: the protocol's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first run (run i uses seed+i)")
+    p.add_argument("--seed", type=cli_type("seed"), default=0, help="seed of the first run (run i uses seed+i)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run(s) in --out")
     p.add_argument("--arch", help="timm architecture, for a bare checkpoint file as MODEL")
     p.add_argument("--no-progress", action="store_true", help="no progress output (default: bars on a "
@@ -43,11 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="registry id, checkpoint folder/file (with --arch), or random:<timm arch>")
     p.add_argument("task", help="task id (see 'medhub tasks')")
-    p.add_argument("--runs", type=int, default=1, help="independent runs (seeds seed..seed+runs-1)")
-    p.add_argument("--label-fraction", type=float, default=1.0, help="fraction of the labelled data to use: the "
+    p.add_argument("--runs", type=cli_type("runs"), default=1, help="independent runs (seeds seed..seed+runs-1)")
+    p.add_argument("--label-fraction", type=cli_type("label_fraction", float), default=1.0, help="fraction of the labelled data to use: the "
                    "released code's fixed subset (random.Random(99) shuffle of the list order, first int(N*p)), the "
                    "same for every run and model; the splits cut are the task's (see --dry-run)")
-    p.add_argument("--subset-seed", type=int, help="seed of the label-fraction subset (default 99, the released "
+    p.add_argument("--subset-seed", type=cli_type("seed"), help="seed of the label-fraction subset (default 99, the released "
                    "code's); another seed is recorded and makes the run not comparable")
     p.add_argument("--linear-probe", action="store_true", help="train the classifier only (frozen backbone)")
     p.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=None,
@@ -71,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "units after the rescale (HU for CT), e.g. --window=-600,1500 (lung); bounds map onto 0..255")
     p.add_argument("--voi-function", choices=["LINEAR", "LINEAR_EXACT", "SIGMOID"],
                    help="the DICOM VOI LUT Function of --window (default LINEAR)")
-    p.add_argument("--frame", type=int, metavar="N", help="read frame N (0-based) of multi-frame DICOM/TIFF "
+    p.add_argument("--frame", type=cli_type("frame"), metavar="N", help="read frame N (0-based) of multi-frame DICOM/TIFF "
                    "files (default: such files are refused)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="run full training batches through torch.compile (fp32, deterministic; a one-off warm-up "
@@ -91,6 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("task", help="task id whose labels train the backbone")
     p.add_argument("--out", required=True, help="folder for the new checkpoint")
     p.add_argument("--id", dest="new_id", help="registry id of the new checkpoint (default: <base>_<task>)")
+    p.add_argument("--overlay", help="registry overlay file to register it in (default: "
+                   "~/.config/medhub/registry.d/user.yaml; add another file to MEDHUB_REGISTRY to use it)")
     _common(p)
     p.set_defaults(func=cmd_adapt)
 
@@ -176,7 +179,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     result = adapt(
         args.base, args.task, data_dir=args.data_dir, out=args.out, new_id=args.new_id, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, device=args.device, seed=args.seed,
-        resume=args.resume, arch=args.arch, progress=_progress(args),
+        resume=args.resume, arch=args.arch, progress=_progress(args), overlay=args.overlay,
     )
     if args.json:
         print_json(result)

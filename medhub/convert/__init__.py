@@ -45,6 +45,7 @@ from medhub.convert._core import (
     listed,
     pool_hint,
     stem_hint,
+    stray_hint,
 )
 from medhub.convert._detect import detect_format, detect_path_format
 from medhub.convert._read import read_checkpoint
@@ -218,7 +219,8 @@ def check_keys(
         raise ConversionError(
             f"the converted weights do not fit '{arch}' ({'; '.join(parts)}); check --arch (and its depth, "
             "width, heads or window) or --format" + stem_hint({k: (state[k].shape, shapes[k]) for k in wrong})
-            + pool_hint(unexpected, missing) + head_hint(unexpected, classifier_keys - set(state)),
+            + pool_hint(unexpected, missing)
+            + (head_hint(unexpected, classifier_keys - set(state)) or stray_hint(unexpected, missing, wrong)),
             arch=arch,
             unexpected=sorted(unexpected),
             missing=sorted(missing),

@@ -79,6 +79,29 @@ def head_hint(unexpected: Any, absent_classifier: Any) -> str:
     return f"; if {old}.* is your fine-tuned head, pass key_map={{r'{pattern}': '{new}.'}} (medhub convert --key-map)"
 
 
+MAX_STRAY = 4
+"""At most this many unexpected keys, with nothing missing, read as buffers saved beside the network."""
+
+
+def stray_hint(unexpected: Any, missing: Any, wrong: Any) -> str:
+    """The ``key_map`` that drops a few unexpected keys when nothing is missing or misshapen, else "".
+
+    TorchXRayVision's DenseNet keeps ``op_threshs`` (calibration thresholds) beside ``features``/``classifier``;
+    such buffers are not part of the timm network, and the strict contract refuses them until the caller drops
+    them by name.
+    """
+    unexpected = sorted(unexpected)
+    if missing or wrong or not unexpected or len(unexpected) > MAX_STRAY:
+        return ""
+    names = "|".join(re.escape(k) for k in unexpected)
+    pattern = f"^{names}$" if len(unexpected) == 1 else f"^({names})$"
+    return (
+        f"; if {', '.join(unexpected)} {'is' if len(unexpected) == 1 else 'are'} not part of the network (saved "
+        f"beside it), drop {'it' if len(unexpected) == 1 else 'them'} with key_map={{r'{pattern}': ''}} "
+        f"(medhub convert --key-map '{pattern}=')"
+    )
+
+
 @dataclass
 class ConversionReport:
     """What a conversion did, for the caller, the log and ``medhub convert``.

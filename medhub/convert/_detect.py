@@ -69,7 +69,7 @@ def detect_format(obj: Any, path: str | Path | None = None) -> tuple[str, str]:
             "save `model.state_dict()` instead"
         )
     top = set(map(str, obj))
-    if {"teacher", "student"} <= top:
+    if {"teacher", "student"} <= top and _dino_teacher(obj["teacher"]):
         return "dino", "entries 'teacher' and 'student' (a DINO training checkpoint; the teacher is kept)"
     if {"lossMIN", "state_dict"} <= top:
         return (
@@ -93,6 +93,14 @@ def detect_format(obj: Any, path: str | Path | None = None) -> tuple[str, str]:
     if "pytorch-lightning_version" in top:
         reason = f"a PyTorch Lightning checkpoint (its 'state_dict' entry); {reason}"
     return fmt, reason
+
+
+def _dino_teacher(entry: Any) -> bool:
+    """True when a ``teacher`` entry is laid out as DINO's MultiCropWrapper (``backbone.*``/``head.*``); a
+    mean-teacher file's plain network keys are not DINO, and its two copies have no documented order."""
+    return isinstance(entry, Mapping) and any(
+        re.sub(r"^(module\.|_orig_mod\.)+", "", str(k)).startswith(("backbone.", "head.")) for k in entry
+    )
 
 
 def _has(keys: list[str], *prefixes: str) -> bool:

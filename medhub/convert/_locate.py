@@ -36,6 +36,7 @@ class Candidate:
         fits: tensors whose stripped name is the architecture's, with the architecture's shape.
         named: tensors whose stripped name is the architecture's (any shape).
         tensors: the dict of tensors the path leads to.
+        under: tensors under the prefix (named or not); ``under - named`` are not the architecture's.
     """
 
     path: tuple[str, ...]
@@ -43,6 +44,12 @@ class Candidate:
     fits: int
     named: int
     tensors: dict[str, torch.Tensor]
+    under: int = 0
+
+    @property
+    def foreign(self) -> int:
+        """Tensors under the prefix that name nothing of the architecture (a deeper variant's extra blocks)."""
+        return self.under - self.named
 
     @property
     def container(self) -> str | None:
@@ -101,15 +108,26 @@ def candidates(
     """
     fits: dict[str, int] = {}
     named: dict[str, int] = {}
+    under: dict[str, int] = {}
     for key, value in tensors.items():
         for p in prefixes_of(key) if prefix is None else ([prefix] if key.startswith(prefix) else []):
+            under[p] = under.get(p, 0) + 1
             new = name(key[len(p) :])
             if target is None or new in target:
                 named[p] = named.get(p, 0) + 1
                 if target is None or tuple(value.shape) == tuple(target[new]):
                     fits[p] = fits.get(p, 0) + 1
-    found = [Candidate(path, p, fits.get(p, 0), n, tensors) for p, n in named.items()]
-    return sorted(found, key=lambda c: (-c.fits, -c.named, len(c.prefix)))
+    found = [Candidate(path, p, fits.get(p, 0), n, tensors, under[p]) for p, n in named.items()]
+    return sorted(found, key=lambda c: (-c.fits, -c.named, c.foreign, len(c.prefix)))
+
+
+def rivals_in_fit(c: Candidate, best: Candidate) -> bool:
+    """True when ``c`` fits about as well as ``best``: as many of the architecture's tensors
+    (:data:`RIVAL_SHARE`), and about as few of its own tensors outside the architecture. A ResNet-34 teacher
+    beside a ResNet-18 student names every ResNet-18 tensor, but 98 of its 218 are not ResNet-18's: it is
+    another architecture, not a second copy of this one."""
+    share = c.fits / max(c.under, 1)
+    return c.fits >= RIVAL_SHARE * best.fits and share >= RIVAL_SHARE * best.fits / max(best.under, 1)
 
 
 def same_weights(a: Candidate, b: Candidate) -> bool:
@@ -158,9 +176,9 @@ def choose(
     Raises:
         ConversionError: two or more different networks fit about equally and the format does not rank them.
     """
-    found = sorted(found, key=lambda c: (-c.fits, -c.named, len(c.path), len(c.prefix)))
+    found = sorted(found, key=lambda c: (-c.fits, -c.named, c.foreign, len(c.path), len(c.prefix)))
     best = found[0]
-    close = [c for c in found if c.fits >= RIVAL_SHARE * best.fits and c is not best]
+    close = [c for c in found if c is not best and rivals_in_fit(c, best)]
     rivals = [c for c in close if not same_weights(c, best)]
     aliases = [c for c in close if c not in rivals]
     why = ""

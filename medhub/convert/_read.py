@@ -49,11 +49,18 @@ def read_checkpoint(path: str | Path) -> Any:
         )
     if not path.is_file():
         raise ConversionError(f"checkpoint {path} does not exist; check the path", path=str(path))
+    if path.stat().st_size == 0:
+        raise ConversionError(f"{path} is empty (0 bytes); download or write it again", path=str(path))
     name = path.name.lower()
     if name.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as exc:
+            raise ConversionError(f"{path.name} is not a readable safetensors file ({exc}); it is truncated or "
+                                  "in another format: download it again", path=str(path)) from None
     if name.endswith(".npz"):
         return _read_npz(path)
     return _read_torch(path)
@@ -78,6 +85,8 @@ def _read_torch(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         culprit = _unsupported_global(str(exc))
+        if culprit is None:
+            raise _unreadable(path, exc) from None
         hint = _hint_for(path, culprit)
         raise UnsafeCheckpointError(
             f"{path.name} needs the Python object '{culprit}' to load, and medhub never runs code from a "
@@ -85,24 +94,39 @@ def _read_torch(path: Path) -> Any:
             path=str(path),
             culprit=culprit,
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise ConversionError(
-            f"{path.name} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:120]}); "
-            "check that the download completed",
-            path=str(path),
-        ) from None
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile, OSError) as exc:
+        raise _unreadable(path, exc) from None
 
 
-def _unsupported_global(message: str) -> str:
+def _unreadable(path: Path, exc: BaseException) -> ConversionError:
+    """The one-line refusal of a file that is no ``torch.save`` output (cut short, an HTML page, other bytes)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, (RuntimeError, OSError, zipfile.BadZipFile)) and lines:
+        detail = lines[0][:120]
+    elif isinstance(exc, EOFError):
+        detail = "the file ends early"
+    else:
+        detail = "its bytes are not a torch.save file, e.g. an HTML page saved under this name"
+    return ConversionError(
+        f"{path.name} is not a readable PyTorch checkpoint ({detail}); check that the download completed",
+        path=str(path),
+    )
+
+
+def _unsupported_global(message: str) -> str | None:
+    """The global a refused pickle asks for (``posix.system``), or ``None`` when the bytes are no pickle that
+    names one (``Unsupported operand``: not a torch.save stream at all)."""
     for pattern in (
         r"Unsupported global: GLOBAL ([\w.]+)",
         r"GLOBAL ([\w.]+) was not an allowed global",
-        r"Unsupported operand \d+",
+        r"unsupported GLOBAL ([\w.]+)",
         r"Trying to (?:call|load) .*?([\w.]+)",
     ):
         match = re.search(pattern, message)
         if match:
-            return match.group(1) if match.groups() else match.group(0)
+            return match.group(1)
+    if re.search(r"Unsupported operand \d+", message):
+        return None
     first = message.strip().splitlines()
     return first[-1][:80] if first else "unknown"
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medhub.data.ct import read_rsna_pe
-from medhub.data.cxr import read_chexpert, read_nih_cxr14, read_shenzhen, read_vindr_cxr
+from medhub.data.cxr import read_chexpert, read_mimic_cxr, read_nih_cxr14, read_shenzhen, read_vindr_cxr
 from medhub.data.folders import read_csv_manifest, read_image_folder
 from medhub.data.images import describe_rule
 from medhub.data.medmnist import read_medmnist
@@ -36,6 +36,7 @@ READERS: dict[str, Callable[..., TaskData]] = {
     "csv_manifest": read_csv_manifest,
     "nih_cxr14": read_nih_cxr14,
     "chexpert": read_chexpert,
+    "mimic_cxr": read_mimic_cxr,
     "vindr_cxr": read_vindr_cxr,
     "shenzhen": read_shenzhen,
     "montgomery": read_montgomery,
@@ -99,6 +100,9 @@ def load_task_data(task, data_dir: str | Path | None = None, *, img_size: int | 
     explicit = data_dir is not None
     folder = Path(data_dir).expanduser() if explicit else default_data_dir(task.id)
     read = reader_for(reader or task.layout.reader)
+    if explicit and folder.exists() and not folder.is_dir():
+        raise DataError(f"--data-dir {folder} is a file; pass the task's data folder (laid out as 'medhub tasks' "
+                        "documents)", path=folder)
     if read is not read_medmnist and not folder.exists():
         hint = f"; get it from {task.layout.download}" if task.layout.download else ""
         raise DataError(

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from medhub.data.images import (
 from medhub.data.paths import cache_root
 from medhub.data.progress import BAR, Progress, progress_mode, say
 from medhub.data.sources import SplitData
+from medhub.errors import DataError
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 4  # bump when decoding or resizing changes (3: JPEGs at a reduced DCT scale; 4: pixel rules)
@@ -82,58 +82,57 @@ def _decode(split: SplitData, index: int, size: int, channels: int,
     return image, mask
 
 
-# Files decoded per task of the process pool: large enough to amortise a task's round trip, small enough that
-# the progress bar moves and the cores share the tail of the work evenly.
-CHUNK = 8
-# Splits of image files this large are decoded by worker processes (each writing its slice of the array); smaller
-# ones, and decoded arrays (MedMNIST), by threads in this process (forking the workers costs tens of ms).
-PROCESS_MIN_IMAGES = 32
+# Room left on the disk beyond the arrays themselves, so a full cache never fills the disk to the last byte.
+DISK_MARGIN_BYTES = 256 * 2**20
 
 
-def decode_workers(split: SplitData) -> tuple[int, str]:
-    """How the cache of ``split`` is built: ``(workers, "processes" | "threads")``.
+def cache_bytes(count: int, size: int, channels: int, *, masks: bool = False) -> int:
+    """Bytes of a split's cached arrays: ``count x channels x size x size`` uint8 (plus ``count x size x size``
+    for masks), the .npy headers aside."""
+    return count * size * size * (channels + (1 if masks else 0))
 
-    Image files use every core this process may run on (:func:`medhub.cpu.usable_cpus`): one worker process
-    per core for :data:`PROCESS_MIN_IMAGES` files or more where processes can be forked (Linux: PNG
-    inflation, DICOM and the resize are Python and C code that threads of one interpreter share through the
-    GIL), threads below that and elsewhere. Decoded arrays (MedMNIST's ``.npz``) are resized in this thread
-    only: a 28 px image costs microseconds.
+
+def check_disk_space(folder: Path, needed: int, label: str) -> None:
+    """Refuse a cache whose arrays would not fit on ``folder``'s disk (keeping :data:`DISK_MARGIN_BYTES` free).
+
+    Raises:
+        DataError: saying how much is needed and how much is free, before anything is written.
     """
-    if split.paths is None:
-        return 1, "threads"
-    cores = usable_cpus()
-    if cores > 1 and sys.platform.startswith("linux") and len(split) >= PROCESS_MIN_IMAGES:
-        return cores, "processes"
-    return min(8, cores), "threads"
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if needed + DISK_MARGIN_BYTES > free:
+        raise DataError(f"{label}: the decode-once cache needs {_gib(needed)} but {folder} has {_gib(free)} free; "
+                        "use a smaller --img-size, free space, or point MEDHUB_HOME at a larger disk", path=folder,
+                        needed=needed, free=free)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _build(split: SplitData, size: int, channels: int, target: Path, mask_target: Path | None,
            progress: Progress, label: str, mode: str = "bilinear") -> None:
-    """Decode every sample into temporary .npy files (worker processes or threads), then rename them into place.
-
-    Memory stays bounded: each worker holds the image it decodes and writes it into the memory-mapped
-    temporary file at its index; nothing is gathered in this process.
-    """
+    """Decode every sample into temporary .npy files (threads), then rename them into place."""
     from tqdm.auto import tqdm
 
     count = len(split)
+    check_disk_space(target.parent, cache_bytes(count, size, channels, masks=mask_target is not None), label)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp_mask = mask_target.with_name(f".{mask_target.name}.{os.getpid()}.tmp") if mask_target else None
     try:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, channels, size, size))
         masks = (np.lib.format.open_memmap(tmp_mask, mode="w+", dtype=np.uint8, shape=(count, size, size))
                  if tmp_mask else None)
-        workers, kind = decode_workers(split)
-        say(progress, f"{label}: building the decode-once cache ({count} images, {workers} {kind}; later runs "
-                      "reuse it)")
-        with tqdm(total=count, desc=label, unit="img", disable=progress_mode(progress) != BAR, leave=False) as bar:
-            if kind == "processes":
-                for array in (images, masks):  # the header is on disk; the workers open the files themselves
-                    if array is not None:
-                        array.flush()
-                _decode_in_processes(split, size, channels, mode, (tmp, tmp_mask), workers, bar.update)
-            else:
-                _decode_in_threads(split, size, channels, mode, (images, masks), workers, bar.update)
+        workers = min(8, usable_cpus()) if split.paths is not None else 1
+        say(progress, f"{label}: building the decode-once cache ({count} images; later runs reuse it)")
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=count, desc=label, unit="img",
+                                                       disable=progress_mode(progress) != BAR, leave=False) as bar:
+            for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels, mode), range(count))):
+                images[i] = image
+                if masks is not None:
+                    masks[i] = mask
+                bar.update()
         for array, path in ((images, tmp), (masks, tmp_mask)):
             if array is not None:
                 array.flush()
@@ -147,71 +146,6 @@ def _build(split: SplitData, size: int, channels: int, target: Path, mask_target
         for path in (tmp, tmp_mask):
             if path is not None and path.exists():
                 path.unlink()
-
-
-def _decode_in_threads(split: SplitData, size: int, channels: int, mode: str,
-                       arrays: tuple[np.ndarray, np.ndarray | None], workers: int, advance) -> None:
-    images, masks = arrays
-    with ThreadPoolExecutor(workers) as pool:
-        for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels, mode),
-                                                   range(len(split)))):
-            images[i] = image
-            if masks is not None:
-                masks[i] = mask
-            advance(1)
-
-
-def _decode_in_processes(split: SplitData, size: int, channels: int, mode: str,
-                         files: tuple[Path, Path | None], workers: int, advance) -> None:
-    """Worker processes decode chunks of :data:`CHUNK` files, each writing its rows of the memory-mapped files.
-
-    Workers are forked (as torch's DataLoader starts its workers on Linux): ``spawn`` and ``forkserver``
-    would re-run an unguarded user script's top level in every worker. A worker touches only Pillow, NumPy,
-    pydicom and OpenCV (one thread), none of which the parent's OpenMP pool is shared with.
-    """
-    import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-
-    chunks = [range(start, min(start + CHUNK, len(split))) for start in range(0, len(split), CHUNK)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_setup,
-                             initargs=(split, size, channels, mode, files)) as pool:
-        pending = {pool.submit(_decode_rows, chunk.start, chunk.stop) for chunk in chunks}
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    advance(future.result())  # a worker's DataError is raised here
-        finally:
-            for future in pending:
-                future.cancel()
-
-
-_WORKER: dict = {}
-
-
-def _worker_setup(split: SplitData, size: int, channels: int, mode: str, files: tuple[Path, Path | None]) -> None:
-    """In a worker process: keep the split and open the temporary files for writing (one thread per worker)."""
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:  # OpenCV is only needed by the segmentation loaders' resize modes
-        pass
-    tmp, tmp_mask = files
-    _WORKER.update(split=split, size=size, channels=channels, mode=mode,
-                   images=np.load(tmp, mmap_mode="r+"),
-                   masks=np.load(tmp_mask, mmap_mode="r+") if tmp_mask else None)
-
-
-def _decode_rows(start: int, stop: int) -> int:
-    """In a worker process: decode samples ``start..stop-1`` into their rows; returns how many."""
-    w = _WORKER
-    for index in range(start, stop):
-        image, mask = _decode(w["split"], index, w["size"], w["channels"], w["mode"])
-        w["images"][index] = image
-        if w["masks"] is not None:
-            w["masks"][index] = mask
-    return stop - start  # the rows sit in the shared page cache; the builder's fsync writes them out
 
 
 def pixels_used(split: SplitData) -> dict | None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from medhub.data.folders import _label_key
 from medhub.data.images import SUPPORTED_SUFFIXES
-from medhub.data.sources import SplitData, TaskData, expected_layout, find_files, patient_split
+from medhub.data.sources import UNCERTAIN, SplitData, TaskData, expected_layout, find_files, patient_split
 from medhub.errors import DataError
 
 LABEL_ALIASES = {"pe": "pleural_effusion", "effusion": "pleural_effusion", "pleural_effusion": "effusion",
@@ -58,28 +58,45 @@ def _split_from_lists(names: dict[str, list[str]], index: dict[str, Path], label
     return splits
 
 
-def _read_list(path: Path) -> list[str]:
-    return [line.split()[0].split("/")[-1] for line in path.read_text().splitlines() if line.strip()]
+def read_split_list(path: Path, *, labels: int = 0, separator: str | None = None,
+                    labels_optional: bool = False) -> tuple[list[str], dict[str, np.ndarray]]:
+    """A benchmark split list: one image per line, ``<image path>[<sep><label 1>...<sep><label n>]``.
+
+    Returns the file names in list order (the order the label-fraction subset shuffles) and the labels per
+    name. The released readers split ChestX-ray14 and VinDr-CXR lines on whitespace (``line.split()``,
+    BenchmarkTransferLearning Version2/dataloader.py:92, :223) and Shenzhen lines on commas
+    (``line.split(',')``, :197; ``CHNCXR_0402_1.png,1``): pass ``separator=","`` for the latter.
+
+    Raises:
+        DataError: a line with another number of fields than ``1 + labels`` (``1`` also accepted with
+            ``labels_optional``), or a label that is not a number; the message names the file and line.
+    """
+    names: list[str] = []
+    values: dict[str, np.ndarray] = {}
+    shape = "<image>" + "".join(f"{separator or ' '}<label {i + 1}>" for i in range(min(labels, 2)))
+    shape += f"{separator or ' '}... ({labels} labels)" if labels > 2 else ""
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = [p.strip() for p in line.split(separator)] if separator else line.split()
+        if not line.strip():
+            continue
+        if len(parts) != labels + 1 and not (labels_optional and len(parts) == 1):
+            raise DataError(f"{path}:{number}: {len(parts)} field(s) in {line.strip()[:60]!r}; expected "
+                            f"{shape} per line", path=path)
+        name = parts[0].split("/")[-1]
+        names.append(name)
+        if len(parts) > 1:
+            try:
+                values[name] = np.array([float(v) for v in parts[1:]], dtype=np.float32)
+            except ValueError:
+                raise DataError(f"{path}:{number}: labels must be numbers in {line.strip()[:60]!r}",
+                                path=path) from None
+    return names, values
 
 
 def _find_lists(root: Path, patterns: tuple[str, ...]) -> list[Path] | None:
     """The first file matching each glob pattern (at the top or one level down), or None if any is absent."""
     found = [next(iter(sorted(root.glob(p)) + sorted(root.glob(f"*/{p}"))), None) for p in patterns]
     return found if all(found) else None
-
-
-def _read_labeled_list(path: Path, count: int) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Benchmark split files: ``<image path> <label 1> ... <label n>`` per line (labels optional)."""
-    names, labels = [], {}
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        name = parts[0].split("/")[-1]
-        names.append(name)
-        if len(parts) == count + 1:
-            labels[name] = np.array([float(v) for v in parts[1:]], dtype=np.float32)
-    return names, labels
 
 
 def read_nih_cxr14(task, root: Path, img_size: int = 0, explicit: bool = True) -> TaskData:
@@ -92,7 +109,7 @@ def read_nih_cxr14(task, root: Path, img_size: int = 0, explicit: bool = True) -
     if bench:
         names = {}
         for split, path in zip(("train", "val", "test"), bench, strict=True):
-            names[split], labels = _read_labeled_list(path, len(task.labels))
+            names[split], labels = read_split_list(path, labels=len(task.labels), labels_optional=True)
             listed.update(labels)
         notes = [f"split: the benchmark's {', '.join(p.name for p in bench)}"]
     else:
@@ -100,7 +117,7 @@ def read_nih_cxr14(task, root: Path, img_size: int = 0, explicit: bool = True) -
         if absent:
             raise DataError(f"{root}: missing {', '.join(absent)}; expected {expected_layout(task, 'nih_cxr14')}",
                             path=root, missing=absent)
-        train_val, test = _read_list(official[0]), _read_list(official[1])
+        (train_val, _), (test, _) = read_split_list(official[0]), read_split_list(official[1])
         parts = patient_split(train_val, fractions=(0.87, 0.13, 0.0), key_len=8)
         names = {"train": [train_val[i] for i in parts["train"]], "val": [train_val[i] for i in parts["val"]],
                  "test": test}
@@ -131,8 +148,16 @@ def read_nih_cxr14(task, root: Path, img_size: int = 0, explicit: bool = True) -
     return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)
 
 
-def _uncertain(values: np.ndarray, policy: str, seed: int = 0) -> np.ndarray:
-    """Map CheXpert's -1 (uncertain): U-Ones -> 1, U-Zeros -> 0, LSR-Ones -> uniform(0.55, 0.85)."""
+LSR_ONES = (0.55, 0.85)  # Version2/dataloader.py:173-174: random.uniform(0.55, 0.85) per read
+
+
+def _uncertain(values: np.ndarray, policy: str) -> np.ndarray:
+    """Map CheXpert's -1 (uncertain): U-Ones -> 1, U-Zeros -> 0; LSR-Ones keeps -1 (:data:`UNCERTAIN`).
+
+    LSR-Ones labels are drawn when a sample is read (a fresh ``uniform(0.55, 0.85)`` each time, seeded per
+    batch by the loader: :class:`medhub.data.loader.BatchDataset`), as the released ``CheXpertDataset.__getitem__``
+    does, not once at load.
+    """
     policy = policy.lower()
     if policy not in UNCERTAIN_POLICIES:
         raise DataError(f"unknown uncertain-label policy '{policy}'; use one of {', '.join(UNCERTAIN_POLICIES)}")
@@ -142,7 +167,7 @@ def _uncertain(values: np.ndarray, policy: str, seed: int = 0) -> np.ndarray:
     elif policy == "u-zeros":
         values[mask] = 0.0
     else:
-        values[mask] = np.random.default_rng(seed).uniform(0.55, 0.85, size=int(mask.sum()))
+        values[mask] = UNCERTAIN
     return values
 
 
@@ -158,10 +183,13 @@ def read_chexpert(task, root: Path, img_size: int = 0, explicit: bool = True,
                   uncertain: str = "lsr-ones") -> TaskData:
     """CheXpert: ``train.csv`` -> train/val (by patient), ``valid.csv`` -> test; blanks are 0."""
     _missing(root, ["train.csv", "valid.csv"], expected_layout(task, "chexpert"))
-    splits, notes = {}, [f"labels: uncertain (-1) handled with {uncertain}; blank = 0"]
+    trained = tuple(task.trained_labels)
+    splits, notes = {}, [f"labels: the {len(trained)} observations trained, {len(task.labels)} evaluated; uncertain "
+                         f"(-1) handled with {uncertain}" + (" (a fresh draw each time a train/val sample is read)"
+                         if uncertain.lower() == "lsr-ones" else "") + "; blank = 0; test uncertain -> 0"]
     for csv_name, split in (("train.csv", "train"), ("valid.csv", "test")):
         columns, rows = _read_csv(root / csv_name)
-        cols = _columns_for(tuple(task.labels), columns, root / csv_name)
+        cols = _columns_for(trained, columns, root / csv_name)
         raw = np.array([[float(r[c]) if r[c].strip() else 0.0 for c in cols] for r in rows], dtype=np.float32)
         paths = [_resolve(root, r["Path"]) for r in rows]
         absent = [str(p) for p in paths if not p.is_file()]
@@ -177,13 +205,14 @@ def read_chexpert(task, root: Path, img_size: int = 0, explicit: bool = True,
     splits["val"].name = "val"
     splits["train"] = train.subset(parts["train"])
     notes.append("split: valid.csv is the test set; val = 10% of train.csv by patient")
-    return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)
+    return TaskData(task.id, splits, trained, root=root, notes=notes,
+                    uncertain_range=LSR_ONES if uncertain.lower() == "lsr-ones" else None)
 
 
 def _vindr_from_lists(task, root: Path, lists: list[Path], index: dict[str, Path]) -> dict[str, SplitData]:
     splits = {}
     for split, path in zip(("train", "test"), lists, strict=True):
-        names, labels = _read_labeled_list(path, len(task.labels))
+        names, labels = read_split_list(path, labels=len(task.labels))
         ids = [Path(n).stem for n in names]
         absent = [i for i in ids if i not in index] + [n for n in names if n not in labels][:1]
         if absent:
@@ -244,14 +273,25 @@ def read_shenzhen(task, root: Path, img_size: int = 0, explicit: bool = True) ->
                         missing=["CXR_png/"])
     index = {p.name: p for p in images}
 
+    listed: dict[str, np.ndarray] = {}
+
     def labels_of(name: str) -> np.ndarray:
+        if name in listed:  # the list's label, as the released code reads it
+            return np.array(int(listed[name][0]), dtype=np.int64)
         return np.array(int(Path(name).stem.split("_")[-1]), dtype=np.int64)
 
-    lists = {s: next(iter(root.rglob(f"ShenzenCXR_{f}_data.txt")), None)
+    lists = {s: next(iter(sorted(root.rglob(f"ShenzenCXR_{f}_data.txt"))), None)
              for s, f in (("train", "train"), ("val", "valid"), ("test", "test"))}
     if all(lists.values()):
-        names = {s: _read_list(p) for s, p in lists.items()}
-        notes = ["split: the benchmark's ShenzenCXR_{train,valid,test}_data.txt"]
+        names = {}
+        for split, path in lists.items():
+            names[split], labels = read_split_list(path, labels=1, separator=",")
+            listed.update(labels)
+        disagree = [n for n, v in listed.items() if int(v[0]) != int(Path(n).stem.split("_")[-1])]
+        notes = ["split: the benchmark's ShenzenCXR_{train,valid,test}_data.txt (name,label per line)"]
+        if disagree:
+            notes.append(f"labels: {len(disagree)} list label(s) differ from the file name's last digit (the "
+                         f"list's are used), e.g. {disagree[0]}")
     else:
         ordered = sorted(index)
         parts = patient_split(ordered)
@@ -259,3 +299,82 @@ def read_shenzhen(task, root: Path, img_size: int = 0, explicit: bool = True) ->
         notes = ["split: 70/10/20 by file-name hash (the benchmark's split files were not found)"]
     splits = _split_from_lists(names, index, labels_of, root)
     return TaskData(task.id, splits, tuple(task.labels), root=root, notes=notes)
+
+
+MIMIC_SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"
+MIMIC_LABEL_CSV = "mimic-cxr-2.0.0-chexpert.csv"
+MIMIC_SPLITS = {"train": "train", "validate": "val", "test": "test"}
+
+
+def _csv_maybe_gz(root: Path, name: str, task) -> Path:
+    """``name`` or ``name.gz`` at the top of ``root`` (PhysioNet ships the CSVs gzipped)."""
+    for candidate in (root / name, root / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{root}: missing {name}(.gz); expected {expected_layout(task, 'mimic_cxr')}", path=root,
+                    missing=[f"{name}.gz"])
+
+
+def _read_csv_any(path: Path) -> tuple[list[str], list[dict]]:
+    if path.suffix != ".gz":
+        return _read_csv(path)
+    import gzip
+
+    with gzip.open(path, "rt", newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def read_mimic_cxr(task, root: Path, img_size: int = 0, explicit: bool = True,
+                   uncertain: str = "lsr-ones") -> TaskData:
+    """MIMIC-CXR-JPG v2.0.0: the official split CSV, the CheXpert-labeler CSV (labels per study), the JPEGs.
+
+    Images are ``files/p<subject_id[:2]>/p<subject_id>/s<study_id>/<dicom_id>.jpg``; every image of the split
+    CSV is one sample with its study's labels in ``task.trained_labels`` order (blank -> 0; -1 uncertain ->
+    LSR-Ones drawn per read for train/val, as for CheXpert; 0 for test). Splits follow the CSV's
+    train/validate/test column, in the CSV's row order.
+
+    Raises:
+        DataError: a missing CSV, label column or image (with the count), or a study without labels.
+    """
+    split_csv = _csv_maybe_gz(root, MIMIC_SPLIT_CSV, task)
+    label_csv = _csv_maybe_gz(root, MIMIC_LABEL_CSV, task)
+    trained = tuple(task.trained_labels)
+    columns, rows = _read_csv_any(label_csv)
+    for needed in ("subject_id", "study_id"):
+        if needed not in columns:
+            raise DataError(f"{label_csv}: needs a '{needed}' column", path=label_csv)
+    cols = _columns_for(trained, columns, label_csv)
+    by_study = {(r["subject_id"], r["study_id"]): np.array([float(r[c]) if r[c].strip() else 0.0 for c in cols],
+                                                           dtype=np.float32) for r in rows}
+    columns, rows = _read_csv_any(split_csv)
+    absent_cols = [c for c in ("dicom_id", "study_id", "subject_id", "split") if c not in columns]
+    if absent_cols:
+        raise DataError(f"{split_csv}: missing column(s) {', '.join(absent_cols)}", path=split_csv)
+    members: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    for r in rows:
+        split = MIMIC_SPLITS.get(r["split"].strip())
+        if split is None:
+            raise DataError(f"{split_csv}: unknown split '{r['split']}' (expected train, validate or test)",
+                            path=split_csv)
+        members[split].append(r)
+    splits: dict[str, SplitData] = {}
+    for split, items in members.items():
+        paths = [root / "files" / f"p{r['subject_id'][:2]}" / f"p{r['subject_id']}" / f"s{r['study_id']}" /
+                 f"{r['dicom_id']}.jpg" for r in items]
+        absent = [str(p.relative_to(root)) for p in paths if not p.is_file()]
+        if absent:
+            raise DataError(f"{root}: {len(absent)} of {len(paths)} {split} image(s) of {split_csv.name} are missing, "
+                            f"e.g. {absent[0]}; download the whole MIMIC-CXR-JPG release", path=root, missing=absent)
+        unlabeled = [r["study_id"] for r in items if (r["subject_id"], r["study_id"]) not in by_study]
+        if unlabeled:
+            raise DataError(f"{label_csv}: no labels for {len(unlabeled)} {split} stud(ies), e.g. s{unlabeled[0]}",
+                            path=label_csv)
+        raw = np.stack([by_study[(r["subject_id"], r["study_id"])].copy() for r in items]) if items else \
+            np.zeros((0, len(trained)), dtype=np.float32)
+        labels = _uncertain(raw, uncertain) if split != "test" else np.clip(raw, 0, 1)
+        splits[split] = SplitData(split, labels=labels, paths=paths, ids=[r["dicom_id"] for r in items])
+    notes = [f"split and labels: {split_csv.name}, {label_csv.name} (labels per study; uncertain -> {uncertain}, "
+             "blank -> 0, test uncertain -> 0)"]
+    return TaskData(task.id, splits, trained, root=root, notes=notes,
+                    uncertain_range=LSR_ONES if uncertain.lower() == "lsr-ones" else None)

@@ -28,7 +28,9 @@ min..max:
 from __future__ import annotations
 
 import json
+import logging
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +177,12 @@ def _undecodable(path: Path, ds, exc: Exception) -> DataError:
         return DataError(f"{path}: no installed decoder reads {syntax} (medhub's dependencies include it); "
                          f"pip install {packages}", path=path)
     other = "python-gdcm" if "gdcm" not in plugins else None
-    hint = f"another decoder may read it: pip install {other}" if other else "the pixel data may be damaged"
+    if "pylibjpeg" not in plugins and str(uid) in DECODER_PACKAGES:  # medhub's own decoder is missing
+        hint = f"install the decoder medhub depends on: pip install {packages}" + (f" (or {other})" if other else "")
+    elif other:
+        hint = f"another decoder may read it: pip install {other}"
+    else:
+        hint = "the pixel data may be damaged"
     return DataError(f"{path}: the installed decoder(s) {', '.join(plugins)} could not decode its {syntax} "
                      f"pixel data ({reason}); {hint}", path=path)
 
@@ -216,6 +223,22 @@ def lift_frame_groups(ds, index: int | None) -> None:
                         setattr(ds, keyword, item[keyword].value)
 
 
+class _QuietDecodeFailures(logging.Filter):
+    """Drops pydicom's per-plugin decode failures (``LOGGER.exception``, with tracebacks) while medhub decodes
+    in this thread: medhub raises them as one DataError line (:func:`_undecodable`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or not getattr(self.active, "on", False)
+
+
+_QUIET_DECODERS = _QuietDecodeFailures()
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(_QUIET_DECODERS)
+
+
 def read_dicom_pixels(path: Path, rule: PixelRule = DEFAULT_RULE):
     """The dataset and the decoded stored values of its frame (``rule.frame``; refused if multi-frame).
 
@@ -233,12 +256,15 @@ def read_dicom_pixels(path: Path, rule: PixelRule = DEFAULT_RULE):
                         "structure set); list only image files", path=path)
     index = _frame_index(int(ds.get("NumberOfFrames", 1) or 1), rule, path)
     lift_frame_groups(ds, index or 0)
+    _QUIET_DECODERS.active.on = True
     try:
         return ds, pixel_array(ds, index=index)
     except DataError:
         raise
     except Exception as exc:  # the plugins raise RuntimeError, ValueError, NotImplementedError ...
         raise _undecodable(path, ds, exc) from exc
+    finally:
+        _QUIET_DECODERS.active.on = False
 
 
 def modality_range(ds) -> tuple[float, float]:

@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 
 from medhub.data.augment import GeometricAugment
 from medhub.data.cache import CachedSplit
+from medhub.data.sources import UNCERTAIN
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,29 @@ def _torchvision_step(kind: str, arg: float | None, size: int, segmentation: boo
     return v2.RandomApply([v2.ElasticTransform(alpha=30.0)], p=0.3)
 
 
+def draw_uncertain(labels: np.ndarray, bounds: tuple[float, float], seed: int) -> np.ndarray:
+    """``labels`` with every :data:`~medhub.data.sources.UNCERTAIN` entry drawn from ``uniform(*bounds)``.
+
+    CheXpert's LSR-Ones (BenchmarkTransferLearning Version2/dataloader.py:167-176): a fresh soft label each
+    time a sample is read. The draw depends on ``seed`` only (the loader's per-(run seed, epoch, batch) seed),
+    so a resumed run reads the same labels as an uninterrupted one.
+    """
+    mask = labels == UNCERTAIN
+    if not mask.any():
+        return labels
+    out = labels.astype(np.float32, copy=True)
+    out[mask] = np.random.default_rng(seed).uniform(bounds[0], bounds[1], size=int(mask.sum()))
+    return out
+
+
 class BatchDataset(torch.utils.data.Dataset):
     """Indexable by a list of sample indices: one item is one batch, gathered from the memmap at once."""
 
     def __init__(self, split: CachedSplit, transform: GeometricAugment | v2.Compose | None = None,
-                 crop: int | None = None):
+                 crop: int | None = None, uncertain_range: tuple[float, float] | None = None):
         self.split = split
         self.transform = transform
+        self.uncertain_range = uncertain_range  # labels equal to UNCERTAIN drawn per read (LSR-Ones)
         self.crop = crop  # center crop for evaluation (resize 256 -> crop 224)
 
     def __len__(self) -> int:
@@ -167,7 +184,10 @@ class BatchDataset(torch.utils.data.Dataset):
             masks = v2.functional.center_crop(masks, [self.crop, self.crop]) if masks is not None else None
         if masks is not None:
             return images, masks
-        return images, torch.as_tensor(self.split.labels[np.asarray(indices)])
+        labels = np.array(self.split.labels[np.asarray(indices)])
+        if self.uncertain_range is not None:
+            labels = draw_uncertain(labels, self.uncertain_range, batch_seed)
+        return images, torch.as_tensor(labels)
 
     def _augment(self, images: torch.Tensor, masks: torch.Tensor | None):
         out_images, out_masks = [], []
@@ -207,11 +227,15 @@ class EpochBatches(torch.utils.data.Sampler):
 
 def make_loader(split: CachedSplit, *, batch_size: int, shuffle: bool, seed: int = 0,
                 transform: GeometricAugment | v2.Compose | None = None, crop: int | None = None, num_workers: int = 0,
-                pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader whose items are whole batches (no per-sample collate); call ``.batch_sampler.set_epoch``."""
+                pin_memory: bool = False, uncertain_range: tuple[float, float] | None = None
+                ) -> torch.utils.data.DataLoader:
+    """A DataLoader whose items are whole batches (no per-sample collate); call ``.batch_sampler.set_epoch``.
+
+    ``uncertain_range``: labels stored as UNCERTAIN are drawn from it for every batch read (LSR-Ones).
+    """
     sampler = EpochBatches(len(split), batch_size, shuffle, seed)
     return torch.utils.data.DataLoader(
-        BatchDataset(split, transform, crop), sampler=sampler, batch_size=None, num_workers=num_workers,
+        BatchDataset(split, transform, crop, uncertain_range), sampler=sampler, batch_size=None, num_workers=num_workers,
         pin_memory=pin_memory, persistent_workers=num_workers > 0,
         worker_init_fn=None, generator=torch.Generator().manual_seed(seed),
     )
@@ -233,6 +257,19 @@ def set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
     loader.sampler.set_epoch(epoch)
 
 
+def normalization_stats(normalization: str | tuple, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)`` (pixel / 255 scale) that :func:`to_model_input` applies for ``channels`` inputs.
+
+    ``normalization`` is a name in :data:`NORMALIZATION` (an unknown name means ImageNet) or a ``(mean, std)``
+    pair; statistics of another channel count are averaged and repeated (ImageNet on 1 channel -> 0.449/0.226).
+    """
+    mean, std = NORMALIZATION.get(normalization, NORMALIZATION["imagenet"]) if isinstance(normalization, str) \
+        else normalization
+    if len(mean) != channels:
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 def to_model_input(images: torch.Tensor, device: torch.device, channels: int, normalization: str | tuple,
                    channels_last: bool = False) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float normalized on ``device``, with gray replicated to 3 channels if needed."""
@@ -241,10 +278,7 @@ def to_model_input(images: torch.Tensor, device: torch.device, channels: int, no
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] == 3 and channels == 1:
         x = (x * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    mean, std = NORMALIZATION.get(normalization, NORMALIZATION["imagenet"]) if isinstance(normalization, str) \
-        else normalization
-    if len(mean) != channels:
-        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    mean, std = normalization_stats(normalization, channels)
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     x = (x - mean_t) / std_t

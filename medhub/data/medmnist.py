@@ -6,12 +6,13 @@ import hashlib
 import json
 import logging
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from medhub.data.sources import SPLITS, SplitData, TaskData
-from medhub.errors import DataError
+from medhub.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,9 @@ def read_npz(path: Path, flag: str) -> dict[str, np.ndarray]:
             arrays = {k: npz[k] for k in KEYS}
     except DataError:
         raise
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc}); download {file_name(flag, 28)} again",
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        why = "empty file" if path.is_file() and path.stat().st_size == 0 else first_line(exc)
+        raise DataError(f"{path}: not a readable .npz file ({why}); download {file_name(flag, 28)} again",
                         path=path) from exc
     problems = []
     for split in SPLITS:

@@ -90,6 +90,9 @@ def _update_with_file(digest, path: Path) -> None:
     digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
 
 
+UNCERTAIN = -1.0  # a stored label value meaning "uncertain": see TaskData.uncertain_range
+
+
 @dataclass
 class TaskData:
     """A task's data as a reader found it: splits, label names, channels and how it was split."""
@@ -101,6 +104,9 @@ class TaskData:
     root: Path | None = None
     notes: list[str] = field(default_factory=list)
     segmentation: bool = False
+    # labels stored as UNCERTAIN are drawn uniformly from this range each time a training/validation sample is
+    # read (CheXpert's LSR-Ones, BenchmarkTransferLearning Version2/dataloader.py:167-176); None: no such labels
+    uncertain_range: tuple[float, float] | None = None
 
     def split(self, name: str) -> SplitData:
         """One split; a clear error when the reader did not find it."""

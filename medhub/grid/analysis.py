@@ -1,12 +1,21 @@
-"""Stored cells -> the model x task matrix, significance against a baseline, and plots.
+"""Stored cells -> the model x task matrix, significance against a baseline, published comparisons, plots.
 
-Significance: for each (task, label fraction, setting), every model is compared with the baseline by a
-two-sided **paired t-test over seeds** (``scipy.stats.ttest_rel``) on the seeds both ran, as the benchmark
-paper does; where fewer than two seeds pair up it falls back to **Welch's t-test** (``ttest_ind`` with
-``equal_var=False``). No correction for multiple comparisons is applied; the p-values are reported raw.
+Statistics follow the benchmark lab's reporting:
+
+* std over seeds is the **population** std (``np.std``, as BenchmarkTransferLearning Version2/engine.py:155
+  prints it);
+* every model is compared with the baseline within each (task, label fraction, setting) by the **independent
+  two-sample t-test** with equal variances (``scipy.stats.ttest_ind``'s default; "we conducted the independent
+  two sample t-test", jlianglab/BenchmarkTransformers README.md:40), two-sided, raw p-values (no correction for
+  multiple comparisons), marked with the figures' legend: n.s. (p >= 0.05), * (p < 0.05), ** (p < 0.01),
+  *** (p < 0.0001);
+* the registry's published comparisons (``comparisons:``, e.g. MedIA's ConvNeXt - Swin deltas) are checked
+  against the grid's own difference and test where both checkpoints ran.
 
 >>> summarize([])["matrix"]
 []
+>>> level(0.03), level(0.002), level(0.00001), level(0.2)
+('*', '**', '***', 'n.s.')
 """
 
 from __future__ import annotations
@@ -26,10 +35,16 @@ from medhub.schema import RANDOM_PREFIX
 log = logging.getLogger(__name__)
 
 ALPHA = 0.05
-METHOD = (
-    "two-sided paired t-test over seeds (scipy.stats.ttest_rel) where seeds pair up; "
-    "Welch's t-test (scipy.stats.ttest_ind, equal_var=False) otherwise"
-)
+METHOD = ("independent two-sample t-test, equal variances, two-sided (scipy.stats.ttest_ind), as the benchmark "
+          "lab reports; marks: n.s. p>=0.05, * p<0.05, ** p<0.01, *** p<0.0001")
+LEVELS = ((1e-4, "***"), (0.01, "**"), (0.05, "*"))
+
+
+def level(p: float | None) -> str | None:
+    """The figure legend's mark for ``p``: ``***`` (< 0.0001), ``**`` (< 0.01), ``*`` (< 0.05), else ``n.s.``."""
+    if p is None:
+        return None
+    return next((mark for bound, mark in LEVELS if p < bound), "n.s.")
 # the report fields summarize() reads: ResultStore.rows(report_keys=REPORT_KEYS) fetches only these
 REPORT_KEYS = ("reported",)
 MATRIX_FIELDS = (
@@ -69,7 +84,7 @@ def _matrix_entry(key: tuple, rows: list[dict]) -> dict:
         "metric": rows[0]["metric_name"] or "metric",
         "n": len(values),
         "mean": mean,
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "std": statistics.pstdev(values),  # population std, as the released code's np.std
         "seeds": [r["seed"] for r in rows],
         "values": values,
         "reported_mean": rep_mean,
@@ -93,37 +108,42 @@ def pick_baseline(models: list[str], requested: str | None = None) -> str | None
 
 
 def compare(values: dict[int, float], base: dict[int, float]) -> dict:
-    """Test one model's per-seed values against the baseline's (``{seed: metric}`` each)."""
+    """Test one model's per-seed values against the baseline's (``{seed: metric}`` each).
+
+    Independent two-sample t-test with equal variances (``scipy.stats.ttest_ind``), every run of each side,
+    seeds need not pair up; ``mark`` is the figure legend's level. Fewer than two runs on a side: no test.
+    """
+    return compare_many([(values, base)])[0]
+
+
+def compare_many(pairs: list[tuple[dict[int, float], dict[int, float]]]) -> list[dict]:
+    """:func:`compare` for many (values, base) pairs at once, in order.
+
+    Pairs with the same run counts go to one vectorised ``scipy.stats.ttest_ind(..., axis=1)`` call (the same
+    statistic and p-value as one call per pair): a 5,000-cell grid has ~1,000 comparisons.
+    """
+    import numpy as np
     from scipy import stats
 
-    common = sorted(set(values) & set(base))
-    diff = statistics.fmean(values.values()) - statistics.fmean(base.values())
-    if len(common) >= 2:
-        test, n = "paired t-test", len(common)
-        res = stats.ttest_rel([values[s] for s in common], [base[s] for s in common])
-    elif len(values) >= 2 and len(base) >= 2:
-        test, n = "Welch's t-test", min(len(values), len(base))
-        res = stats.ttest_ind(list(values.values()), list(base.values()), equal_var=False)
-    else:
-        return {
-            "test": "none (fewer than 2 runs)",
-            "n": min(len(values), len(base)),
-            "difference": diff,
-            "t": None,
-            "p": None,
-            "significant": False,
-        }
-    t, p = float(res.statistic), float(res.pvalue)
-    if math.isnan(p):  # identical values on both sides: no variance to test against
-        t, p, test = None, None, f"{test} (no variance)"
-    return {
-        "test": test,
-        "n": n,
-        "difference": diff,
-        "t": t,
-        "p": p,
-        "significant": p is not None and p < ALPHA,
-    }
+    out: list[dict | None] = [None] * len(pairs)
+    by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (values, base) in enumerate(pairs):
+        n = (len(values), len(base))
+        diff = statistics.fmean(values.values()) - statistics.fmean(base.values())
+        out[i] = {"test": "none (fewer than 2 runs)", "n": n, "difference": diff, "t": None, "p": None,
+                  "mark": None, "significant": False}
+        if min(n) >= 2:
+            by_size[n].append(i)
+    for indices in by_size.values():
+        ours = np.array([list(pairs[i][0].values()) for i in indices], dtype=float)
+        theirs = np.array([list(pairs[i][1].values()) for i in indices], dtype=float)
+        res = stats.ttest_ind(ours, theirs, axis=1)
+        for i, t, p in zip(indices, np.atleast_1d(res.statistic), np.atleast_1d(res.pvalue), strict=True):
+            t, p, test = float(t), float(p), "independent t-test"
+            if math.isnan(p):  # identical values on both sides: no variance to test against
+                t, p, test = None, None, f"{test} (no variance)"
+            out[i].update({"test": test, "t": t, "p": p, "mark": level(p), "significant": p is not None and p < ALPHA})
+    return out
 
 
 def significance(matrix: list[dict], baseline: str | None) -> dict:
@@ -136,14 +156,11 @@ def significance(matrix: list[dict], baseline: str | None) -> dict:
     if not bases:
         out["note"] = f"baseline {baseline} has no results in this database; pick one with --baseline"
         return out
-    for entry in matrix:
-        base = bases.get((entry["task"], entry["label_fraction"], entry["setting"]))
-        if entry["model"] == baseline or base is None:
-            continue
-        result = compare(
-            dict(zip(entry["seeds"], entry["values"], strict=False)),
-            dict(zip(base["seeds"], base["values"], strict=False)),
-        )
+    compared = [(entry, bases.get((entry["task"], entry["label_fraction"], entry["setting"]))) for entry in matrix]
+    compared = [(entry, base) for entry, base in compared if entry["model"] != baseline and base is not None]
+    results = compare_many([(dict(zip(entry["seeds"], entry["values"], strict=False)),
+                             dict(zip(base["seeds"], base["values"], strict=False))) for entry, base in compared])
+    for (entry, _), result in zip(compared, results, strict=True):
         out["rows"].append(
             {
                 "model": entry["model"],
@@ -155,6 +172,41 @@ def significance(matrix: list[dict], baseline: str | None) -> dict:
         )
     if not out["rows"]:
         out["note"] = f"only the baseline {baseline} has results; add models to compare"
+    return out
+
+
+def check_published(matrix: list[dict], comparisons=None) -> list[dict]:
+    """The registry's published comparisons whose two checkpoints both ran in the grid, with the grid's own.
+
+    Matched on (model, baseline, task, label fraction); the grid's difference and independent t-test beside
+    the published delta / p-value / mark. ``agrees`` is True when the published delta's sign (if printed) and
+    mark (if printed) are both reproduced, None when the grid has too few runs to test.
+    """
+    if comparisons is None:
+        from medhub.registry import load_registry
+
+        comparisons = load_registry().comparisons
+    entries = {(e["model"], e["task"], e["label_fraction"]): e for e in matrix}
+    out = []
+    for published in comparisons:
+        fraction = float(published.setting.get("label_fraction", 1.0))
+        ours, theirs = entries.get((published.model, published.task, fraction)), entries.get(
+            (published.baseline, published.task, fraction))
+        if ours is None or theirs is None:
+            continue
+        result = compare(dict(zip(ours["seeds"], ours["values"], strict=False)),
+                         dict(zip(theirs["seeds"], theirs["values"], strict=False)))
+        checks = []
+        if published.delta is not None and published.delta != 0:
+            checks.append(math.copysign(1, result["difference"]) == math.copysign(1, published.delta))
+        mark = published.significance or level(published.p_value)
+        if mark is not None:
+            checks.append(None if result["mark"] is None else result["mark"] == mark)
+        out.append({"model": published.model, "baseline": published.baseline, "task": published.task,
+                    "label_fraction": fraction, "published_delta": published.delta, "published_p": published.p_value,
+                    "published_mark": mark, "difference": result["difference"], "p": result["p"],
+                    "mark": result["mark"], "n": result["n"], "source": published.source,
+                    "agrees": None if None in checks else all(checks)})
     return out
 
 
@@ -177,6 +229,7 @@ def summarize(rows: list[dict], *, baseline: str | None = None) -> dict:
         "models": models,
         "matrix": matrix,
         "significance": significance(matrix, pick_baseline(models, baseline)),
+        "published_comparisons": check_published(matrix),
         "failed": [{"key": r["key"], "error": r["error"]} for r in rows if r["status"] == "failed"],
         "disclaimer": "Research software, not a medical device: never use its outputs for clinical decisions.",
     }

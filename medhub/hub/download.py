@@ -70,11 +70,26 @@ def download_url(
 
     >>> path = download_url("https://example.org/w.pth", "/tmp/w.pth", sha256=None)  # doctest: +SKIP
     """
-    from filelock import FileLock
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dest) + ".lock"):
+    lock = Path(str(dest) + ".lock")
+    try:
+        return _download_locked(url, dest, lock, sha256=sha256, progress=progress,
+                                local_files_only=local_files_only, timeout=timeout)
+    finally:
+        if not dest.exists():  # a failed download leaves no lock (and no empty partial file) behind
+            lock.unlink(missing_ok=True)
+            part = dest.with_name(dest.name + ".part")
+            if part.is_file() and part.stat().st_size == 0:
+                part.unlink()
+
+
+def _download_locked(url: str, dest: Path, lock: Path, *, sha256: str | None, progress: bool,
+                     local_files_only: bool, timeout: float) -> Path:
+    """:func:`download_url`'s work, under a lock file that keeps two processes from fetching the same file."""
+    from filelock import FileLock
+
+    with FileLock(str(lock)):
         if dest.exists():
             _verify(dest, sha256, url)
             logger.info("using cached %s", dest)

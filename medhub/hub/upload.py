@@ -8,6 +8,7 @@ Errors become one-line :class:`~medhub.errors.HubError` messages that never cont
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -89,12 +90,16 @@ def upload_folder(
     """
     folder = Path(folder)
     api = _api(token, endpoint)
+    existed = repo_head(repo_id, token=token, endpoint=endpoint) is not None
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         info = api.upload_folder(
             folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
         )
     except Exception as exc:  # noqa: BLE001
+        if not existed:  # leave no empty repo behind a failed push
+            with contextlib.suppress(Exception):
+                api.delete_repo(repo_id, repo_type="model", missing_ok=True)
         raise _upload_error(exc, repo_id, "upload to", endpoint) from exc
     commit = info.oid
     logger.info(
@@ -131,6 +136,9 @@ def _upload_error(exc: Exception, repo_id: str, action: str, endpoint: str | Non
         hint = "the Hub refused the credentials: set HF_TOKEN to a token with write access"
     elif status == 409:
         hint = "the repo changed while uploading; retry"
+    elif status == 501 or "xet" in str(exc).lower():
+        hint = ("the server does not speak Xet: set HF_HUB_DISABLE_XET=1 in the environment before running "
+                "medhub push (or start medhub serve with --regular-only)")
     else:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = f"{first}; check HF_ENDPOINT and the network"

@@ -162,7 +162,21 @@ def _verify(path: Path, raw: IO[bytes], tar: tarfile.TarFile) -> VerifiedArchive
         raise _refused(
             path, f"members listed in the manifest are missing (truncated archive?): {', '.join(missing[:5])}"
         )
+    _check_end(path, raw, tar.offset)
     return VerifiedArchive(path, manifest, members)
+
+
+def _check_end(path: Path, raw: IO[bytes], offset: int) -> None:
+    """After the last member: only zero bytes, at least the two end-of-archive blocks, to a whole record.
+
+    POSIX.1 ustar ends an archive with two 512-byte zero blocks; :func:`write_archive` (tarfile) pads it to a
+    multiple of ``tarfile.RECORDSIZE`` (10240 bytes). Anything else is a cut-off download or appended data.
+    """
+    size = raw.seek(0, os.SEEK_END)
+    if any(chunk.strip(b"\0") for chunk in _chunks(raw, offset, size - offset)):
+        raise _refused(path, f"it holds data after the end of its last member (byte {offset})")
+    if size - offset < 2 * tarfile.BLOCKSIZE or size % tarfile.RECORDSIZE:
+        raise _refused(path, f"it ends at byte {size}, before the end-of-archive blocks (truncated?)")
 
 
 def _iter_members(path: Path, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -252,6 +266,8 @@ def _parse_manifest(path: Path, data: bytes) -> dict[str, Any]:
         manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _refused(path, f"{MANIFEST} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise _refused(path, f"{MANIFEST} nests too deeply to be a medhub manifest") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _refused(path, f"{MANIFEST} does not describe a {FORMAT} archive")
     if manifest.get("format_version") != FORMAT_VERSION:

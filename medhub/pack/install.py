@@ -82,6 +82,7 @@ def unpack(
     Raises:
         ArchiveError: a damaged, tampered or hostile archive (nothing is written).
         UsageError: an id the local registry defines differently, a bad namespace, too little disk space.
+        RegistryError: ``overlay`` exists but is not a registry file (nothing is written).
     """
     from medhub.registry import user_overlay_dir
 
@@ -90,6 +91,7 @@ def unpack(
     default = Path(SITE_OVERLAY) if store_root else user_overlay_dir() / CACHE_OVERLAY
     overlay_path = Path(overlay).expanduser() if overlay else default
     items, new_tasks = plan(verified, overlay_path)
+    _check_overlay(overlay_path)
     if store_root is not None:
         repos = {item.entry.id: _repo_ref(namespace, item.entry.id) for item in items}
         _check_store_root(store_root)
@@ -148,14 +150,20 @@ def _item(verified: VerifiedArchive, raw: Any, registry) -> Item:
             verified,
             f"the registry entry of '{raw.get('id')}' does not validate ({str(exc).splitlines()[0]})",
         ) from None
-    files = raw.get("files") or {}
+    files = raw.get("files")
+    if not isinstance(files, dict):
+        raise _bad(verified, f"checkpoint '{entry.id}' has no 'files' mapping in the manifest")
     members = {name: files.get(name) for name in (*CHECKPOINT_FILES, ENTRY_FILE)}
-    absent = [name for name, member in members.items() if member not in verified.members]
+    absent = [
+        name
+        for name, member in members.items()
+        if not isinstance(member, str) or member not in verified.members
+    ]
     if absent or raw.get("id") != entry.id:
         raise _bad(
             verified, f"checkpoint '{entry.id}' lacks {', '.join(absent) or 'a matching id'} in the archive"
         )
-    packed = yaml.safe_load(member_bytes(verified, members[ENTRY_FILE]).decode("utf-8"))
+    packed = _yaml_member(verified, members[ENTRY_FILE])
     body = raw["registry_entry"]
     if not isinstance(packed, dict) or (packed.get("checkpoints") or {}).get(entry.id) != {
         k: v for k, v in body.items() if k != "id"
@@ -185,7 +193,7 @@ def _tasks(verified: VerifiedArchive, registry) -> list[Task]:
             raise _bad(verified, f"task '{task_id}' is listed but {member} is not in the archive")
         if task_id in registry.tasks:
             continue
-        data = yaml.safe_load(member_bytes(verified, member).decode("utf-8")) or {}
+        data = _yaml_member(verified, member) or {}
         try:
             found.append(Task(id=task_id, **(data.get("tasks") or {})[task_id]))
         except (ValidationError, TypeError, KeyError, AttributeError) as exc:
@@ -193,6 +201,27 @@ def _tasks(verified: VerifiedArchive, registry) -> list[Task]:
                 verified, f"{member} does not describe task '{task_id}' ({str(exc).splitlines()[0]})"
             ) from None
     return found
+
+
+def _yaml_member(verified: VerifiedArchive, member: str) -> Any:
+    """A verified member parsed as UTF-8 YAML (safe loader); ArchiveError when it is not."""
+    try:
+        return yaml.safe_load(member_bytes(verified, member).decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise _bad(verified, f"{member} is not a UTF-8 YAML registry file ({reason})") from None
+
+
+def _check_overlay(path: Path) -> None:
+    """The overlay this import rewrites is absent or a registry file: checked before anything is written.
+
+    Raises:
+        RegistryError: it is a folder, unreadable, not YAML or not a registry mapping.
+    """
+    from medhub.registry import read_yaml
+
+    if path.exists():
+        read_yaml(path)
 
 
 def _registry_without(overlay_path: Path):

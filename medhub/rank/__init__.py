@@ -100,6 +100,23 @@ def _sample(task, data_dir, n_images: int, img_size: int | None, seed: int, prog
     return cached, plan, subset.fingerprint(), classes, data
 
 
+def _check_inputs(*, arch: str | None, out: str | os.PathLike | None, against: str | None) -> None:
+    """Refuse, before features are extracted, an unknown --arch, an --out that cannot be a folder and an
+    --against database that cannot be opened."""
+    from medhub._io import check_output_dir
+
+    if arch:
+        from medhub.build import architecture_spec
+
+        architecture_spec(arch)
+    if out is not None:
+        check_output_dir(out, "--out")
+    if against:
+        from medhub.grid.store import ResultStore
+
+        ResultStore(against, create=False).close()
+
+
 def rank(task: str, models: str | list[str], *, data_dir: str | os.PathLike | None = None,
          n_images: int = DEFAULT_N_IMAGES, scores: str | list[str] | None = None, arch: str | None = None,
          img_size: int | None = None, device: str = "auto", batch_size: int | None = None, seed: int = 0,
@@ -132,7 +149,6 @@ def rank(task: str, models: str | list[str], *, data_dir: str | os.PathLike | No
         UsageError: no candidates, unknown scores, one class in the sample, a non-classification task.
         UnknownTaskError, DataError: the task or its data.
     """
-    from threadpoolctl import threadpool_limits
 
     from medhub.rank import scores as score_lib
     from medhub.rank.features import candidate_features
@@ -145,6 +161,10 @@ def rank(task: str, models: str | list[str], *, data_dir: str | os.PathLike | No
     if entry.type not in score_lib.TASK_TYPES:
         raise UsageError(f"ranking needs a classification task; '{entry.id}' is {entry.type}")
     candidates, failures = resolve_candidates(models)
+    if not candidates:  # nothing to rank: refused before any data is read
+        raise UsageError(f"no candidate to rank: {failures[0]['model']}: {failures[0]['error']}" if failures
+                         else "no candidate to rank; pass --models ID[,ID...]")
+    _check_inputs(arch=arch, out=out, against=against)
     torch_device = pick_device(device)
     batch = batch_size or (256 if torch_device.type == "cuda" else 64)
     cached, plan, fingerprint, classes, data = _sample(entry, data_dir, n_images, img_size, seed, progress)
@@ -161,20 +181,7 @@ def rank(task: str, models: str | list[str], *, data_dir: str | os.PathLike | No
             log.debug("candidate %s failed", model, exc_info=True)
             failures.append({"model": model, "error": _one_line(exc)})
             continue
-        row = {"model": model, "scores": {}, "unavailable": {}, "score_seconds": {}, "dim": feats.dim,
-               "feature_seconds": round(feats.seconds, 3), "cached": feats.cached, "has_head": feats.logits is not None}
-        for name in names:
-            s0 = time.perf_counter()
-            try:
-                with threadpool_limits(limits=1, user_api="blas"):  # small matrices: one BLAS thread is fastest
-                    value = score_lib.compute(name, feats.features, labels, entry.type, feats.logits)
-                row["scores"][name] = value if math.isfinite(value) else None
-                if not math.isfinite(value):
-                    row["unavailable"][name] = "not finite on these features"
-            except score_lib.ScoreUnavailable as exc:
-                row["scores"][name] = None
-                row["unavailable"][name] = str(exc)
-            row["score_seconds"][name] = round(time.perf_counter() - s0, 4)
+        row = score_candidate(model, feats, names, labels, entry.type)
         row["seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
     primary = names[0]
@@ -198,6 +205,31 @@ def rank(task: str, models: str | list[str], *, data_dir: str | os.PathLike | No
     if out is not None:
         report["files"] = write_outputs(report, Path(out))
     return report
+
+
+def score_candidate(model: str, feats, names: list[str], labels: np.ndarray, task_type: str) -> dict[str, Any]:
+    """One table row: each score of ``feats`` (:class:`medhub.rank.features.Features`) on ``labels``; a score
+    that does not apply, or is not finite, is None with its reason under ``unavailable``."""
+    from threadpoolctl import threadpool_limits
+
+    from medhub.rank import scores as score_lib
+
+    row: dict[str, Any] = {"model": model, "scores": {}, "unavailable": {}, "score_seconds": {}, "dim": feats.dim,
+                           "feature_seconds": round(feats.seconds, 3), "cached": feats.cached,
+                           "has_head": feats.logits is not None}
+    for name in names:
+        started = time.perf_counter()
+        try:
+            with threadpool_limits(limits=1, user_api="blas"):  # small matrices: one BLAS thread is fastest
+                value = score_lib.compute(name, feats.features, labels, task_type, feats.logits)
+            row["scores"][name] = value if math.isfinite(value) else None
+            if not math.isfinite(value):
+                row["unavailable"][name] = "not finite on these features"
+        except score_lib.ScoreUnavailable as exc:
+            row["scores"][name] = None
+            row["unavailable"][name] = str(exc)
+        row["score_seconds"][name] = round(time.perf_counter() - started, 4)
+    return row
 
 
 def _one_line(exc: BaseException) -> str:

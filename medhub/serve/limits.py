@@ -149,6 +149,23 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.write(_BUSY + b"content-length: %d\r\n\r\n" % len(_BUSY_BODY) + _BUSY_BODY)
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """A malformed request (or headers over ``max_header_bytes``): 400 in the Hub's error shape."""
+        message = f"{msg} Check the request line and headers (at most {self.limits.max_header_bytes} bytes)."
+        body = json.dumps({"error": message}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"connection", b"close"),
+            (b"x-error-message", message.encode()),
+        ]
+        try:
+            output = self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request"))
+            output += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
+            self.transport.write(output)
+        except h11.LocalProtocolError:  # a response had already started: nothing more can be said
+            pass
+        self.transport.close()
+
     def data_received(self, data: bytes) -> None:
         self._last_data = time.monotonic()
         super().data_received(data)
@@ -193,7 +210,7 @@ class GuardedH11Protocol(H11Protocol):
             expired = "send"
         if expired:
             log.info("closed a connection: %s timeout", expired)
-            self.transport.close()
+            self.transport.abort()  # close() would wait to flush what a stalled client never reads
         return expired
 
 

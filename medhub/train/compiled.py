@@ -2,15 +2,16 @@
 
 Why: on a CPU, the CIFAR-stem ResNet-18 of MedMNIST v2's 28 px experiments spends its step in many small
 memory-bound operators (BatchNorm, ReLU, additions on 28x28 maps at batch 128); Inductor fuses them into
-generated C++ loops. On the 2-core development machine a step at batch 128 took ~0.7x the eager time in fp32
-(``benchmarks/medmnist_recipe.py``, BENCHMARKS.md). Compilation costs a one-off warm-up (about a minute on an
-idle 2-core machine, several minutes on a busy one; recorded per run as ``compile.first_step_s``), so it is
-on by default only where the planned steps repay it:
+generated C++ loops. On the busy 2-core development machine (2026-11-30, fp32, batch 128) the compiled step
+gave 1.13-2.0x the eager images/s with 2 threads (three runs) and ~1.05x with 1 (the oneDNN convolutions,
+~86% of the step, are the same either way; ``benchmarks/medmnist_recipe.py``, BENCHMARKS.md). Compilation costs a one-off warm-up
+(~25 s there at moderate load, minutes on a very busy machine; recorded per run as ``first_step_s``), so it
+is on by default only where the planned steps repay it:
 
 * a CPU run (CUDA runs keep cuDNN kernels and channels-last),
 * of a CIFAR-stem ResNet (the network this was measured on),
 * with at least :data:`MIN_STEPS` planned training steps (MedMNIST's 100-epoch recipe on PneumoniaMNIST has
-  3,700; the shortened ``--quick`` schedule ~360),
+  3,700; the shortened ``--quick`` schedule ~150),
 * and a C++ compiler on PATH (Inductor needs one).
 
 ``--compile`` / ``--no-compile`` (``reproduce(..., compile_model=True/False)``) decide instead. The choice is

@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from medhub.data.loader import set_epoch, to_model_input
-from medhub.data.progress import BAR, Progress, progress_mode, say
+from medhub.data.progress import BAR, Progress, progress_mode, say, time_left, warn_if_busy
 from medhub.train import metrics
 from medhub.train.losses import segmentation_loss
 from medhub.train.state import (
@@ -90,7 +90,8 @@ class FitResult:
     stopped_early: bool
     resumed_from: int | None = None
     compiled: bool = False
-    first_step_s: float | None = None  # the first training step of this process (with a compiled step: its warm-up)
+    first_step_s: float | None = None
+    compile_failed: str | None = None  # why a compiled run fell back to eager (then ``compiled`` is False)  # the first training step of this process (with a compiled step: its warm-up)
 
 
 def compute_loss(logits: torch.Tensor, targets: torch.Tensor, config: FitConfig) -> torch.Tensor:
@@ -187,8 +188,10 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
 
     ``scaler``: fp16 loss scaling (the 2025 recipe's NativeScaler, BTL ``Version2/models.py:310``).
     ``compiled``: ``torch.compile`` of ``model`` (:mod:`medhub.train.compiled`), used for full batches (the
-    size of the first); a smaller last batch runs ``model`` eagerly. ``timings``: gets ``first_step_s``, the
-    seconds of the first step (a compiled step's warm-up), if it has none yet.
+    size of the first); a smaller last batch runs ``model`` eagerly. When compiling fails (no working C++
+    compiler, an unsupported operator), the epoch goes on eagerly from that step (nothing was updated yet)
+    and ``timings["compile_failed"]`` says why. ``timings``: gets ``first_step_s``, the seconds of the first
+    step (a compiled step's warm-up), if it has none yet.
     """
     from tqdm.auto import tqdm
 
@@ -200,8 +203,18 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
         for images, targets in bar:
             started = time.perf_counter()
             full = full or len(images)
-            network = compiled if compiled is not None and len(images) == full else model
-            logits = _forward(network, images, device, config)
+            if compiled is None or len(images) != full:
+                logits = _forward(model, images, device, config)
+            else:
+                try:
+                    logits = _forward(compiled, images, device, config)
+                except torch._dynamo.exc.BackendCompilerFailed as exc:  # before the graph ran: nothing changed
+                    reason = " ".join(str(exc).split())[:200]
+                    log.warning("torch.compile failed (%s); training eagerly", reason)
+                    if timings is not None:
+                        timings["compile_failed"] = reason
+                    compiled = None
+                    logits = _forward(model, images, device, config)
             loss = compute_loss(logits, targets.to(device, non_blocking=True), config)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -272,12 +285,14 @@ def _better(value: float, best: float | None, selection: str) -> bool:
     return value < best if selection.endswith("loss") else value > best
 
 
-def _epoch_line(label: str, desc: str, row: dict[str, float], config: FitConfig, best: bool, stopped: bool) -> str:
-    """``run 0 epoch 3/10: train loss 0.0810, val loss 0.0930, val auc 0.9931 (best), 14.2 s``."""
+def _epoch_line(label: str, desc: str, row: dict[str, float], config: FitConfig, best: bool, stopped: bool,
+                timing: str = "") -> str:
+    """``run 0 epoch 3/10: train loss 0.0810, val loss 0.0930, val auc 0.9931 (best), 14.2 s; elapsed 43 s,
+    about 1 min 40 s left``."""
     name = "dice (pooled)" if config.segmentation else "auc"
     return (f"{label} {desc}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
             f"val {name} {row['val_metric']:.4f}{' (best)' if best else ''}, {row['seconds']:.1f} s"
-            f"{'; early stop' if stopped else ''}")
+            f"{'; ' + timing if timing else ''}{'; early stop' if stopped else ''}")
 
 
 def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run_dir: Path, device: torch.device,
@@ -318,6 +333,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         log.info("resuming %s after epoch %d", run_dir, start)
         say(progress, f"{label or run_dir.name}: resuming after epoch {start}/{config.epochs}")
     stopped = False
+    warn_if_busy()
+    fit_started = time.perf_counter()
     compiled, timings = None, {}
     if config.compile:
         from medhub.train.compiled import compile_for_training
@@ -330,8 +347,12 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         set_epoch(train_loader, epoch)
         set_epoch(val_loader, epoch)  # an augmented validation split (segmentation recipes) draws anew each epoch
         desc = f"epoch {epoch + 1}/{config.epochs}"
-        train_loss = train_epoch(model, train_loader, optimizer, device, config, progress, desc, scaler,
+        so_far = time_left(started - fit_started, epoch - start, config.epochs - epoch)
+        bar_desc = desc if epoch == start else f"{desc} ({so_far})"
+        train_loss = train_epoch(model, train_loader, optimizer, device, config, progress, bar_desc, scaler,
                                  compiled=compiled, timings=timings)
+        if compiled is not None and "compile_failed" in timings:  # eager from here on, and after --resume
+            compiled, config = None, dataclasses.replace(config, compile=False)
         val = evaluate(model, val_loader, device, config)
         selected = val.loss if config.selection.endswith("loss") else val.metric
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -350,7 +371,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
                         "lr": lr_used, "seconds": time.perf_counter() - started})
         log.info("%s: train loss %.4f, val loss %.4f, val %s %.4f", desc, train_loss, val.loss,
                  "dice" if config.segmentation else "auc", val.metric)
-        say(progress, _epoch_line(label or run_dir.name, desc, history[-1], config, improved, stopped))
+        timing = time_left(time.perf_counter() - fit_started, epoch + 1 - start, 0 if finished else config.epochs - epoch - 1)
+        say(progress, _epoch_line(label or run_dir.name, desc, history[-1], config, improved, stopped, timing))
         save_state(run_dir, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None, "epoch": epoch,
@@ -362,4 +384,5 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         if stopped:
             log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best_epoch + 1)
             break
-    return FitResult(history, best_epoch, best_state, stopped, resumed, config.compile, timings.get("first_step_s"))
+    return FitResult(history, best_epoch, best_state, stopped, resumed, config.compile, timings.get("first_step_s"),
+                     timings.get("compile_failed"))

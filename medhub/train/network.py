@@ -11,6 +11,7 @@ stride-1 first conv, no max-pool): 4x less downsampling than timm's 7x7 stride-2
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -33,7 +34,7 @@ def is_random(model: str) -> bool:
 
 def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: str | None = None,
                   segmentation: bool = False, linear_probe: bool = False, stem: str | None = None,
-                  decoder: str | None = None) -> nn.Module:
+                  decoder: str | None = None, img_size: int | None = None) -> nn.Module:
     """Create the network for one run.
 
     Args:
@@ -47,6 +48,8 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
             or a checkpoint saved from one (``best.safetensors`` with ``arch``, or a model folder).
         decoder: ``unet`` or ``upernet`` (segmentation); default: the released choice for the backbone's
             family (:func:`medhub.train.segnet.default_decoder`).
+        img_size: input side in pixels; classifiers with a fixed token grid (ViT, DeiT, Swin...) are built
+            at it with timm's ``img_size`` (see :func:`size_kwargs`).
 
     Raises:
         UsageError: a ``stem`` the model cannot take, or a CIFAR-stem checkpoint loaded without ``stem``.
@@ -63,38 +66,17 @@ def build_network(model: str, *, num_outputs: int, in_chans: int | None, arch: s
         name = model[len(RANDOM_PREFIX):]
         if not name:
             raise UsageError("random: needs a timm architecture, e.g. random:resnet18")
-        network = _random_network(name, classes, in_chans, stem)
+        network = _random_network(name, classes, in_chans, stem, size_kwargs(name, img_size))
     elif stem:
         network = _load_cifar_checkpoint(model, arch, classes, in_chans)
     else:
         import medhub
 
-        network = medhub.load(model, num_classes=classes, in_chans=in_chans, arch=arch)
+        extra = size_kwargs(model_arch(model, arch), img_size)
+        network = medhub.load(model, num_classes=classes, in_chans=in_chans, arch=arch, **extra)
     if linear_probe:
         freeze_backbone(network)
     return network
-
-
-def model_arch(model: str, arch: str | None = None) -> str | None:
-    """The timm architecture of ``model`` without building it: ``random:<arch>``, a registry entry's ``arch``,
-    ``arch`` for a file, or a model folder's ``config.json``; None when it cannot be told."""
-    if is_random(model):
-        return model[len(RANDOM_PREFIX):] or None
-    if arch:
-        return arch
-    path = Path(model).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        try:
-            return json.loads((path / "config.json").read_text()).get("architecture")
-        except (OSError, ValueError):
-            return None
-    from medhub.errors import MedhubError
-    from medhub.registry import load_registry
-
-    try:
-        return load_registry().get_model(model).arch
-    except MedhubError:
-        return None
 
 
 def _segmentation_network(model: str, *, in_chans: int | None, arch: str | None, decoder: str | None) -> nn.Module:
@@ -121,12 +103,121 @@ def _segmentation_network(model: str, *, in_chans: int | None, arch: str | None,
     return build_segmentation_network(backbone, spec)
 
 
-def _random_network(name: str, classes: int, in_chans: int | None, stem: str | None) -> nn.Module:
+def _random_network(name: str, classes: int, in_chans: int | None, stem: str | None,
+                    extra: dict | None = None) -> nn.Module:
     from medhub.build import create_model
 
     prepare = (lambda network: use_cifar_stem(network, model=RANDOM_PREFIX + name)) if stem == "cifar" else None
-    network, _ = create_model(name, None, num_classes=classes, in_chans=in_chans, prepare=prepare)
+    network, _ = create_model(name, None, num_classes=classes, in_chans=in_chans, prepare=prepare, **(extra or {}))
     return network
+
+
+# Input sides tried, on the meta device, to tell the user which sizes an architecture takes: MedMNIST's 28,
+# 64, 128 and 224 (MedMNIST+), the benchmark's 224, and common others.
+SIZE_PROBES = (28, 32, 56, 64, 96, 112, 128, 224, 256, 384, 512)
+
+
+def model_arch(model: str, arch: str | None = None) -> str | None:
+    """The timm architecture behind ``model`` without loading weights; an unknown registry id raises.
+
+    ``random:<arch>`` -> arch (checked against timm); else ``arch`` when given; a model folder -> its
+    config.json's; a file or ``hf-hub:`` name -> None (known only once read); anything else is a registry id
+    or alias.
+
+    Raises:
+        UnknownModelError: ``model`` is no path, no ``random:``/``hf-hub:`` name and no registry id.
+        UsageError: ``random:`` without an architecture, or one timm does not have.
+    """
+    if is_random(model):
+        name = model[len(RANDOM_PREFIX):]
+        if not name:
+            raise UsageError("random: needs a timm architecture, e.g. random:resnet18")
+        from medhub.build import architecture_spec
+
+        architecture_spec(name)  # an unknown architecture is refused here, naming similar ones
+        return name
+    if arch:
+        return arch
+    path = Path(model).expanduser()
+    if path.is_dir():
+        try:
+            return json.loads((path / "config.json").read_text()).get("architecture")
+        except (OSError, ValueError):
+            return None
+    if path.exists() or model.startswith("hf-hub:"):
+        return None
+    from medhub.registry import load_registry
+
+    return load_registry().get_model(model).arch
+
+
+@functools.lru_cache(maxsize=64)
+def takes_img_size(arch: str) -> bool:
+    """True when ``arch``'s timm class has an ``img_size`` argument (a fixed token grid: ViT, DeiT, Swin...)."""
+    import inspect
+
+    import timm
+
+    with torch.device("meta"):
+        network = timm.create_model(arch, pretrained=False, num_classes=0)
+    return "img_size" in inspect.signature(type(network).__init__).parameters
+
+
+def size_kwargs(arch: str | None, img_size: int | None) -> dict:
+    """``{"img_size": img_size}`` for architectures built for one input size (ViT, DeiT, Swin), else ``{}``.
+
+    timm then sizes the patch grid, position embeddings and Swin's windows and relative-position tables for
+    ``img_size``; :func:`medhub.load` resamples a checkpoint's tables to them.
+    """
+    if not arch or not img_size or not takes_img_size(arch):
+        return {}
+    return {"img_size": img_size}
+
+
+def _runs_at(arch: str, size: int, in_chans: int) -> str | None:
+    """None when ``arch`` (built for ``size`` where it takes one) maps a batch at ``size`` px; else why not.
+
+    Runs on the meta device: shapes only, no memory, no arithmetic.
+    """
+    import timm
+
+    try:
+        with torch.device("meta"):
+            network = timm.create_model(arch, pretrained=False, num_classes=2, in_chans=in_chans,
+                                        **size_kwargs(arch, size))
+            network.eval()(torch.empty(2, in_chans, size, size))
+    except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
+        return str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+def check_input_size(model: str, img_size: int, *, arch: str | None = None, in_chans: int = 3) -> str | None:
+    """Refuse, before anything is written, a model that cannot run at ``img_size``; else say how it is built.
+
+    Returns:
+        A note for the plan (``"built for 28 px with timm img_size=28 ..."``), or None when nothing changes.
+
+    Raises:
+        UsageError: naming the sizes (of :data:`SIZE_PROBES`) the architecture takes.
+        UnknownModelError: an unknown registry id (see :func:`model_arch`).
+    """
+    name = model_arch(model, arch)
+    if not name:
+        return None
+    from medhub.build import architecture_spec
+
+    architecture_spec(name)  # an architecture timm does not have is refused here, naming similar ones
+    why = _runs_at(name, img_size, in_chans)
+    if why is not None:
+        sizes = [size for size in SIZE_PROBES if _runs_at(name, size, in_chans) is None]
+        taken = ", ".join(map(str, sizes)) if sizes else f"none of {', '.join(map(str, SIZE_PROBES))}"
+        raise UsageError(f"{name} cannot run on {img_size} px inputs ({why}); it takes {taken} px: pass --img-size "
+                         "with one of them (the images are resized; MedMNIST's '224' setting upsamples its 28 px "
+                         "images)", arch=name, img_size=img_size, sizes=sizes)
+    if size_kwargs(name, img_size):
+        return (f"input: {name} is built for {img_size} px with timm's img_size={img_size} (patch grid and position "
+                "embeddings / relative-position tables sized for it, resampled from a checkpoint's), not upsampled")
+    return None
 
 
 def use_cifar_stem(network: nn.Module, *, model: str = "this model") -> nn.Module:

@@ -194,13 +194,11 @@ def _augment_steps(plan_augment: tuple[str, ...], size: int, segmentation: bool,
 
 
 def _validate(epochs, batch_size, img_size, lr, label_fraction, precision) -> None:
-    if not 0.0 < label_fraction <= 1.0:
-        raise UsageError(f"--label-fraction must be in (0, 1], got {label_fraction}")
-    for name, value in (("epochs", epochs), ("batch-size", batch_size), ("img-size", img_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"--{name} must be a positive integer, got {value}")
-    if lr is not None and lr <= 0:
-        raise UsageError(f"--lr must be positive, got {lr}")
+    from medhub import bounds
+
+    for name, value in (("label_fraction", label_fraction), ("epochs", epochs), ("batch_size", batch_size),
+                        ("img_size", img_size), ("lr", lr)):
+        bounds.check(name, value, label=f"--{name.replace('_', '-')}")
     if precision is not None and precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
@@ -223,7 +221,7 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
         random_model: the model is a ``random:`` ResNet (default: read from ``model``).
         keep_head: keep a pretrained head whose shape fits instead of the recipe's re-initialisation.
         subset_seed: seed of the label-fraction subset (default: the released code's 99).
-        quick: ``medmnist_v2`` only: a ~360-step version of the schedule (indicative, not a verdict).
+        quick: ``medmnist_v2`` only: a ~150-step version of the schedule (indicative, not a verdict).
         native_size: MedMNIST: read the native MedMNIST+ file of ``img_size`` instead of upsampling 28 px.
         family: architecture family (resnet, convnext, swin, ...; default: from ``model`` and ``arch``); picks
             the task's recipe for that family (``task.family_protocols``) and the head init.
@@ -331,17 +329,18 @@ def make_plan(task, *, model: str = "", epochs: int | None = None, batch_size: i
     if segmentation:
         metric = DICE_POOLED
     deviations = [_deviation(name, value) for name, value in overrides.items()
-                  if name not in ("img_size", "label_fraction")]
+                  if name not in ("img_size", "label_fraction") and not (name == "epochs" and shortened)]
     if shortened:
-        deviations.append(f"{SHORTENED} ({epochs} of {protocol.max_epochs} epochs)")
+        deviations.append(f"{SHORTENED} ({epochs} of {protocol.max_epochs} epochs{', --quick' if quick else ''})")
     if published is None and reference is None:
         for key in ("img_size", "label_fraction"):
             if key in overrides:
                 deviations.append(_deviation(key, overrides[key]) + ": no published number for this setting")
     unknown = [f"{name}: {why}" for name, why in _unknowns(protocol)]
     unknown += [f"split {s.name}: {s.definition or 'not in the released code'}" for s in task.splits
-                if s.size is None or "not in the reference" in (s.definition or "")]
-    if task.split_unknown:
+                if not s.definition or "not in the reference" in s.definition]
+    unknown += list(getattr(task, "unknown", ()))
+    if getattr(task, "split_unknown", None):
         unknown.append(f"split: {task.split_unknown}")
     if not head_known and not keep_head and not segmentation:
         unknown.append(f"head_init: {head_init['why']}")

@@ -119,7 +119,8 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         chans = plan.input_channels
     network = build_network(model, num_outputs=plan.num_outputs, in_chans=chans, arch=arch,
                             segmentation=task.type == "segmentation", linear_probe=plan.linear_probe,
-                            stem=getattr(plan, "stem", None), decoder=getattr(plan, "decoder", None))
+                            stem=getattr(plan, "stem", None), decoder=getattr(plan, "decoder", None),
+                            img_size=plan.img_size)
     if getattr(plan, "scratch_init", None):
         init_from_scratch(network, plan.scratch_init)
     if task.type != "segmentation" and getattr(plan, "head_init", None):
@@ -139,6 +140,8 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     workers = default_workers(device)
     common = dict(batch_size=plan.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     augment = _train_augment(plan, config.segmentation)
+    # CheXpert's LSR-Ones: uncertain train/val labels drawn anew each read, as the released dataset class does
+    common["uncertain_range"] = getattr(data, "uncertain_range", None)
     train_loader = make_loader(splits["train"], shuffle=True, seed=seed, transform=augment,
                                crop=plan.center_crop if augment is None else None, **common)
     # the benchmark's segmentation code augments the validation split too (augment_val)
@@ -146,7 +149,7 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     val_loader = make_loader(splits["val"], shuffle=False, seed=seed, transform=val_augment, crop=plan.center_crop,
                              **common)
     test_loader = make_loader(splits["test"], shuffle=False, crop=None if plan.ten_crop else plan.center_crop,
-                              **common)
+                              **{**common, "uncertain_range": None})
     outcome = fit(network, train_loader, val_loader, config, run_dir, device, progress=progress, resume=resume,
                   label=label)
     network.load_state_dict(outcome.best_state)
@@ -163,7 +166,8 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         "input": {"channels": config.channels, "normalization": config.normalization, "device": str(device),
                   "threads": torch.get_num_threads(),
                   "compile": {"used": outcome.compiled,
-                              "why": compiling.why if outcome.compiled == compiling.used else "the saved run's",
+                              "why": (f"compiling failed: {outcome.compile_failed}" if outcome.compile_failed
+                                      else compiling.why if outcome.compiled == compiling.used else "the saved run's"),
                               "first_step_s": outcome.first_step_s}},
     }
     atomic_write_text(result_path, json.dumps(result, indent=1, default=lambda v: None))
