@@ -94,6 +94,7 @@ def render(registry=None) -> str:
             if protocol.notes:
                 lines += ["", f"Notes: {protocol.notes}"]
             lines.append("")
+    lines += _segmentation_networks()
     lines += ["## Labels and label-fraction subsets per task", "",
               "| task | labels trained | labels evaluated | subset splits (seed) | subset source |", "|---|---|---|---|---|"]
     for task in registry.tasks.values():
@@ -101,6 +102,23 @@ def render(registry=None) -> str:
         lines.append(f"| {task.id} | {len(task.trained_labels)} | {len(task.labels)} | "
                      f"{', '.join(subset.splits)} ({subset.seed}) | {_value(subset.source) if subset.source else 'not cited (medhub default: train only)'} |")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _segmentation_networks() -> list[str]:
+    """How medhub's segmentation networks and augmentation differ from the released ones (medhub.train.segnet)."""
+    from medhub.data.seg_augment import LIBRARY_DIFFERENCES
+    from medhub.train.segnet import UPERNET_DIFFERENCES
+
+    return ["## Segmentation networks and augmentation", "",
+            "U-Net (ResNet) and UperNet (ConvNeXt, Swin) come from segmentation_models_pytorch on timm encoders "
+            "filled through medhub's strict load (`medhub/train/segnet.py`). The U-Net matches the released smp "
+            "U-Net (decoder 256-128-64-32-16, nearest upsampling, 3x3 head). smp's UperNet differs from the "
+            "released `UperNet_convnext` / `UperNet_swin` (BenchmarkTransferLearning@5656fec Version2/convnext.py, "
+            "swin_transformer.py) in:", "",
+            *[f"- {d}" for d in UPERNET_DIFFERENCES], "",
+            "The albumentations pipeline is the released one rebuilt with albumentations 2.x "
+            "(`medhub/data/seg_augment.py`); what 2.x cannot express:", "",
+            *[f"- {d}" for d in LIBRARY_DIFFERENCES], ""]
 
 
 def write(path: Path, registry=None) -> bool:
