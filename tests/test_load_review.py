@@ -10,23 +10,11 @@ import pytest
 import timm
 import torch
 import torchvision
+from test_load_wrappers import X, _same, _save  # the same input and helpers as the issue's own tests
 
 import medhub
 from medhub.cli import main
 from medhub.errors import ConversionError, UnsafeCheckpointError
-
-torch.set_num_threads(1)
-X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-
-
-def _save(path, obj):
-    torch.save(obj, path)
-    return path
-
-
-def _same(model, reference, x=X):
-    with torch.no_grad():
-        return torch.allclose(model(x), reference(x), atol=1e-5)
 
 
 @pytest.fixture(scope="module")
