@@ -8,6 +8,7 @@ lets ``--resume`` end where an uninterrupted run would.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 
@@ -272,14 +273,28 @@ def normalization_stats(normalization: str | tuple, channels: int) -> tuple[tupl
 
 def to_model_input(images: torch.Tensor, device: torch.device, channels: int, normalization: str | tuple,
                    channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float normalized on ``device``, with gray replicated to 3 channels if needed."""
+    """uint8 (B, C, H, W) -> float normalized on ``device``, with gray replicated to 3 channels if needed.
+
+    The constants (mean, std, BT.601 weights) are kept on ``device`` once per setting: building them from
+    Python lists every batch is a blocking host-to-device copy on a GPU, which waits for every queued kernel
+    and so stops the host from running ahead of the GPU.
+    """
     x = images.to(device, non_blocking=True).float().div_(255.0)
+    mean, std = normalization_stats(normalization, channels)
+    mean_t, std_t, luma = _input_constants(device, mean, std)
     if x.shape[1] == 1 and channels == 3:
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] == 3 and channels == 1:
-        x = (x * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    mean, std = normalization_stats(normalization, channels)
-    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        x = (x * luma).sum(1, keepdim=True)
     x = (x - mean_t) / std_t
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@functools.lru_cache(maxsize=64)
+def _input_constants(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean, std, BT.601 luma weights)`` as ``(1, C, 1, 1)`` tensors on ``device``, made once per setting."""
+    def column(values) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+
+    return column(mean), column(std), column((0.299, 0.587, 0.114))

@@ -197,7 +197,10 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
 
     model.train()
     _freeze_norms(model)
-    total, count, full = 0.0, 0, 0
+    # The running loss stays on the device: reading it every step (float(loss)) would make the host wait for
+    # the GPU each step; it is read for the progress bar at most once a second, and once at the end.
+    where = device if device.type == "cuda" else torch.device("cpu")  # float64 is not on every accelerator
+    total, count, full, shown = torch.zeros((), dtype=torch.float64, device=where), 0, 0, time.perf_counter()
     with tqdm(loader, desc=desc, unit="batch", disable=progress_mode(progress) != BAR,
               leave=False) as bar:
         for images, targets in bar:
@@ -224,12 +227,16 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
             else:
                 loss.backward()
                 optimizer.step()
-            total += float(loss.detach()) * len(images)
+            total += loss.detach().to(where, torch.float64) * len(images)
             count += len(images)
             if timings is not None and "first_step_s" not in timings:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
                 timings["first_step_s"] = time.perf_counter() - started
-            bar.set_postfix(loss=f"{total / count:.4f}")
-    return total / max(count, 1)
+            if not bar.disable and time.perf_counter() - shown >= 1.0:
+                bar.set_postfix(loss=f"{float(total) / count:.4f}")
+                shown = time.perf_counter()
+    return float(total) / max(count, 1)
 
 
 @torch.no_grad()
@@ -238,10 +245,14 @@ def evaluate(model, loader, device, config: FitConfig, *, ten_crop: int | None =
     from torchvision.transforms.v2 import functional as TF
 
     model.eval()
-    outputs, truths, total, count = [], [], 0.0, 0
+    # Losses and scores stay on the device until the end (no wait for the GPU per batch), except Dice's,
+    # which are accumulated on the host per batch.
+    outputs, truths, total, count = [], [], torch.zeros((), dtype=torch.float64), 0
+    if device.type == "cuda":
+        total = total.to(device)
     dice = metrics.DiceAccumulator() if config.segmentation else None
     for images, targets in loader:
-        targets_d = targets.to(device)
+        targets_d = targets.to(device, non_blocking=True)
         if ten_crop:
             crops = TF.ten_crop(images, [ten_crop, ten_crop])
             probs = torch.stack([_scores(_forward(model, c, device, config), config) for c in crops]).mean(0)
@@ -250,24 +261,24 @@ def evaluate(model, loader, device, config: FitConfig, *, ten_crop: int | None =
             logits = _forward(model, images, device, config)
             probs = _scores(logits, config)
         if not ten_crop or not config.segmentation:
-            total += float(compute_loss(logits, targets_d, config)) * len(images)
+            total += compute_loss(logits, targets_d, config).to(total.device, torch.float64) * len(images)
         count += len(images)
         if dice is not None:
             dice.update(probs[:, 0].float().cpu().numpy(), targets.numpy())
             continue
-        outputs.append(probs.cpu().numpy())
+        outputs.append(probs)
         truths.append(targets.numpy())
+    loss = float(total) / max(count, 1)
     if dice is not None:  # the papers' headline Dice is pooled over all pixels; the per-image mean beside it
         per_image = float(dice.per_image.mean()) if count else float("nan")
-        return Evaluation(total / max(count, 1), dice.pooled, {"dice_pooled": dice.pooled,
-                                                                "dice_per_image": per_image})
-    scores, truth = np.concatenate(outputs), np.concatenate(truths)
+        return Evaluation(loss, dice.pooled, {"dice_pooled": dice.pooled, "dice_per_image": per_image})
+    scores, truth = torch.cat(outputs).cpu().numpy(), np.concatenate(truths)
     names = config.label_names
     if config.evaluated and tuple(config.evaluated) != tuple(names):  # e.g. CheXpert: 14 trained, 5 evaluated
         keep = [names.index(name) for name in config.evaluated]
         scores, truth, names = scores[:, keep], truth[:, keep], tuple(config.evaluated)
     per_class = metrics.per_class_auc(truth, scores, config.task_type, names)
-    return Evaluation(total / max(count, 1), metrics.mean_of(per_class), per_class, scores, truth,
+    return Evaluation(loss, metrics.mean_of(per_class), per_class, scores, truth,
                       metrics.accuracy(truth, scores, config.task_type))
 
 
