@@ -9,7 +9,8 @@
 # machine.txt (GPU, driver, torch/timm versions), one JSON per benchmark (its last stdout line) and log.txt
 # (everything printed). Environment: PYTHON (default python3), MEDHUB_SHARED (the folder holding
 # data/nih_cxr14_1000_64px, default ../shared), DEVICE (default cuda; cpu only to try the script out),
-# BATCHES (batches per timed run of benchmark 2, default 50), EXTRA (more options for every benchmark).
+# BATCHES (batches per timed run of benchmark 2, default 50), EXTRA (more options for every benchmark), ONLY
+# (names of the benchmarks to run, space-separated; default all).
 set -u
 out=${1:?usage: bash benchmarks/gpu.sh OUTDIR}
 mkdir -p "$out"
@@ -32,6 +33,7 @@ log="$out/log.txt"
 bench() {  # bench NAME LIMIT_S SCRIPT ARGS...: run one benchmark, keep its JSON line, log everything
     local name=$1 limit=$2
     shift 2
+    [[ -z "${ONLY:-}" || " $ONLY " == *" $name "* ]] || return 0
     echo "== $name: $* ($(date -u +%T))" >>"$log"
     # shellcheck disable=SC2086
     timeout "$limit" "$py" "$here/benchmarks/$@" ${EXTRA:-} >"$out/$name.out" 2>>"$log"

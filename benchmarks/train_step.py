@@ -67,6 +67,7 @@ def medhub_side(model, images, labels, batch_size: int, device, amp: bool, worke
         channels=3,
         normalization="imagenet",
         amp=amp,
+        precision="bf16" if amp else "fp32",  # what the bare side's autocast runs
         channels_last=device.type == "cuda",
     )
     loader = make_loader(
