@@ -160,7 +160,7 @@ def medhub_side(model, paths, labels, batch_size: int, workers: int, with_model:
     import numpy as np
 
     from medhub.data.cache import cached_split
-    from medhub.data.loader import make_loader, set_epoch, to_model_input, train_transform
+    from medhub.data.loader import epoch_order, make_loader, set_epoch, to_model_input, train_transform
     from medhub.data.sources import SplitData
     from medhub.train.loop import FitConfig, make_optimizer, train_epoch
 
@@ -191,7 +191,10 @@ def medhub_side(model, paths, labels, batch_size: int, workers: int, with_model:
         rounds[0] += 1
         root = scratch / f"cache-{rounds[0]}"
         started = time.perf_counter()
-        cached = cached_split("bench-pipeline", split, CACHE_SIZE, 1, progress=False, root=root)
+        # as medhub reproduce does with in-process loading: decode in the first epoch's order while it trains
+        first_order = epoch_order(len(split), True, 0, 0) if workers == 0 else None
+        cached = cached_split("bench-pipeline", split, CACHE_SIZE, 1, progress=False, root=root,
+                              first_order=first_order)
         loader = make_loader(
             cached,
             batch_size=batch_size,
@@ -202,6 +205,7 @@ def medhub_side(model, paths, labels, batch_size: int, workers: int, with_model:
             pin_memory=device.type == "cuda",
         )
         epoch(loader, 0)
+        cached.finish_build()  # the array in place, as a first epoch of medhub reproduce ends
         first = time.perf_counter() - started
         started = time.perf_counter()
         epoch(loader, 1)

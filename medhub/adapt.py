@@ -70,11 +70,12 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
     from medhub import bounds
     from medhub._io import check_output_dir, remove_created
     from medhub.data import load_task_data
+    from medhub.data.loader import default_workers
     from medhub.registry import load_registry
     from medhub.reproduce import pick_device
     from medhub.train.network import check_input_size
     from medhub.train.protocol import make_plan
-    from medhub.train.runner import prepare_data, run_once
+    from medhub.train.runner import finish_builds, prepare_data, run_once
 
     task_entry = load_registry().get_task(task)
     if task_entry.type == "segmentation":
@@ -98,10 +99,12 @@ def adapt(base: str, task: str, *, data_dir: str | os.PathLike | None, out: str 
         data = load_task_data(task_entry, data_dir, img_size=img_size or task_entry.protocol.img_size)
         plan = make_plan(task_entry, model=base, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
                          train_size=len(data.split("train")))
-        splits = prepare_data(task_entry, data, plan, seed=seed, progress=progress)
+        splits = prepare_data(task_entry, data, plan, seed=seed, progress=progress,
+                              overlap_first_epoch=default_workers(torch_device) == 0)
         result = run_once(base, task_entry, data, splits, plan, seed=seed, run_dir=out_dir / "training",
                           device=torch_device, resume=resume, arch=arch, progress=progress, in_chans=3,
                           label="adapt")
+        finish_builds(splits)
     except Exception:
         if not (out_dir / "training" / "state.pt").exists():  # nothing resumable: remove what was created
             remove_created(out_dir, existed)

@@ -106,11 +106,12 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
     ['difference', 'environment', 'mean', 'metric']
     """
     from medhub.data import load_task_data, pixel_rule
+    from medhub.data.loader import default_workers
     from medhub.registry import load_registry
     from medhub.train.network import check_input_size, check_stem, is_random, model_arch
     from medhub.train.protocol import make_plan
     from medhub.train.report import environment
-    from medhub.train.runner import prepare_data, run_once, write_outputs
+    from medhub.train.runner import finish_builds, prepare_data, run_once, write_outputs
 
     bounds.check("runs", runs, label="--runs")
     bounds.check("seed", seed, label="--seed")
@@ -140,7 +141,8 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
         plan = make_plan(entry, **options, train_size=int(len(data.split("train")) * label_fraction))
         if size_note:
             plan.notes.append(size_note)
-        splits = prepare_data(entry, data, plan, seed=seed, progress=progress)
+        splits = prepare_data(entry, data, plan, seed=seed, progress=progress,
+                              overlap_first_epoch=default_workers(torch_device) == 0)
         out_dir.mkdir(parents=True, exist_ok=True)
         planned = {"model": model, "task": entry.id, "seed": seed, **plan.as_dict(),
                    **({"pixels": pixel_rule(entry, pixels).model_dump(mode="json")} if pixels else {})}
@@ -150,6 +152,7 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
                             device=torch_device, resume=resume, arch=arch, progress=progress, label=f"run {i}",
                             compile_model=compile_model)
                    for i in range(runs)]
+        finish_builds(splits)
     except Exception:
         if not any(out_dir.glob("run*/state.pt")):  # nothing resumable: remove what this call created
             remove_created(out_dir, existed)

@@ -121,3 +121,103 @@ def test_a_cache_that_would_not_fit_on_disk_is_refused_before_writing(tmp_path, 
     with pytest.raises(DataError, match=r"needs 2\.13 GiB but .* has 1\.00 GiB free; use a smaller --img-size"):
         cached_split("breastmnist", split, 2048, 1, progress=False, root=tmp_path)
     assert not [p for p in tmp_path.rglob("*") if p.suffix in (".npy", ".tmp")]
+
+
+def _xray_pngs(shared_data, folder, count: int, side: int):
+    """``count`` real chest X-rays upscaled to ``side`` px grey PNGs (slow enough to decode that a reader
+    asking early has to wait)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted((shared_data / "nih_cxr14_1000_64px" / "NIH1000" / "test" / "0_normal").glob("*.png"))[:count]
+    paths = []
+    for i, source in enumerate(sources):
+        target = folder / f"{i:03d}.png"
+        with Image.open(source) as image:
+            image.convert("L").resize((side, side), Image.BICUBIC).save(target)
+        paths.append(target)
+    return paths
+
+
+def test_a_split_decoded_while_the_first_epoch_trains_gives_the_blocking_builds_array_and_batches(shared_data,
+                                                                                                   tmp_path):
+    """``first_order``: cached_split returns before the rows are decoded; the loader waits for each batch's rows
+    (the last row of the order is asked for at once), and the arrays, manifest and batches equal a blocking
+    build's. Afterwards the file lock is free and the array is reused."""
+    from medhub.data.loader import epoch_order
+    from medhub.data.sources import SplitData
+
+    paths = _xray_pngs(shared_data, tmp_path / "png", 24, 768)
+    split = SplitData("train", labels=np.arange(24) % 2, paths=paths)
+    blocking = cached_split("t", split, 64, 1, progress=False, root=tmp_path / "a")
+    order = epoch_order(24, True, 5, 0)
+    streamed = cached_split("t", split, 64, 1, progress=False, root=tmp_path / "b", first_order=order)
+    assert streamed.building is not None
+    last = order[-1]
+    streamed.wait([last])  # decoded last: this waits for the whole order
+    assert np.array_equal(streamed.images[last], blocking.images[last])
+
+    def batches(cached, epochs):
+        loader = make_loader(cached, batch_size=5, shuffle=True, seed=5)
+        out = []
+        for n in range(epochs):
+            set_epoch(loader, n)
+            out += [(x.clone(), y.clone()) for x, y in loader]
+        return out
+
+    again = cached_split("t", split, 64, 1, progress=False, root=tmp_path / "c", first_order=order)
+    got, want = batches(again, 2), batches(blocking, 2)
+    assert len(got) == len(want) == 10
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want, strict=True))
+    for cached in (streamed, again):
+        cached.finish_build()
+        assert cached.building is None and np.array_equal(np.load(cached.path), np.load(blocking.path))
+        manifest = json.loads(cached.path.with_suffix(".json").read_text())
+        expected = json.loads(blocking.path.with_suffix(".json").read_text())
+        assert {k: v for k, v in manifest.items() if k != "seconds"} == {
+            k: v for k, v in expected.items() if k != "seconds"}
+        assert not list(cached.path.parent.glob(".*.tmp"))
+    reused = cached_split("t", split, 64, 1, progress=False, root=tmp_path / "b", first_order=order)
+    assert reused.building is None and reused.path == streamed.path  # lock released, array valid: not rebuilt
+
+
+def test_a_background_build_that_fails_raises_to_the_reader_and_leaves_nothing(shared_data, tmp_path):
+    """A truncated PNG decoded in the background: the batch that needs it raises its DataError (naming the file),
+    nothing is left in the cache folder, and the lock is free for the next build."""
+    from medhub.data.sources import SplitData
+    from medhub.errors import DataError
+
+    paths = _xray_pngs(shared_data, tmp_path / "png", 12, 256)
+    broken = tmp_path / "png" / "broken.png"
+    broken.write_bytes(paths[0].read_bytes()[:200])
+    bad = SplitData("train", labels=np.zeros(13, dtype=np.int64), paths=[*paths, broken])
+    cached = cached_split("t", bad, 32, 1, progress=False, root=tmp_path / "bad", first_order=list(range(13)))
+    loader = make_loader(cached, batch_size=13, shuffle=False)
+    with pytest.raises(DataError, match="broken.png"):
+        next(iter(loader))
+    with pytest.raises(DataError, match="broken.png"):
+        cached.finish_build()
+    assert not [p for p in (tmp_path / "bad").rglob("*") if p.is_file() and p.suffix in (".tmp", ".npy", ".json")]
+    good = SplitData("train", labels=np.zeros(12, dtype=np.int64), paths=paths)
+    assert cached_split("t", good, 32, 1, progress=False, root=tmp_path / "bad").images.shape == (12, 1, 32, 32)
+
+
+def test_loader_workers_wait_for_a_background_build_and_read_the_finished_array(shared_data, tmp_path):
+    from medhub.data.sources import SplitData
+
+    paths = _xray_pngs(shared_data, tmp_path / "png", 8, 256)
+    split = SplitData("train", labels=np.arange(8) % 2, paths=paths)
+    cached = cached_split("t", split, 32, 1, progress=False, root=tmp_path / "w", first_order=list(range(8))[::-1])
+    loader = make_loader(cached, batch_size=4, shuffle=False, num_workers=1)
+    assert cached.building is None and cached.path.is_file()
+    images = torch.cat([x for x, _ in loader])
+    assert torch.equal(images, torch.from_numpy(np.load(cached.path)))
+
+
+def test_first_order_must_be_a_permutation_and_a_bad_one_writes_nothing(tmp_path):
+    data = load_task_data(load_registry().get_task("breastmnist"))
+    split = data.split("val")
+    with pytest.raises(ValueError, match="permutation"):
+        cached_split("breastmnist", split, 28, 1, progress=False, root=tmp_path, first_order=[0, 0, 1])
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".npy", ".tmp", ".json")]
+    assert cached_split("breastmnist", split, 28, 1, progress=False, root=tmp_path).building is None

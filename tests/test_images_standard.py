@@ -555,3 +555,28 @@ def test_enhanced_multi_frame_uses_the_frames_functional_groups(tmp_path, shared
     got = read_image(path, rule=PixelRule(frame=1))
     assert np.array_equal(got, linear_window((stored + 100) * 2.0 - 2048, 40, 400))
     assert np.array_equal(read_image(path, rule=PixelRule(frame=0)), linear_window(stored * 2.0 - 2048, -600, 1500))
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "I;16", "1"])
+def test_read_image_with_a_size_gives_the_pixels_of_resizing_afterwards(tmp_path, mode):
+    """``read_image(..., size=N)`` (what the decode-once cache calls; 8-bit grey is resized inside Pillow)
+    returns exactly ``resize(read_image(...), N)``, for every mode, both channel counts, down and up."""
+    from PIL import Image
+
+    from medhub.data.images import read_image, resize
+
+    rng = np.random.default_rng(3)
+    smooth = np.kron(rng.integers(0, 256, (12, 16)), np.ones((10, 10))).astype(np.uint8)  # 120 x 160
+    image = Image.fromarray(smooth)
+    if mode == "I;16":
+        image = Image.fromarray(smooth.astype(np.uint16) * 257)  # mode I;16
+    elif mode != "L":
+        image = Image.merge("RGB", [image, image.rotate(90, expand=False), image.transpose(Image.FLIP_LEFT_RIGHT)])
+        image = image.convert(mode)
+    path = tmp_path / f"image-{mode.replace(';', '')}.png"
+    image.save(path)
+    for channels in (1, 3):
+        for size in (48, 200):
+            got = read_image(path, channels, size=size)
+            assert got.shape[:2] == (size, size)
+            assert np.array_equal(got, resize(read_image(path, channels), size))

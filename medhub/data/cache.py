@@ -9,12 +9,14 @@ Arrays are built in a temporary file and renamed into place: a crash never leave
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +53,21 @@ class CachedSplit:
     masks: np.ndarray | None = None
     path: Path | None = None
     mask_path: Path | None = None
+    building: CacheBuild | None = None  # set while the arrays are still being decoded (``first_order``)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def wait(self, indices) -> None:
+        """Block until the rows ``indices`` are decoded (no-op once built); raises the build's error."""
+        if self.building is not None:
+            self.building.wait(indices)
+
+    def finish_build(self) -> None:
+        """Block until a background build has put the arrays in place; raises its error. No-op when built."""
+        if self.building is not None:
+            self.building.join()
+            self.building = None
 
 
 def _decode(split: SplitData, index: int, size: int, channels: int,
@@ -65,8 +79,8 @@ def _decode(split: SplitData, index: int, size: int, channels: int,
         image = resize_cv2(mode, read_image(split.paths[index], channels=channels, decoder=split.decoder,
                                               rule=split.pixels), size)
     else:
-        image = resize(read_image(split.paths[index], channels=channels, decoder=split.decoder, min_size=size,
-                                  rule=split.pixels), size)
+        image = read_image(split.paths[index], channels=channels, decoder=split.decoder, min_size=size,
+                           rule=split.pixels, size=size)
     image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
     mask = None
     if mode == "bilinear":
@@ -111,41 +125,163 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def _build(split: SplitData, size: int, channels: int, target: Path, mask_target: Path | None,
-           progress: Progress, label: str, mode: str = "bilinear") -> None:
-    """Decode every sample into temporary .npy files (threads), then rename them into place."""
-    from tqdm.auto import tqdm
+class CacheBuild:
+    """Decodes a split into its temporary arrays on threads (one per usable core), rows in a chosen order.
 
-    count = len(split)
-    check_disk_space(target.parent, cache_bytes(count, size, channels, masks=mask_target is not None), label)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp_mask = mask_target.with_name(f".{mask_target.name}.{os.getpid()}.tmp") if mask_target else None
-    try:
-        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, channels, size, size))
-        masks = (np.lib.format.open_memmap(tmp_mask, mode="w+", dtype=np.uint8, shape=(count, size, size))
-                 if tmp_mask else None)
-        workers = min(8, usable_cpus()) if split.paths is not None else 1
-        say(progress, f"{label}: building the decode-once cache ({count} images; later runs reuse it)")
-        with ThreadPoolExecutor(workers) as pool, tqdm(total=count, desc=label, unit="img",
-                                                       disable=progress_mode(progress) != BAR, leave=False) as bar:
-            for i, (image, mask) in enumerate(pool.map(lambda j: _decode(split, j, size, channels, mode), range(count))):
-                images[i] = image
-                if masks is not None:
-                    masks[i] = mask
-                bar.update()
-        for array, path in ((images, tmp), (masks, tmp_mask)):
+    The rows are written straight into memory-mapped temporary files (memory stays bounded: no decoded image
+    waits in a queue). When every row is in, the arrays are flushed, fsync'ed and renamed into place and
+    ``finish`` (the manifest) runs; on an error or :meth:`cancel` the temporary files are removed instead.
+    ``release`` (the folder's file lock) runs last either way. Readers of a split still being built call
+    :meth:`wait` with the rows they need: with ``order`` equal to the first epoch's sample order, training
+    starts as soon as the first batch is decoded and the build overlaps the first epoch.
+    """
+
+    def __init__(self, split: SplitData, size: int, channels: int, mode: str, targets: tuple[Path, Path | None],
+                 order: list[int] | None, finish: Callable[[], None], release: Callable[[], None]):
+        target, mask_target = targets
+        count = len(split)
+        self.order = list(range(count)) if order is None else [int(i) for i in order]
+        if sorted(self.order) != list(range(count)):
+            raise ValueError(f"first_order must be a permutation of range({count}), the split's indices")
+        self.split, self.size, self.channels, self.mode = split, size, channels, mode
+        self.targets, self.finish, self.release = targets, finish, release
+        self.tmp = [target.with_name(f".{target.name}.{os.getpid()}.tmp"),
+                    mask_target.with_name(f".{mask_target.name}.{os.getpid()}.tmp") if mask_target else None]
+        try:
+            self.images = np.lib.format.open_memmap(self.tmp[0], mode="w+", dtype=np.uint8,
+                                                    shape=(count, channels, size, size))
+            self.masks = (np.lib.format.open_memmap(self.tmp[1], mode="w+", dtype=np.uint8,
+                                                    shape=(count, size, size)) if self.tmp[1] else None)
+        except BaseException:
+            for path in self.tmp:
+                if path is not None:
+                    path.unlink(missing_ok=True)
+            raise
+        self.ready = np.zeros(count, dtype=bool)
+        self.taken, self.error, self.cancelled = 0, None, False
+        self.condition = threading.Condition()
+        self.done = threading.Event()
+        self.workers = min(8, usable_cpus()) if split.paths is not None else 1
+
+    def start(self) -> CacheBuild:
+        """Start decoding in the background; returns ``self``."""
+        with _BUILDS_LOCK:
+            _BUILDS.add(self)
+        threading.Thread(target=self._run, name="medhub-cache-build", daemon=True).start()
+        return self
+
+    def wait(self, indices) -> None:
+        """Block until the rows ``indices`` are decoded.
+
+        Raises:
+            DataError: the build failed (or the decoder's own error) or was cancelled first.
+        """
+        with self.condition:
+            while not self.ready[indices].all():
+                self._raise_if_stopped()
+                self.condition.wait()
+
+    def join(self, progress: Progress = False, label: str = "") -> None:
+        """Block until the arrays are in place (or removed after a failure), with a progress bar if asked.
+
+        Raises:
+            DataError: the build failed (or the decoder's own error) or was cancelled.
+        """
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(self.order), desc=label, unit="img", disable=progress_mode(progress) != BAR,
+                  leave=False) as bar:
+            while not self.done.wait(0.2):
+                bar.update(int(self.ready.sum()) - bar.n)
+            bar.update(int(self.ready.sum()) - bar.n)
+        with self.condition:
+            self._raise_if_stopped()
+
+    def cancel(self) -> None:
+        """Stop decoding new rows; a build whose rows are all decoded still finishes."""
+        with self.condition:
+            self.cancelled = True
+            self.condition.notify_all()
+
+    def _raise_if_stopped(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.cancelled and not self.ready.all():
+            raise DataError(f"{self.targets[0].name}: the decode-once cache build was cancelled; run again",
+                            path=self.targets[0])
+
+    def _next(self) -> int | None:
+        with self.condition:
+            if self.error is not None or self.cancelled or self.taken >= len(self.order):
+                return None
+            self.taken += 1
+            return self.order[self.taken - 1]
+
+    def _work(self) -> None:
+        while (index := self._next()) is not None:
+            try:
+                image, mask = _decode(self.split, index, self.size, self.channels, self.mode)
+                self.images[index] = image
+                if self.masks is not None:
+                    self.masks[index] = mask
+            except BaseException as exc:  # noqa: BLE001 - handed to every reader
+                with self.condition:
+                    self.error = self.error or exc
+                    self.condition.notify_all()
+                return
+            with self.condition:
+                self.ready[index] = True
+                self.condition.notify_all()
+
+    def _run(self) -> None:
+        try:
+            threads = [threading.Thread(target=self._work, name=f"medhub-decode-{i}", daemon=True)
+                       for i in range(self.workers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if self.error is None and self.ready.all():
+                self._put_in_place()
+        except BaseException as exc:  # noqa: BLE001 - disk full at fsync, a manifest that cannot be written
+            with self.condition:
+                self.error = self.error or exc
+        finally:
+            for path in self.tmp:
+                if path is not None and path.exists():
+                    path.unlink()
+            self.release()
+            with _BUILDS_LOCK:
+                _BUILDS.discard(self)
+            with self.condition:
+                self.condition.notify_all()
+            self.done.set()
+
+    def _put_in_place(self) -> None:
+        for array, path in ((self.images, self.tmp[0]), (self.masks, self.tmp[1])):
             if array is not None:
                 array.flush()
                 with open(path, "rb+") as handle:
                     os.fsync(handle.fileno())
-        del images, masks
-        os.replace(tmp, target)
-        if tmp_mask:
-            os.replace(tmp_mask, mask_target)
-    finally:
-        for path in (tmp, tmp_mask):
-            if path is not None and path.exists():
-                path.unlink()
+        for path, target in zip(self.tmp, self.targets, strict=True):
+            if path is not None:
+                os.replace(path, target)
+        self.finish()
+
+
+_BUILDS: set[CacheBuild] = set()
+_BUILDS_LOCK = threading.Lock()
+
+
+@atexit.register
+def _stop_builds() -> None:
+    """At exit, builds still decoding stop and remove their temporary files; finished ones complete."""
+    with _BUILDS_LOCK:
+        builds = list(_BUILDS)
+    for build in builds:
+        build.cancel()
+    for build in builds:
+        build.done.wait()
 
 
 def pixels_used(split: SplitData) -> dict | None:
@@ -173,7 +309,8 @@ def _valid(manifest_path: Path, target: Path, mask_target: Path | None, key: str
 
 
 def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, progress: Progress = True,
-                 root: Path | None = None, verify: bool = False, resize_mode: str = "bilinear") -> CachedSplit:
+                 root: Path | None = None, verify: bool = False, resize_mode: str = "bilinear",
+                 first_order: Sequence[int] | None = None) -> CachedSplit:
     """The split decoded at ``size x size`` with ``channels``; built on first use, memory-mapped afterwards.
 
     ``resize_mode``: ``bilinear`` (PIL, antialiased; masks nearest), or OpenCV from full resolution as the
@@ -181,8 +318,17 @@ def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, pr
     ``Version1/dataloader.py:313-314``) or ``linear`` (``cv2.INTER_LINEAR`` for both, the mask thresholded at
     127 of 255, the DRIVE loader ``Version1/dataloader.py:356-358``).
 
+    ``first_order``: when the array must be built, decode the rows in this order (a permutation of the
+    split's indices, e.g. the first epoch's, :func:`medhub.data.loader.epoch_order`) in the background and
+    return at once: the split's ``building`` is set, readers wait for the rows they need
+    (:meth:`CachedSplit.wait`, which the loader calls), and :meth:`CachedSplit.finish_build` waits for the
+    end. The arrays, manifest and file lock are the same as a blocking build's; a build still running at
+    exit is cancelled and leaves nothing behind.
+
     Raises:
-        ValueError: an unknown ``resize_mode``.
+        ValueError: an unknown ``resize_mode``; a ``first_order`` that is not a permutation.
+        DataError: a file cannot be decoded (from a blocking build; a background one raises it to readers),
+            or the arrays would not fit on the disk.
 
     >>> # cached = cached_split("pneumoniamnist", task_data.split("train"), 28, 1)
     """
@@ -195,17 +341,35 @@ def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, pr
     target = folder / f"{stem}-{key}.npy"
     mask_target = folder / f"{stem}-{key}-masks.npy" if split.masks is not None else None
     manifest_path = folder / f"{stem}-{key}.json"
-    with FileLock(str(folder / f".{stem}.lock")):  # parallel runs (grid workers) build each array once
-        _ensure(task_id, split, size, channels, key, stem, (target, mask_target, manifest_path), progress, verify,
-                resize_mode)
+    # parallel runs (grid workers) build each array once; a background build releases the lock when it ends
+    lock = FileLock(str(folder / f".{stem}.lock"), thread_local=False)
+    lock.acquire()
+    try:
+        build = _ensure(task_id, split, size, channels, key, stem, (target, mask_target, manifest_path), verify,
+                        resize_mode, first_order, lock.release)
+    except BaseException:
+        lock.release()
+        raise
+    if build is None:
+        lock.release()
+    else:
+        label = f"decode {task_id}/{split.name} {size}px"
+        if first_order is not None:
+            say(progress, f"{label}: decoding {len(split)} images into the decode-once cache while the first "
+                          "epoch trains (later runs reuse it)")
+            build.start()
+            return CachedSplit(split.name, build.images, split.labels, build.masks, target, mask_target, build)
+        say(progress, f"{label}: building the decode-once cache ({len(split)} images; later runs reuse it)")
+        build.start().join(progress, label)
     images = np.load(target, mmap_mode="r")
     masks = np.load(mask_target, mmap_mode="r") if mask_target else None
     return CachedSplit(split.name, images, split.labels, masks, target, mask_target)
 
 
 def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, stem: str,
-            paths: tuple[Path, Path | None, Path], progress: Progress, verify: bool, mode: str = "bilinear") -> None:
-    """Build the array unless a valid one exists (called under the folder's lock)."""
+            paths: tuple[Path, Path | None, Path], verify: bool, mode: str, order: Sequence[int] | None,
+            release: Callable[[], None]) -> CacheBuild | None:
+    """A (not yet started) build of the array, or None when a valid one exists (called under the folder's lock)."""
     target, mask_target, manifest_path = paths
     folder = target.parent
     if verify and _valid(manifest_path, target, mask_target, key):
@@ -213,12 +377,15 @@ def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, 
         if sha256_file(target) != manifest["sha256"]["images"]:
             log.warning("%s does not match its manifest; rebuilding", target)
             manifest_path.unlink()
-    if not _valid(manifest_path, target, mask_target, key):
-        for stale in [*folder.glob(f"{stem}-*"), *folder.glob(f".{stem}-*.tmp")]:  # old keys, killed builds
-            stale.unlink(missing_ok=True)
-        started = time.perf_counter()
-        _build(split, size, channels, target, mask_target, progress, f"decode {task_id}/{split.name} {size}px",
-               mode)
+    if _valid(manifest_path, target, mask_target, key):
+        return None
+    for stale in [*folder.glob(f"{stem}-*"), *folder.glob(f".{stem}-*.tmp")]:  # old keys, killed builds
+        stale.unlink(missing_ok=True)
+    check_disk_space(folder, cache_bytes(len(split), size, channels, masks=mask_target is not None),
+                     f"decode {task_id}/{split.name} {size}px")
+    started = time.perf_counter()
+
+    def finish() -> None:
         files = {"images": target, **({"masks": mask_target} if mask_target else {})}
         manifest = {
             "key": key, "task": task_id, "split": split.name, "size": size, "channels": channels,
@@ -231,3 +398,6 @@ def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, 
         }
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
         log.info("cached %s/%s at %d px in %.1fs", task_id, split.name, size, manifest["seconds"])
+
+    return CacheBuild(split, size, channels, mode, (target, mask_target), None if order is None else list(order),
+                      finish, release)

@@ -422,7 +422,7 @@ def _pil_to_uint8(image, path: Path, rule: PixelRule) -> np.ndarray:
             raise DataError(f"{path}: floating-point image outside 0..1; save it as 8- or 16-bit", path=path)
         return range_to_uint8(values, 0.0, 1.0)
     if mode in ("1", "L") and "transparency" not in image.info:
-        return np.asarray(image.convert("L"))
+        return np.asarray(image if mode == "L" else image.convert("L"))  # convert() would copy an L image
     if "A" in mode or "a" in mode or "transparency" in image.info:
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float64)
         rgb = np.round(rgba[..., :3] * rgba[..., 3:] / 255.0).astype(np.uint8)
@@ -433,22 +433,34 @@ def _pil_to_uint8(image, path: Path, rule: PixelRule) -> np.ndarray:
     return rgb
 
 
-def read_pil(path: Path, min_size: int | None = None, rule: PixelRule = DEFAULT_RULE) -> np.ndarray:
+def read_pil(path: Path, min_size: int | None = None, rule: PixelRule = DEFAULT_RULE,
+             size: int | None = None) -> np.ndarray:
     """PNG/JPEG/TIFF/GIF/BMP via Pillow, EXIF Orientation applied first (see the module docstring).
 
     ``min_size`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale (in the DCT, several times faster) while both
-    sides stay at least ``min_size``: for callers that resize to that size anyway.
+    sides stay at least ``min_size``: for callers that resize to that size anyway. ``size``: the caller
+    resizes to ``size x size`` with :func:`resize`; an 8-bit grey image is then resized here, before it
+    leaves Pillow (the same pixels, without copying the full-size image into NumPy and back). Other modes
+    come back at their own size.
     """
+    from PIL import Image
+
     image = _open_pil(path, min_size, rule)
     try:
+        if size and image.mode == "L" and "transparency" not in image.info and image.size != (size, size):
+            image.load()
+            resized = image.resize((size, size), Image.Resampling.BILINEAR)
+            image.close()
+            image = resized
         return _pil_to_uint8(image, path, rule)
     finally:
         image.close()
 
 
 def read_image(path: str | Path, channels: int = 1, decoder: str | None = None,
-               min_size: int | None = None, rule: PixelRule | None = None) -> np.ndarray:
-    """Decode ``path`` into uint8 ``(H, W)`` (channels=1) or ``(H, W, 3)`` (channels=3).
+               min_size: int | None = None, rule: PixelRule | None = None, size: int | None = None) -> np.ndarray:
+    """Decode ``path`` into uint8 ``(H, W)`` (channels=1) or ``(H, W, 3)`` (channels=3); with ``size``,
+    resized to ``size x size`` by :func:`resize` (bilinear, antialiased), as the decode-once cache stores it.
 
     ``decoder`` names a special decoder of :data:`DECODERS` (e.g. ``ct_pe_windows``) to use instead of
     the one the file type selects. ``min_size``: the caller will resize to this size, so a JPEG may be
@@ -472,7 +484,7 @@ def read_image(path: str | Path, channels: int = 1, decoder: str | None = None,
         elif suffix in RAW_SUFFIXES:
             array = read_jsrt_raw(path, rule)
         elif suffix in IMAGE_SUFFIXES:
-            array = read_pil(path, min_size, rule)
+            array = read_pil(path, min_size or size, rule, size)
         else:
             raise DataError(
                 f"{path}: unsupported image type '{suffix}'; use DICOM, PNG, JPEG or TIFF", path=path
@@ -483,7 +495,8 @@ def read_image(path: str | Path, channels: int = 1, decoder: str | None = None,
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         raise DataError(f"{path}: cannot decode image ({reason}); check that it is a complete "
                         f"{suffix.lstrip('.').upper() or 'image'} file", path=path) from exc
-    return set_channels(array, channels)
+    array = set_channels(array, channels)
+    return array if size is None else resize(array, size)
 
 
 def resize(array: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:

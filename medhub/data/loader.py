@@ -168,6 +168,7 @@ class BatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         batch_seed, indices = item
         order = np.sort(np.asarray(indices))
+        self.split.wait(order)  # a cache still being built: these rows first
         where = np.searchsorted(order, indices)
         images = torch.from_numpy(np.ascontiguousarray(self.split.images[order]))[where]
         masks = None
@@ -202,6 +203,15 @@ class BatchDataset(torch.utils.data.Dataset):
         return torch.stack(out_images), (torch.stack(out_masks) if masks is not None else None)
 
 
+def epoch_order(count: int, shuffle: bool, seed: int, epoch: int) -> list[int]:
+    """The sample order of one epoch of :func:`make_loader` (``randperm`` seeded by ``(seed, epoch)``, or
+    ``0..count-1`` unshuffled); e.g. the order to build a cache in while the first epoch trains."""
+    if not shuffle:
+        return list(range(count))
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(count, generator=generator).tolist()
+
+
 class EpochBatches(torch.utils.data.Sampler):
     """``(batch_seed, indices)`` per batch, shuffled by a generator seeded from ``(seed, epoch)``."""
 
@@ -216,11 +226,7 @@ class EpochBatches(torch.utils.data.Sampler):
         return (self.count + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.count, generator=generator).tolist()
-        else:
-            order = list(range(self.count))
+        order = epoch_order(self.count, self.shuffle, self.seed, self.epoch)
         for number, start in enumerate(range(0, self.count, self.batch_size)):
             batch_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + number) % (2**63)
             yield batch_seed, order[start:start + self.batch_size]
@@ -232,8 +238,12 @@ def make_loader(split: CachedSplit, *, batch_size: int, shuffle: bool, seed: int
                 ) -> torch.utils.data.DataLoader:
     """A DataLoader whose items are whole batches (no per-sample collate); call ``.batch_sampler.set_epoch``.
 
+    A split still being decoded (``cached_split(..., first_order=)``) is read as its rows arrive when
+    ``num_workers`` is 0; with workers, the build is waited for first.
     ``uncertain_range``: labels stored as UNCERTAIN are drawn from it for every batch read (LSR-Ones).
     """
+    if num_workers > 0:  # worker processes read the finished array by path
+        split.finish_build()
     sampler = EpochBatches(len(split), batch_size, shuffle, seed)
     return torch.utils.data.DataLoader(
         BatchDataset(split, transform, crop, uncertain_range), sampler=sampler, batch_size=None, num_workers=num_workers,

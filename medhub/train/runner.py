@@ -16,7 +16,7 @@ import torch
 from medhub._io import atomic_write_text
 from medhub.cpu import torch_threads
 from medhub.data.cache import CachedSplit, cached_split
-from medhub.data.loader import default_workers, make_loader, train_transform
+from medhub.data.loader import default_workers, epoch_order, make_loader, train_transform
 from medhub.data.progress import Progress
 from medhub.errors import UsageError
 from medhub.train import metrics
@@ -48,26 +48,44 @@ def subset_indices(count: int, fraction: float, seed: int = 99) -> list[int]:
     return order[:keep]
 
 
-def prepare_data(task, data, plan, *, seed: int, progress: Progress) -> dict[str, CachedSplit]:
+def prepare_data(task, data, plan, *, seed: int, progress: Progress, overlap_first_epoch: bool = False
+                 ) -> dict[str, CachedSplit]:
     """Decode (once) every split at the plan's cache size; cut the plan's label-fraction subset.
 
     The subset is the released code's (:func:`subset_indices`, seed ``plan.subset['seed']``, 99 unless
     overridden), applied to each split the task's recipe cuts; it does not depend on the run's ``seed``.
+
+    ``overlap_first_epoch``: a training split that must be decoded (and is used whole) is decoded in the
+    background in the order of the first run's first epoch (seed ``seed``), so that epoch trains while the
+    rest decodes (:func:`medhub.data.cache.cached_split` ``first_order``); for loaders without worker
+    processes. Validation and test splits are decoded first.
     """
     mode = getattr(plan, "image_resize", "bilinear")
-    splits = {name: cached_split(task.id, data.split(name), plan.cache_size, data.channels, progress=progress,
-                                 resize_mode=mode)
-              for name in ("train", "val", "test")}
+    splits: dict[str, CachedSplit] = {}
+    for name in ("val", "test", "train"):
+        split = data.split(name)
+        order = (epoch_order(len(split), True, seed, 0)
+                 if overlap_first_epoch and name == "train" and plan.label_fraction >= 1.0 else None)
+        splits[name] = cached_split(task.id, split, plan.cache_size, data.channels, progress=progress,
+                                    resize_mode=mode, first_order=order)
+    splits = {name: splits[name] for name in ("train", "val", "test")}
     if plan.label_fraction < 1.0:
         subset = plan.subset or {"seed": 99, "splits": ["train"]}
         for name in subset["splits"]:
             whole = splits[name]
+            whole.finish_build()
             pick = np.asarray(subset_indices(len(whole), plan.label_fraction, subset["seed"]))
             splits[name] = CachedSplit(name, np.asarray(whole.images[pick]), whole.labels[pick],
                                        None if whole.masks is None else np.asarray(whole.masks[pick]))
             plan.notes.append(f"label fraction {plan.label_fraction}: {len(pick)} of {len(whole)} {name} samples "
                               f"(random.Random({subset['seed']}) subset of the list order)")
     return splits
+
+
+def finish_builds(splits: dict[str, CachedSplit]) -> None:
+    """Wait for the splits still being decoded in the background to be in place; raises a build's error."""
+    for split in splits.values():
+        split.finish_build()
 
 
 def _input_channels(network: torch.nn.Module) -> int:
