@@ -115,6 +115,27 @@ def bare_side(model, floats, labels, batch_size: int, device, amp: bool):
     return run
 
 
+def write_profiles(sides: dict, path: str, device) -> None:
+    """One more run of each side under ``torch.profiler`` (CPU, and CUDA on a GPU): wall seconds, total
+    device-kernel seconds and the operators by self CPU time, into the text file ``path``."""
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with open(path, "w") as out:
+        for name, run in sides.items():
+            with profile(activities=activities) as prof:
+                started = time.perf_counter()
+                run()
+                wall = time.perf_counter() - started
+            events = prof.key_averages()
+            kernels = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e6
+            out.write(f"== {name}: wall {wall:.3f} s under the profiler, device kernels {kernels:.3f} s\n")
+            out.write(events.table(sort_by="self_cpu_time_total", row_limit=25) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser("medhub's training step vs a bare PyTorch loop over in-memory tensors")
     p.add_argument("--arch", default="resnet18", help="timm architecture (default resnet18)")
@@ -130,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="medhub's loader workers (default: what medhub reproduce uses, 0 on a CPU, up to 8 on a GPU)",
     )
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="after timing, profile one more run of each side (torch.profiler) and write both tables")
     args = p.parse_args(argv)
     setup_torch(args.threads)
     import timm
@@ -154,13 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     note(
         f"{args.arch} {size}px batch {batch}, {batches} batches per run, {repeats} runs per side, interleaved"
     )
-    times = interleaved(
-        {
-            "medhub": medhub_side(model_a, images, labels, batch, device, amp, workers),
-            "bare": bare_side(model_b, floats, labels_t, batch, device, amp),
-        },
-        repeats,
-    )
+    sides = {
+        "medhub": medhub_side(model_a, images, labels, batch, device, amp, workers),
+        "bare": bare_side(model_b, floats, labels_t, batch, device, amp),
+    }
+    times = interleaved(sides, repeats)
+    if args.profile:
+        write_profiles(sides, args.profile, device)
     count = batch * batches
     rates = {side: [count / t for t in values] for side, values in times.items()}
     result = {
