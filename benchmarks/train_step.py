@@ -120,7 +120,6 @@ def write_profiles(sides: dict, path: str, device) -> None:
     device-kernel seconds and the operators by self CPU time, into the text file ``path``."""
     import time
 
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
