@@ -149,15 +149,16 @@ def reference_side(network, folder: Path, count: int, batch_size: int):
     return run
 
 
-def medhub_side(network, cached, batch_size: int, compiled):
-    """One round of medhub's trainer (:func:`medhub.train.loop.train_epoch`) over the cached split."""
+def medhub_side(network, cached, batch_size: int, compiled, channels_last: bool = False):
+    """One round of medhub's trainer (:func:`medhub.train.loop.train_epoch`) over the cached split; the input in
+    channels-last format when the network is (as ``reproduce`` trains this network on a CPU)."""
     import torch
 
     from medhub.data.loader import make_loader, set_epoch
     from medhub.train.loop import FitConfig, make_optimizer, train_epoch
 
     config = FitConfig(task_type="binary", label_names=("normal", "pneumonia"), loss="cross_entropy", lr=LR,
-                       channels=1, normalization="half", compile=compiled is not None)
+                       channels=1, normalization="half", compile=compiled is not None, channels_last=channels_last)
     optimizer = make_optimizer(network.parameters(), config)
     loader = make_loader(cached, batch_size=batch_size, shuffle=True, seed=0)
     rounds = [0]
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     from medhub.registry import load_registry
     from medhub.train.compiled import compile_for_training, compiler_available
     from medhub.train.network import build_network
+    from medhub.train.runner import channels_last_for
 
     batches = args.batches or (2 if args.quick else 6)
     repeats = args.repeats or (2 if args.quick else 5)
@@ -225,20 +227,24 @@ def main(argv: list[str] | None = None) -> int:
         probe = (torch.from_numpy(np.array(cached.images[:16])).float() / 255 - 0.5) / 0.5
         identity = same_network(nets["medhub"], reference, probe)
         copy_weights(nets["medhub"], nets["medhub_eager"])
+        channels_last = channels_last_for(torch.device("cpu"), "cifar", False)  # what reproduce trains in
+        if channels_last:
+            nets = {side: net.to(memory_format=torch.channels_last) for side, net in nets.items()}
         compiled = compile_for_training(nets["medhub"]) if compiling else None
         warmup = {}
         if compiled is not None:  # the first compiled step, cold (fresh Inductor cache), timed on its own
             started = time.perf_counter()
             with torch_threads(counts["medhub"]):
                 medhub_side(nets["medhub"], CachedSplit("train", cached.images[:args.batch_size],
-                                                        cached.labels[:args.batch_size]), args.batch_size, compiled)()
+                                                        cached.labels[:args.batch_size]), args.batch_size, compiled,
+                            channels_last)()
             warmup["first_step_s"] = round(time.perf_counter() - started, 2)
         note(f"{TASK}: {count} images, batch {args.batch_size}, {repeats} rounds, threads {counts}, "
              f"medhub step {'compiled' if compiled is not None else 'eager'}; {identity['parameters']} parameters")
         made = {
             "reference": reference_side(reference, folder, count, args.batch_size),
-            "medhub": medhub_side(nets["medhub"], cached, args.batch_size, compiled),
-            "medhub_eager": medhub_side(nets["medhub_eager"], cached, args.batch_size, None),
+            "medhub": medhub_side(nets["medhub"], cached, args.batch_size, compiled, channels_last),
+            "medhub_eager": medhub_side(nets["medhub_eager"], cached, args.batch_size, None, channels_last),
         }
         sides = {side: with_threads(run, counts[side]) for side, run in made.items()}
         times = interleaved(sides, repeats, warmup=1)
@@ -258,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "own_threads": args.own_threads,
         "precision": "fp32",
         "compiled": compiled is not None,
+        "channels_last": channels_last,
         "compile_warmup": warmup or None,
         "network": identity,
         **{side: {**summary(values), "images_per_s": round(count / median(values), 1)}

@@ -105,10 +105,25 @@ def test_reproduce_records_the_choice(tmp_path):
     try:
         report = reproduce("random:test_resnet", "breastmnist", epochs=1, label_fraction=0.5, out=tmp_path / "r",
                            progress=False, compile_model=False)
+        cifar = reproduce("random:resnet18", "breastmnist", epochs=1, label_fraction=0.1, out=tmp_path / "c",
+                          progress=False, compile_model=False)
     finally:
         torch.set_num_threads(threads)
     record = report["runs"][0]["input"]["compile"]
     assert record["used"] is False and record["why"] == "--no-compile" and record["first_step_s"] > 0
+    # the memory format follows the stem on a CPU (channels_last_for): NHWC for MedMNIST's CIFAR-stem ResNet-18
+    assert report["protocol"]["stem"] is None and report["runs"][0]["input"]["channels_last"] is False
+    assert cifar["protocol"]["stem"] == "cifar" and cifar["runs"][0]["input"]["channels_last"] is True
+
+
+def test_channels_last_is_chosen_where_it_was_measured_to_pay():
+    from medhub.train.runner import channels_last_for
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert channels_last_for(cpu, "cifar", False) is True
+    assert channels_last_for(cpu, None, False) is False  # timm stems on a CPU: not measured, default format
+    assert channels_last_for(cpu, "cifar", True) is False
+    assert channels_last_for(cuda, None, False) is True and channels_last_for(cuda, None, True) is True
 
 
 def test_a_failing_compiler_falls_back_to_eager_training(tmp_path, monkeypatch):
