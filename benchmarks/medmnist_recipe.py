@@ -15,7 +15,8 @@ medhub with :func:`medhub.cpu.choose_threads` (the cores nobody else is using), 
 * medhub: what ``medhub reproduce random:resnet18 pneumoniamnist --cifar-stem`` runs: the network from
   :func:`medhub.train.network.build_network`, the split from the decode-once cache
   (:func:`medhub.data.cache.cached_split`) through :func:`medhub.data.loader.make_loader`, and
-  :func:`medhub.train.loop.train_epoch` with the training step compiled as the run's default decides
+  :func:`medhub.train.loop.train_epoch` in channels-last format (:func:`medhub.train.runner.channels_last_for`)
+  with the training step compiled as the run's default decides
   (:mod:`medhub.train.compiled`; ``--no-compile`` measures the eager step). A third side, medhub eager,
   separates the data pipeline's share from the compiled step's.
 
