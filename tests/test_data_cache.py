@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -221,3 +222,38 @@ def test_first_order_must_be_a_permutation_and_a_bad_one_writes_nothing(tmp_path
         cached_split("breastmnist", split, 28, 1, progress=False, root=tmp_path, first_order=[0, 0, 1])
     assert not [p for p in tmp_path.rglob("*") if p.suffix in (".npy", ".tmp", ".json")]
     assert cached_split("breastmnist", split, 28, 1, progress=False, root=tmp_path).building is None
+
+
+def test_a_second_call_in_the_thread_that_started_a_background_build_waits_for_it(shared_data, tmp_path,
+                                                                                  monkeypatch):
+    """A run that fails during its first epoch leaves its build decoding; calling cached_split for that split again
+    from the same thread (the next grid cell of the task in that worker, the Python API called again) waits for
+    the build and reuses its array. filelock 4 refuses an endless wait for a lock that another instance took in
+    this thread (a "Deadlock" RuntimeError), although the build thread releases it without this one."""
+    from PIL import Image
+
+    from medhub.data import images
+    from medhub.data.sources import SplitData
+
+    gate = threading.Event()  # holds the build until the second call has started
+
+    def gated_png(path, rule):
+        gate.wait()
+        return images.read_pil(path, rule=rule)
+
+    monkeypatch.setitem(images.DECODERS, "gated_png", gated_png)
+    paths = _xray_pngs(shared_data, tmp_path / "png", 6, 64)
+    split = SplitData("train", labels=np.arange(6) % 2, paths=paths, decoder="gated_png")
+    first = cached_split("t", split, 32, 1, progress=False, root=tmp_path / "c", first_order=[5, 4, 3, 2, 1, 0])
+    assert first.building is not None
+    opener = threading.Timer(1.0, gate.set)
+    opener.start()
+    try:
+        second = cached_split("t", split, 32, 1, progress=False, root=tmp_path / "c")
+    finally:
+        gate.set()
+        opener.cancel()
+    expected = np.stack([np.asarray(Image.open(p).resize((32, 32), Image.Resampling.BILINEAR)) for p in paths])
+    assert second.building is None and np.array_equal(second.images[:, 0], expected)
+    first.finish_build()
+    assert second.path == first.path and np.array_equal(first.images[:, 0], expected)

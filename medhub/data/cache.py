@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from medhub._io import atomic_write_text, sha256_file
 from medhub.cpu import usable_cpus
@@ -343,7 +343,7 @@ def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, pr
     manifest_path = folder / f"{stem}-{key}.json"
     # parallel runs (grid workers) build each array once; a background build releases the lock when it ends
     lock = FileLock(str(folder / f".{stem}.lock"), thread_local=False)
-    lock.acquire()
+    _acquire(lock)
     try:
         build = _ensure(task_id, split, size, channels, key, stem, (target, mask_target, manifest_path), verify,
                         resize_mode, first_order, lock.release)
@@ -364,6 +364,21 @@ def cached_split(task_id: str, split: SplitData, size: int, channels: int, *, pr
     images = np.load(target, mmap_mode="r")
     masks = np.load(mask_target, mmap_mode="r") if mask_target else None
     return CachedSplit(split.name, images, split.labels, masks, target, mask_target)
+
+
+def _acquire(lock: FileLock) -> None:
+    """Take the folder's lock, however long another build (another process's, or this one's) holds it.
+
+    Polled with a finite timeout: filelock 4 refuses an endless wait for a lock that another instance took in
+    this thread, as a deadlock, but a background build started here by an earlier call (whose run then failed
+    or was interrupted) holds it until its own thread ends and releases it, without this thread's help.
+    """
+    while True:
+        try:
+            lock.acquire(timeout=1.0)
+            return
+        except Timeout:
+            continue
 
 
 def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, stem: str,
