@@ -9,7 +9,7 @@ runs as many threads as there are cores nobody else is using, never more than th
 * cores it may use: the CPU affinity mask (``os.sched_getaffinity``), capped by a cgroup CPU quota (v2
   ``cpu.max``, v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``) rounded up;
 * cores busy elsewhere: the kernel's count of runnable threads (``procs_running`` in ``/proc/stat``, sampled
-  for a fraction of a second, this sampling thread excluded), capped at the machine's cores;
+  for a fraction of a second, this process's own runnable threads excluded), capped at the machine's cores;
 * an explicit choice wins: ``MEDHUB_THREADS`` (or ``OMP_NUM_THREADS``, which torch honours anyway), or the
   ``threads`` argument of :func:`choose_threads`.
 
@@ -93,8 +93,9 @@ def cgroup_cpu_quota(root: Path = _CGROUP_ROOT) -> float | None:
 
 
 def busy_cpus(samples: int = 12, interval_s: float = 0.025) -> float:
-    """Cores kept busy by other threads right now: mean runnable threads (``/proc/stat`` ``procs_running``,
-    which counts this sampling thread too) minus one, over ``samples`` readings ``interval_s`` apart.
+    """Cores kept busy by other processes right now: mean runnable threads (``/proc/stat`` ``procs_running``)
+    minus this process's own runnable ones (this sampling thread, and e.g. a decode-once cache build decoding
+    in the background, which ends within the first epoch), over ``samples`` readings ``interval_s`` apart.
 
     Returns 0.0 where ``/proc/stat`` does not exist (not Linux).
     """
@@ -103,7 +104,7 @@ def busy_cpus(samples: int = 12, interval_s: float = 0.025) -> float:
         value = _procs_running()
         if value is None:
             return 0.0
-        readings.append(value - 1)
+        readings.append(value - _own_running())
         if index + 1 < samples:
             time.sleep(interval_s)
     return max(0.0, sum(readings) / len(readings))
@@ -118,6 +119,24 @@ def _procs_running() -> int | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def _own_running() -> int:
+    """This process's threads in state R (running or runnable) in ``/proc/self/task/*/stat``; at least 1 (the
+    caller)."""
+    count = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat") as handle:
+                text = handle.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        count += text[text.rfind(")") + 2:][:1] == "R"  # the state follows "(comm) "
+    return max(1, count)
 
 
 def choose_threads(threads: int | None = None, *, measure: bool = True) -> ThreadChoice:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +81,31 @@ def test_auto_choice_leaves_out_cores_that_busy_loops_hold(monkeypatch: pytest.M
     assert choice.busy >= usable - 0.5
     assert choice.threads == 1
     assert cpu.choose_threads(measure=False).threads == usable
+
+
+def test_the_processs_own_busy_threads_are_not_load_beside_it() -> None:
+    """Threads of this process (a decode-once cache build decoding in the background while the first epoch
+    trains) are the run's own work, not load beside it: 16 of them hashing outside the GIL leave the measured
+    load where it was (counted, they would add about 16), so a run's thread count does not depend on whether
+    its cache had to be built first."""
+    data, stop = os.urandom(1 << 23), threading.Event()
+
+    def burn() -> None:
+        while not stop.is_set():
+            hashlib.sha256(data).digest()
+
+    before = cpu.busy_cpus()
+    burners = [threading.Thread(target=burn, daemon=True) for _ in range(16)]
+    for thread in burners:
+        thread.start()
+    try:
+        time.sleep(0.2)
+        during = cpu.busy_cpus()
+    finally:
+        stop.set()
+        for thread in burners:
+            thread.join()
+    assert during < before + 8
 
 
 def test_torch_threads_restores_the_callers_count() -> None:
