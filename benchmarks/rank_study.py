@@ -12,6 +12,12 @@ Phases (each resumable; run them in order, or ``all``)::
     report    a Markdown table: Kendall's tau and weighted tau per score and task, wall times side by side.
 
     python benchmarks/rank_study.py all --work /tmp/rank-study          # about 1 h on a shared 2-core CPU
+    python benchmarks/rank_study.py --quick                             # every phase, tiny: a smoke test
+
+``--quick`` runs all four phases on a tiny study (four candidates, one of them adapted for 2 epochs; BreastMNIST
+only, one seed, one epoch on a quarter of the labels; LogME and k-NN) in a temporary folder and prints one
+JSON object as its last line (Kendall's tau per score, wall times): it shows the study runs, not how well
+ranking agrees (BENCHMARKS.md "rank" has the real study).
 
 The zoo is fixed before any ranking is seen: no tuning toward a good tau. Everything lives under ``--work``
 (its own MEDHUB_HOME, registry overlay and caches), so the study never touches a user's setup.
@@ -25,7 +31,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +50,8 @@ SCORES = "logme,hscore,nleep,knn,leep,nce"
 IMG = "28"  # every adaptation at MedMNIST's 28 px
 
 # id -> (base, task, epochs): what `medhub adapt` trains; random: entries are used as they are
-ZOO: dict[str, tuple[str, str, int] | None] = {
+Zoo = dict[str, "tuple[str, str, int] | None"]
+ZOO: Zoo = {
     "random:resnet18": None,
     "random:resnet10t": None,
     "random:mobilenetv3_small_050": None,
@@ -54,6 +63,23 @@ ZOO: dict[str, tuple[str, str, int] | None] = {
     "study_resnet18_pneumonia_e3": ("random:resnet18", "pneumoniamnist", 3),
     "study_resnet18_breast_e20": ("random:resnet18", "breastmnist", 20),
 }
+
+
+@dataclass(frozen=True)
+class Study:
+    """What one study runs: candidates, targets, the fine-tuning grid per target, seeds and scores."""
+
+    zoo: Zoo
+    targets: tuple[str, ...]
+    finetune: dict[str, tuple[int, float]]
+    runs: int
+    scores: str
+
+
+FULL = Study(ZOO, TARGETS, FINETUNE, 3, SCORES)
+QUICK = Study({"random:test_resnet": None, "random:resnet10t": None, "random:mobilenetv3_small_050": None,
+               "quick_test_resnet_breast_e2": ("random:test_resnet", "breastmnist", 2)},
+              ("breastmnist",), {"breastmnist": (1, 0.25)}, 1, "logme,knn")
 
 
 def environment(work: Path) -> dict[str, str]:
@@ -89,8 +115,8 @@ def data_dir(task: str) -> str:
     return str(SHARED / ("nih_cxr14_1000_64px" if task == "nih1000" else task))
 
 
-def phase_zoo(work: Path, env: dict) -> None:
-    for model_id, recipe in ZOO.items():
+def phase_zoo(work: Path, env: dict, study: Study = FULL) -> None:
+    for model_id, recipe in study.zoo.items():
         if recipe is None or (work / "zoo" / model_id / "model.safetensors").is_file():
             continue
         base, task, epochs = recipe
@@ -100,12 +126,13 @@ def phase_zoo(work: Path, env: dict) -> None:
         print(f"zoo: {model_id} exit {code} in {seconds:.0f}s", flush=True)
 
 
-def phase_finetune(work: Path, env: dict) -> None:
-    models = ",".join(ZOO)
+def phase_finetune(work: Path, env: dict, study: Study = FULL) -> None:
+    models = ",".join(study.zoo)
     timings = _read(work / "timings.json")
-    for task in TARGETS:
-        code, seconds, _ = medhub(["benchmark", "--models", models, "--tasks", task, "--runs", "3",
-                                "--epochs", str(FINETUNE[task][0]), "--label-fractions", str(FINETUNE[task][1]),
+    for task in study.targets:
+        epochs, fraction = study.finetune[task]
+        code, seconds, _ = medhub(["benchmark", "--models", models, "--tasks", task, "--runs", str(study.runs),
+                                "--epochs", str(epochs), "--label-fractions", str(fraction),
                                 "--results", f"sqlite:///{work}/grid.db",
                                 "--data-root", str(SHARED), "--workers", "1", "--device", "cpu", "--resume"],
                                env, work / "finetune.log")
@@ -114,24 +141,25 @@ def phase_finetune(work: Path, env: dict) -> None:
         _write(work / "timings.json", timings)
 
 
-def phase_rank(work: Path, env: dict) -> None:
-    models = ",".join(ZOO)
+def phase_rank(work: Path, env: dict, study: Study = FULL) -> None:
+    models = ",".join(study.zoo)
     timings = _read(work / "timings.json")
-    for task in TARGETS:
+    for task in study.targets:
         out = work / "rank" / task
         for label in ("cold", "warm"):  # cold: features extracted; warm: re-scored from the feature cache
             if label == "cold" and "cold" in timings.get("rank", {}).get(task, {}):
                 continue
-            code, seconds, cpu = medhub(["rank", task, "--models", models, "--data-dir", data_dir(task), "--score", SCORES,
+            code, seconds, cpu = medhub(["rank", task, "--models", models, "--data-dir", data_dir(task),
+                                         "--score", study.scores,
                                     "--against", f"sqlite:///{work}/grid.db", "--out", str(out), "--device", "cpu"],
                                    env, work / "rank.log")
             timings.setdefault("rank", {}).setdefault(task, {})[label] = {"exit": code, "wall_s": seconds,
-                                                                           "cpu_s": cpu, "scores": SCORES}
+                                                                           "cpu_s": cpu, "scores": study.scores}
             print(f"rank: {task} ({label}) exit {code} in {seconds:.0f}s", flush=True)
             _write(work / "timings.json", timings)
 
 
-def finetune_times(work: Path, task: str) -> dict:
+def finetune_times(work: Path, task: str, study: Study = FULL) -> dict:
     """Fine-tuning cost of the zoo on ``task`` from the grid DB: summed cell seconds and first-start to
     last-finish wall time (cells ran one at a time per task)."""
     sys.path.insert(0, str(ROOT))
@@ -139,7 +167,7 @@ def finetune_times(work: Path, task: str) -> dict:
 
     store = ResultStore(f"sqlite:///{work}/grid.db", create=False)
     try:
-        epochs, fraction = FINETUNE[task]
+        epochs, fraction = study.finetune[task]
         rows = [r for r in store.rows(task=task) if r["status"] == "done" and r["label_fraction"] == fraction
                 and r["settings"].get("epochs") == epochs]  # the study's setting only
     finally:
@@ -150,17 +178,17 @@ def finetune_times(work: Path, task: str) -> dict:
             "wall_s": max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)}
 
 
-def phase_report(work: Path) -> str:
+def phase_report(work: Path, study: Study = FULL) -> str:
     timings = _read(work / "timings.json")
     lines = ["| task | score | Kendall tau | weighted tau | p (tau) | candidates |", "|---|---|---|---|---|---|"]
     times = ["| task | fine-tuning: cells | fine-tuning: sum of cell seconds | fine-tuning: wall s | rank cold s "
              "| rank warm s | fine-tuning / rank (cold) |", "|---|---|---|---|---|---|---|"]
-    for task in TARGETS:
+    for task in study.targets:
         report = _read(work / "rank" / task / "rank.json")
         for score, row in (report.get("against") or {}).get("scores", {}).items():
             lines.append(f"| {task} | {score} | {_f(row.get('tau'))} | {_f(row.get('weighted_tau'))} "
                          f"| {_f(row.get('p'), '.3g')} | {row.get('n')} |")
-        fine = finetune_times(work, task)
+        fine = finetune_times(work, task, study)
         rank = timings.get("rank", {}).get(task, {})
         cold, warm = rank.get("cold", {}).get("wall_s"), rank.get("warm", {}).get("wall_s")
         ratio = f"{fine['cell_seconds'] / cold:.0f}x" if fine and cold else "-"
@@ -185,22 +213,53 @@ def _write(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def quick_summary(work: Path, study: Study) -> dict:
+    """The JSON line of ``--quick``: per target, tau and weighted tau per score and the phases' wall times."""
+    sys.path.insert(0, str(HERE))
+    from _common import machine
+
+    timings = _read(work / "timings.json")
+    targets = {}
+    for task in study.targets:
+        against = (_read(work / "rank" / task / "rank.json").get("against") or {}).get("scores", {})
+        targets[task] = {
+            "tau": {score: row.get("tau") for score, row in against.items()},
+            "weighted_tau": {score: row.get("weighted_tau") for score, row in against.items()},
+            "finetune": timings.get("finetune", {}).get(task), "rank": timings.get("rank", {}).get(task),
+        }
+    exits = [t[k]["exit"] for t in targets.values() for k in ("finetune",) if t[k]] + [
+        run["exit"] for t in targets.values() for run in (t["rank"] or {}).values()]
+    return {"benchmark": "rank_study", "quick": True, "candidates": len(study.zoo), "runs": study.runs,
+            "scores": study.scores, "targets": targets,
+            "meets_goal": bool(exits) and all(code == 0 for code in exits) and all(t["tau"] for t in targets.values()),
+            "goal": "every phase runs and rank --against reports Kendall's tau", "machine": machine()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=["zoo", "finetune", "rank", "report", "all"])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/rank-study"), help="the study's folder")
+    parser.add_argument("phase", nargs="?", choices=["zoo", "finetune", "rank", "report", "all"],
+                        help="which phase to run (default with --quick: all)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="the study's folder (default /tmp/rank-study; with --quick a temporary one)")
+    parser.add_argument("--quick", action="store_true", help="the tiny study (see the module docstring)")
     args = parser.parse_args()
-    work = args.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    env = environment(work)
-    if args.phase in ("zoo", "all"):
-        phase_zoo(work, env)
-    if args.phase in ("finetune", "all"):
-        phase_finetune(work, env)
-    if args.phase in ("rank", "all"):
-        phase_rank(work, env)
-    if args.phase in ("report", "all"):
-        print(phase_report(work))
+    if args.phase is None and not args.quick:
+        parser.error("name a phase (zoo, finetune, rank, report, all) or pass --quick")
+    study, phase = (QUICK, args.phase or "all") if args.quick else (FULL, args.phase)
+    with tempfile.TemporaryDirectory(prefix="medhub-rank-study-") as scratch:
+        work = (args.work or (Path(scratch) if args.quick else Path("/tmp/rank-study"))).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        env = environment(work)
+        if phase in ("zoo", "all"):
+            phase_zoo(work, env, study)
+        if phase in ("finetune", "all"):
+            phase_finetune(work, env, study)
+        if phase in ("rank", "all"):
+            phase_rank(work, env, study)
+        if phase in ("report", "all"):
+            print(phase_report(work, study))
+        if args.quick:
+            print(json.dumps(quick_summary(work, study)), flush=True)
     return 0
 
 

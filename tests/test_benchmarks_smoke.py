@@ -1,5 +1,5 @@
-"""Smoke tests for benchmarks/load.py, train_step.py, pipeline.py, contention.py and medmnist_recipe.py: they run and
-print their JSON.
+"""Smoke tests for the benchmarks (load, train_step, pipeline, contention, medmnist_recipe, study_scale,
+rank_study): they run with --quick and print their JSON.
 
 Tiny settings only; nothing here asserts a time or a ratio's size (speed lives in BENCHMARKS.md).
 """
@@ -47,6 +47,8 @@ CASES = {
         ["ratio", "ratio_eager"],
     ),
     "study_scale": (["--cells", "50", "--databases", "sqlite"], []),
+    # the tiny study (4 candidates, BreastMNIST, 1 seed): every phase, real adapt/benchmark/rank commands
+    "rank_study": ([], []),
     "pipeline": (
         ["--images", "4", "--batch-size", "2", "--repeats", "1"],
         ["ratio_first_epoch", "ratio_later_epoch", "ratio_later_epoch_batched_vs_per_image_augment"],
@@ -92,6 +94,12 @@ def test_benchmark_runs_and_prints_json(name: str, tmp_path: Path) -> None:
         assert result["network"]["parameters"] == 11_168_706  # ResNet-18, CIFAR stem, 1 channel in, 2 classes
         assert result["network"]["max_output_difference"] <= 1e-5
         assert result["compiled"] is False and result["precision"] == "fp32"
+        assert result["channels_last"] is True  # what reproduce trains this network in on a CPU
+    if name == "rank_study":  # every phase ran and the ranking was compared with the fine-tuning grid
+        breast = result["targets"]["breastmnist"]
+        assert result["meets_goal"] is True and result["candidates"] == 4
+        assert breast["finetune"]["exit"] == 0 and {run["exit"] for run in breast["rank"].values()} == {0}
+        assert set(breast["tau"]) == {"logme", "knn"} and all(-1 <= t <= 1 for t in breast["tau"].values())
     if name == "pipeline":  # both epochs of both sides, with and without the model
         for part in ("with_model", "data_only"):
             for side in ("medhub", "recipe"):
