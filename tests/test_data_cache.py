@@ -257,3 +257,22 @@ def test_a_second_call_in_the_thread_that_started_a_background_build_waits_for_i
     assert second.building is None and np.array_equal(second.images[:, 0], expected)
     first.finish_build()
     assert second.path == first.path and np.array_equal(first.images[:, 0], expected)
+
+
+def test_a_build_whose_thread_cannot_start_leaves_nothing_and_frees_the_lock(tmp_path, monkeypatch):
+    """``can't start new thread`` (a process at its thread limit): the error reaches the caller, the temporary
+    array is removed and the folder's lock is free, so the next call builds normally."""
+    import threading
+
+    data = load_task_data(load_registry().get_task("breastmnist"))
+    split = data.split("val")
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(threading.Thread, "start", refuse)
+        with pytest.raises(RuntimeError, match="start new thread"):
+            cached_split("breastmnist", split, 28, 1, progress=False, root=tmp_path)
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".npy", ".tmp", ".json")]
+    assert cached_split("breastmnist", split, 28, 1, progress=False, root=tmp_path).images.shape[0] == len(split)

@@ -164,10 +164,24 @@ class CacheBuild:
         self.workers = min(8, usable_cpus()) if split.paths is not None else 1
 
     def start(self) -> CacheBuild:
-        """Start decoding in the background; returns ``self``."""
+        """Start decoding in the background; returns ``self``.
+
+        Raises:
+            RuntimeError: the thread could not be started (temporary files removed, lock released).
+        """
         with _BUILDS_LOCK:
             _BUILDS.add(self)
-        threading.Thread(target=self._run, name="medhub-cache-build", daemon=True).start()
+        try:
+            threading.Thread(target=self._run, name="medhub-cache-build", daemon=True).start()
+        except BaseException:
+            with _BUILDS_LOCK:
+                _BUILDS.discard(self)
+            for path in self.tmp:
+                if path is not None:
+                    path.unlink(missing_ok=True)
+            self.release()
+            self.done.set()
+            raise
         return self
 
     def wait(self, indices) -> None:

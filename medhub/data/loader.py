@@ -291,7 +291,7 @@ def to_model_input(images: torch.Tensor, device: torch.device, channels: int, no
     """
     x = images.to(device, non_blocking=True).float().div_(255.0)
     mean, std = normalization_stats(normalization, channels)
-    mean_t, std_t, luma = _input_constants(device, mean, std)
+    mean_t, std_t, luma = _input_constants(x.device, mean, std)  # x.device names the GPU index
     if x.shape[1] == 1 and channels == 3:
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] == 3 and channels == 1:

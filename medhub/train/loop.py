@@ -227,7 +227,7 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
             else:
                 loss.backward()
                 optimizer.step()
-            total += loss.detach().to(where, torch.float64) * len(images)
+            total += loss.detach().to(where).double() * len(images)  # cast where float64 exists
             count += len(images)
             if timings is not None and "first_step_s" not in timings:
                 if device.type == "cuda":
@@ -261,7 +261,7 @@ def evaluate(model, loader, device, config: FitConfig, *, ten_crop: int | None =
             logits = _forward(model, images, device, config)
             probs = _scores(logits, config)
         if not ten_crop or not config.segmentation:
-            total += compute_loss(logits, targets_d, config).to(total.device, torch.float64) * len(images)
+            total += compute_loss(logits, targets_d, config).to(total.device).double() * len(images)
         count += len(images)
         if dice is not None:
             dice.update(probs[:, 0].float().cpu().numpy(), targets.numpy())
