@@ -137,7 +137,7 @@ class CacheBuild:
     """
 
     def __init__(self, split: SplitData, size: int, channels: int, mode: str, targets: tuple[Path, Path | None],
-                 order: list[int] | None, finish: Callable[[], None], release: Callable[[], None]):
+                 order: Sequence[int] | None, finish: Callable[[], None], release: Callable[[], None]):
         target, mask_target = targets
         count = len(split)
         self.order = list(range(count)) if order is None else [int(i) for i in order]
@@ -153,9 +153,7 @@ class CacheBuild:
             self.masks = (np.lib.format.open_memmap(self.tmp[1], mode="w+", dtype=np.uint8,
                                                     shape=(count, size, size)) if self.tmp[1] else None)
         except BaseException:
-            for path in self.tmp:
-                if path is not None:
-                    path.unlink(missing_ok=True)
+            self._remove_temporary()
             raise
         self.ready = np.zeros(count, dtype=bool)
         self.taken, self.error, self.cancelled = 0, None, False
@@ -174,13 +172,7 @@ class CacheBuild:
         try:
             threading.Thread(target=self._run, name="medhub-cache-build", daemon=True).start()
         except BaseException:
-            with _BUILDS_LOCK:
-                _BUILDS.discard(self)
-            for path in self.tmp:
-                if path is not None:
-                    path.unlink(missing_ok=True)
-            self.release()
-            self.done.set()
+            self._close()
             raise
         return self
 
@@ -261,15 +253,22 @@ class CacheBuild:
             with self.condition:
                 self.error = self.error or exc
         finally:
-            for path in self.tmp:
-                if path is not None and path.exists():
-                    path.unlink()
-            self.release()
-            with _BUILDS_LOCK:
-                _BUILDS.discard(self)
-            with self.condition:
-                self.condition.notify_all()
-            self.done.set()
+            self._close()
+
+    def _remove_temporary(self) -> None:
+        for path in self.tmp:
+            if path is not None:
+                path.unlink(missing_ok=True)  # already renamed into place after a successful build
+
+    def _close(self) -> None:
+        """The end of a build, successful or not: temporary files gone, lock released, readers woken."""
+        self._remove_temporary()
+        self.release()
+        with _BUILDS_LOCK:
+            _BUILDS.discard(self)
+        with self.condition:
+            self.condition.notify_all()
+        self.done.set()
 
     def _put_in_place(self) -> None:
         for array, path in ((self.images, self.tmp[0]), (self.masks, self.tmp[1])):
@@ -428,5 +427,4 @@ def _ensure(task_id: str, split: SplitData, size: int, channels: int, key: str, 
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
         log.info("cached %s/%s at %d px in %.1fs", task_id, split.name, size, manifest["seconds"])
 
-    return CacheBuild(split, size, channels, mode, (target, mask_target), None if order is None else list(order),
-                      finish, release)
+    return CacheBuild(split, size, channels, mode, (target, mask_target), order, finish, release)

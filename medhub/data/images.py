@@ -448,7 +448,6 @@ def read_pil(path: Path, min_size: int | None = None, rule: PixelRule = DEFAULT_
     image = _open_pil(path, min_size, rule)
     try:
         if size and image.mode == "L" and "transparency" not in image.info and image.size != (size, size):
-            image.load()
             resized = image.resize((size, size), Image.Resampling.BILINEAR)
             image.close()
             image = resized

@@ -163,6 +163,13 @@ def _freeze_norms(model: torch.nn.Module) -> None:
             module.eval()
 
 
+def _loss_sum(device: torch.device) -> torch.Tensor:
+    """A float64 zero for summing batch losses where they are computed: on a GPU the sum stays there, so the
+    host never waits for the GPU to read a loss per step (``float(loss)``); elsewhere on the CPU (float64 is
+    not on every accelerator). Add ``loss.to(total.device).double() * batch``."""
+    return torch.zeros((), dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+
+
 def autocast_dtype(config: FitConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype on ``device``: fp16 or bf16 on CUDA as the precision says, None (fp32) otherwise."""
     if device.type != "cuda":
@@ -197,10 +204,8 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
 
     model.train()
     _freeze_norms(model)
-    # The running loss stays on the device: reading it every step (float(loss)) would make the host wait for
-    # the GPU each step; it is read for the progress bar at most once a second, and once at the end.
-    where = device if device.type == "cuda" else torch.device("cpu")  # float64 is not on every accelerator
-    total, count, full, shown = torch.zeros((), dtype=torch.float64, device=where), 0, 0, time.perf_counter()
+    # the running loss is read for the progress bar at most once a second, and once at the end
+    total, count, full, shown = _loss_sum(device), 0, 0, time.perf_counter()
     with tqdm(loader, desc=desc, unit="batch", disable=progress_mode(progress) != BAR,
               leave=False) as bar:
         for images, targets in bar:
@@ -227,7 +232,7 @@ def train_epoch(model, loader, optimizer, device, config: FitConfig, progress: P
             else:
                 loss.backward()
                 optimizer.step()
-            total += loss.detach().to(where).double() * len(images)  # cast where float64 exists
+            total += loss.detach().to(total.device).double() * len(images)
             count += len(images)
             if timings is not None and "first_step_s" not in timings:
                 if device.type == "cuda":
@@ -245,11 +250,8 @@ def evaluate(model, loader, device, config: FitConfig, *, ten_crop: int | None =
     from torchvision.transforms.v2 import functional as TF
 
     model.eval()
-    # Losses and scores stay on the device until the end (no wait for the GPU per batch), except Dice's,
-    # which are accumulated on the host per batch.
-    outputs, truths, total, count = [], [], torch.zeros((), dtype=torch.float64), 0
-    if device.type == "cuda":
-        total = total.to(device)
+    # scores stay on the device until the end (no wait for the GPU per batch), except Dice's
+    outputs, truths, total, count = [], [], _loss_sum(device), 0
     dice = metrics.DiceAccumulator() if config.segmentation else None
     for images, targets in loader:
         targets_d = targets.to(device, non_blocking=True)

@@ -161,11 +161,11 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     if task.type != "segmentation" and getattr(plan, "head_init", None):
         init_classifier(network, plan.head_init, model=model, num_outputs=plan.num_outputs)
     network = network.to(device)
-    if channels_last_for(device, getattr(plan, "stem", None), task.type == "segmentation"):
-        network = network.to(memory_format=torch.channels_last)
     # the recipe's normalization for every initialisation (the released code's --normalization imagenet)
     config = fit_config(task, plan, channels=_input_channels(network), normalization=plan.normalization,
                         device=device, seed=seed)
+    if config.channels_last:
+        network = network.to(memory_format=torch.channels_last)
     _check_last_batch(network, len(splits["train"]), plan.batch_size)
     steps = plan.epochs * -(-len(splits["train"]) // plan.batch_size)
     compiling = choose_compile(compile_model, device=device, stem=getattr(plan, "stem", None),
