@@ -15,31 +15,49 @@ medhub with :func:`medhub.cpu.choose_threads` (the cores nobody else is using), 
 * medhub: what ``medhub reproduce random:resnet18 pneumoniamnist --cifar-stem`` runs: the network from
   :func:`medhub.train.network.build_network`, the split from the decode-once cache
   (:func:`medhub.data.cache.cached_split`) through :func:`medhub.data.loader.make_loader`, and
-  :func:`medhub.train.loop.train_epoch` in channels-last format (:func:`medhub.train.runner.channels_last_for`)
-  with the training step compiled as the run's default decides
-  (:mod:`medhub.train.compiled`; ``--no-compile`` measures the eager step). A third side, medhub eager,
-  separates the data pipeline's share from the compiled step's.
+  :func:`medhub.train.loop.train_epoch` in channels-last format (:func:`medhub.train.runner.channels_last_for`),
+  fp32, the step eager (the default since 2026-12-01, :mod:`medhub.train.compiled`).
+* ``--compile``: a side with the step through ``torch.compile`` (what ``reproduce --compile`` runs); its cold
+  warm-up (the first step, into a fresh Inductor cache) is timed on its own, with the steps it takes to repay.
+* ``--bf16``: a side with CPU bf16 autocast (what ``reproduce --precision bf16`` runs: not the released code's
+  arithmetic, so such a run is "not comparable"; it shows what the CPU's bf16 instructions give).
 
 Before timing, the benchmark checks that the two networks are the same: equal parameter counts, and equal
-outputs (eval mode, to 1e-5) once the reference network holds medhub's weights. The compiled step's warm-up
-(the first step, compiling the graph into a fresh Inductor cache) is timed separately and reported with the
-number of steps it takes to pay for itself. Rounds alternate the order of the sides (A,B,C / C,B,A ...);
-``ratio`` is the median over rounds of reference seconds / medhub seconds for the same images, i.e. medhub's
-images/s over the reference's. Goal: >= 1.5. Last stdout line: JSON.
+outputs (eval mode, to 1e-5) once the reference network holds medhub's weights. Rounds alternate the order of
+the sides (A,B,C / C,B,A ...); ``ratio`` is the median over rounds of reference seconds / medhub seconds for
+the same images, i.e. medhub's images/s over the reference's. Goal: >= 1.5 in fp32.
+
+``fp32_ceiling`` bounds what any fp32 pipeline can reach on this CPU with these convolution kernels (oneDNN's,
+which both sides call): each of the network's 20 convolutions timed alone, forward + backward at the step's
+shapes, in whichever memory format is faster for it; their sum is a floor under any fp32 step, even with the
+data, BatchNorm, ReLU, additions and optimizer free. ``max_ratio`` is the reference's step time over that
+floor: a goal above it cannot be met in fp32 on this machine. Last stdout line: JSON.
 
     python benchmarks/medmnist_recipe.py --quick
-    python benchmarks/medmnist_recipe.py --batches 8 --repeats 5
+    python benchmarks/medmnist_recipe.py --batches 3 --repeats 5 --threads 2 --bf16
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import emit, interleaved, machine, median, note, paired_ratio, parser, setup_torch, summary
+from _common import (
+    emit,
+    interleaved,
+    machine,
+    median,
+    note,
+    paired_ratio,
+    parser,
+    setup_torch,
+    summary,
+    timed,
+)
 
 SHARED = Path(os.environ.get("MEDHUB_SHARED", Path(__file__).resolve().parents[2] / "shared"))  # as tests/conftest
 EMBEDDED = Path(__file__).resolve().parents[1] / "medhub" / "_data" / "medmnist"
@@ -150,7 +168,7 @@ def reference_side(network, folder: Path, count: int, batch_size: int):
     return run
 
 
-def medhub_side(network, cached, batch_size: int, compiled, channels_last: bool = False):
+def medhub_side(network, cached, batch_size: int, compiled, channels_last: bool = False, precision: str = "fp32"):
     """One round of medhub's trainer (:func:`medhub.train.loop.train_epoch`) over the cached split; the input in
     channels-last format when the network is (as ``reproduce`` trains this network on a CPU)."""
     import torch
@@ -159,7 +177,8 @@ def medhub_side(network, cached, batch_size: int, compiled, channels_last: bool 
     from medhub.train.loop import FitConfig, make_optimizer, train_epoch
 
     config = FitConfig(task_type="binary", label_names=("normal", "pneumonia"), loss="cross_entropy", lr=LR,
-                       channels=1, normalization="half", compile=compiled is not None, channels_last=channels_last)
+                       channels=1, normalization="half", compile=compiled is not None, channels_last=channels_last,
+                       precision=precision)
     optimizer = make_optimizer(network.parameters(), config)
     loader = make_loader(cached, batch_size=batch_size, shuffle=True, seed=0)
     rounds = [0]
@@ -183,11 +202,75 @@ def with_threads(run, count: int):
     return wrapped
 
 
+def conv_seconds(conv, shape: tuple[int, ...], channels_last: bool, input_grad: bool) -> float:
+    """Median seconds of one forward + backward of ``conv`` alone on a random input of ``shape`` (3 runs after
+    a warm-up), in channels-last or the default format; ``input_grad``: the backward computes the input's
+    gradient too (every convolution but the first)."""
+    import copy
+
+    import torch
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    conv = copy.deepcopy(conv).to(memory_format=fmt)
+    x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_(input_grad)
+    grad = None
+
+    def run() -> None:
+        nonlocal grad
+        out = conv(x)
+        if grad is None:
+            grad = torch.randn_like(out)
+        out.backward(grad)
+
+    run()
+    return median([timed(run) for _ in range(3)])
+
+
+def fp32_ceiling(network, inputs, threads: int, reference_step_s: float) -> dict:
+    """The fastest step any fp32 pipeline could take with this CPU's convolution kernels (see the module doc).
+
+    ``network``: the channels-last network; ``inputs``: one batch, float, channels-last. Each convolution of
+    the network is timed alone (forward + backward, in whichever memory format is faster for it); their sum
+    is a floor no fp32 step with these kernels can go under, even with every other operator free.
+    """
+    import torch
+    from torch.nn import functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from medhub.cpu import torch_threads
+
+    shapes = {}
+
+    def record(module, args, output) -> None:
+        shapes[module] = tuple(args[0].shape)
+
+    hooks = [module.register_forward_hook(record) for module in network.modules() if isinstance(module, torch.nn.Conv2d)]
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(network(inputs), torch.zeros(len(inputs), dtype=torch.long)).backward()
+    for hook in hooks:
+        hook.remove()
+    network.zero_grad(set_to_none=True)
+    floor_s, formats = 0.0, {"channels_last": 0, "default": 0}
+    with torch_threads(threads):
+        for index, (conv, shape) in enumerate(shapes.items()):
+            timings = {fmt: conv_seconds(conv, shape, fmt == "channels_last", index > 0) for fmt in formats}
+            best = min(timings, key=timings.get)
+            formats[best] += 1
+            floor_s += timings[best]
+    step_flops = counter.get_total_flops()
+    return {"step_gflop": round(step_flops / 1e9, 1), "convolutions": len(shapes), "faster_format": formats,
+            "conv_floor_s": round(floor_s, 3), "conv_gflops_at_floor": round(step_flops / floor_s / 1e9, 1),
+            "reference_step_s": round(reference_step_s, 3), "max_ratio": round(reference_step_s / floor_s, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser("MedMNIST v2's CIFAR-stem ResNet-18 at 28 px: medhub's trainer vs the medmnist package pipeline")
     p.add_argument("--batches", type=int, default=None, help="batches per side and round (default 6; 2 with --quick)")
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128, the recipe's)")
-    p.add_argument("--no-compile", action="store_true", help="medhub's step eager (what --no-compile runs)")
+    p.add_argument("--compile", action="store_true", help="add a side with the step compiled (reproduce --compile)")
+    p.add_argument("--no-compile", action="store_true", help=argparse.SUPPRESS)  # the default since 2026-12-01
+    p.add_argument("--bf16", action="store_true", help="add a side in CPU bf16 autocast (reproduce --precision bf16)")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the fp32 ceiling (per-convolution timings)")
     p.add_argument("--own-threads", action="store_true", help="each side its default thread count (reference: "
                    "torch's, one per core; medhub: medhub.cpu.choose_threads) instead of --threads for both")
     args = p.parse_args(argv)
@@ -199,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     counts = {"reference": torch.get_num_threads(), "medhub": choose_threads().threads} if args.own_threads else {}
     setup_torch(args.threads)
     counts = {side: counts.get(side, args.threads) for side in ("reference", "medhub")}
-    counts["medhub_eager"] = counts["medhub"]
 
     from medhub.data import load_task_data
     from medhub.data.cache import CachedSplit, cached_split
@@ -213,7 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     count = batches * args.batch_size
     folder = data_folder()
     task = load_registry().get_task(TASK)
-    compiling = not args.no_compile and compiler_available()
+    extra = [side for side, asked in (("medhub_compiled", args.compile and compiler_available()),
+                                      ("medhub_bf16", args.bf16)) if asked]
+    if args.compile and "medhub_compiled" not in extra:
+        note("no C++ compiler on PATH: the compiled side is left out")
+    for side in extra:
+        counts[side] = counts["medhub"]
     with tempfile.TemporaryDirectory(prefix="medhub-bench-medmnist-") as tmp:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tmp) / "inductor"))  # a cold compile
         data = load_task_data(task, folder, img_size=28)
@@ -223,35 +310,40 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{TASK} train has {len(split)} images; ask for fewer --batches")
         torch.manual_seed(0)
         nets = {side: build_network("random:resnet18", num_outputs=2, in_chans=data.channels, stem="cifar")
-                for side in ("medhub", "medhub_eager")}
+                for side in ("medhub", *extra)}
         reference = reference_network(data.channels, 2)
         probe = (torch.from_numpy(np.array(cached.images[:16])).float() / 255 - 0.5) / 0.5
         identity = same_network(nets["medhub"], reference, probe)
-        copy_weights(nets["medhub"], nets["medhub_eager"])
+        for side in extra:
+            copy_weights(nets["medhub"], nets[side])
         channels_last = channels_last_for(torch.device("cpu"), "cifar", False)  # what reproduce trains in
         if channels_last:
             nets = {side: net.to(memory_format=torch.channels_last) for side, net in nets.items()}
-        compiled = compile_for_training(nets["medhub"]) if compiling else None
+        compiled = compile_for_training(nets["medhub_compiled"]) if "medhub_compiled" in extra else None
         warmup = {}
         if compiled is not None:  # the first compiled step, cold (fresh Inductor cache), timed on its own
+            first = CachedSplit("train", cached.images[:args.batch_size], cached.labels[:args.batch_size])
             started = time.perf_counter()
             with torch_threads(counts["medhub"]):
-                medhub_side(nets["medhub"], CachedSplit("train", cached.images[:args.batch_size],
-                                                        cached.labels[:args.batch_size]), args.batch_size, compiled,
-                            channels_last)()
+                medhub_side(nets["medhub_compiled"], first, args.batch_size, compiled, channels_last)()
             warmup["first_step_s"] = round(time.perf_counter() - started, 2)
         note(f"{TASK}: {count} images, batch {args.batch_size}, {repeats} rounds, threads {counts}, "
-             f"medhub step {'compiled' if compiled is not None else 'eager'}; {identity['parameters']} parameters")
+             f"sides reference, medhub{''.join(', ' + side for side in extra)}; {identity['parameters']} parameters")
         made = {
             "reference": reference_side(reference, folder, count, args.batch_size),
-            "medhub": medhub_side(nets["medhub"], cached, args.batch_size, compiled, channels_last),
-            "medhub_eager": medhub_side(nets["medhub_eager"], cached, args.batch_size, None, channels_last),
+            "medhub": medhub_side(nets["medhub"], cached, args.batch_size, None, channels_last),
         }
+        if compiled is not None:
+            made["medhub_compiled"] = medhub_side(nets["medhub_compiled"], cached, args.batch_size, compiled,
+                                                  channels_last)
+        if "medhub_bf16" in extra:
+            made["medhub_bf16"] = medhub_side(nets["medhub_bf16"], cached, args.batch_size, None, channels_last,
+                                              precision="bf16")
         sides = {side: with_threads(run, counts[side]) for side, run in made.items()}
         times = interleaved(sides, repeats, warmup=1)
     steps = {side: median(values) / batches for side, values in times.items()}
     if compiled is not None:
-        saved = steps["medhub_eager"] - steps["medhub"]
+        saved = steps["medhub"] - steps["medhub_compiled"]
         warmup["steps_to_repay"] = round(warmup["first_step_s"] / saved) if saved > 0 else None
     result = {
         "benchmark": "medmnist_recipe",
@@ -264,16 +356,22 @@ def main(argv: list[str] | None = None) -> int:
         "threads": counts,
         "own_threads": args.own_threads,
         "precision": "fp32",
-        "compiled": compiled is not None,
+        "compiled": False,
         "channels_last": channels_last,
         "compile_warmup": warmup or None,
         "network": identity,
         **{side: {**summary(values), "images_per_s": round(count / median(values), 1)}
            for side, values in times.items()},
         "ratio": paired_ratio(times["reference"], times["medhub"]),
-        "ratio_eager": paired_ratio(times["reference"], times["medhub_eager"]),
-        "ratio_compiled_vs_eager": paired_ratio(times["medhub_eager"], times["medhub"]),
     }
+    if compiled is not None:
+        result["ratio_compiled"] = paired_ratio(times["reference"], times["medhub_compiled"])
+        result["ratio_compiled_vs_eager"] = paired_ratio(times["medhub"], times["medhub_compiled"])
+    if "medhub_bf16" in times:
+        result["ratio_bf16"] = paired_ratio(times["reference"], times["medhub_bf16"])
+    if not args.no_ceiling:
+        batch = (probe[:1].expand(args.batch_size, -1, -1, -1)).contiguous(memory_format=torch.channels_last)
+        result["fp32_ceiling"] = fp32_ceiling(nets["medhub"], batch, counts["medhub"], steps["reference"])
     result["goal"] = "medhub images/s / reference images/s (same images, steps and schedule; fp32) >= 1.5"
     result["meets_goal"] = result["ratio"] >= 1.5
     result["machine"] = machine()

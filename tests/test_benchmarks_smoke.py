@@ -43,8 +43,8 @@ CASES = {
     ),
     "medmnist_recipe": (
         # the compiled step (a minute of warm-up) is tested in tests/test_train_compile.py
-        ["--no-compile", "--batch-size", "8", "--batches", "1", "--repeats", "1"],
-        ["ratio", "ratio_eager"],
+        ["--bf16", "--batch-size", "8", "--batches", "1", "--repeats", "1"],
+        ["ratio", "ratio_bf16"],
     ),
     "study_scale": (["--cells", "50", "--databases", "sqlite"], []),
     # the tiny study (4 candidates, BreastMNIST, 1 seed): every phase, real adapt/benchmark/rank commands
@@ -95,6 +95,8 @@ def test_benchmark_runs_and_prints_json(name: str, tmp_path: Path) -> None:
         assert result["network"]["max_output_difference"] <= 1e-5
         assert result["compiled"] is False and result["precision"] == "fp32"
         assert result["channels_last"] is True  # what reproduce trains this network in on a CPU
+        ceiling = result["fp32_ceiling"]  # ResNet-18 CIFAR stem at 28 px: ~0.86 GFLOP forward per image, x3, x8
+        assert 15 < ceiling["step_gflop"] < 25 and ceiling["convolutions"] == 20 and ceiling["max_ratio"] > 0
     if name == "rank_study":  # every phase ran and the ranking was compared with the fine-tuning grid
         breast = result["targets"]["breastmnist"]
         assert result["meets_goal"] is True and result["candidates"] == 4

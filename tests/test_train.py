@@ -129,3 +129,20 @@ def test_multistep_schedule_scales_with_short_runs():
     assert lrs(1) == [1e-3]
     assert lrs(2) == pytest.approx([1e-3, 1e-4])
     assert lrs(100)[49] == 1e-3 and lrs(100)[50] == pytest.approx(1e-4) and lrs(100)[75] == pytest.approx(1e-5)
+
+
+def test_the_step_runs_in_the_precision_asked_for_on_a_cpu():
+    """bf16 is CPU autocast (the convolution computes in bf16); fp16, a GPU recipe's, runs fp32 on a CPU."""
+    from medhub.train.loop import FitConfig, _forward, trained_precision
+
+    cpu = torch.device("cpu")
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    seen = []
+    net[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    images = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float32), ("fp32", torch.float32)):
+        config = FitConfig(task_type="binary", label_names=("a", "b"), precision=precision, channels=1)
+        logits = _forward(net, images, cpu, config)
+        assert seen[-1] == dtype and logits.dtype == torch.float32
+        assert trained_precision(config, cpu) == str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace(
+            "float32", "fp32")

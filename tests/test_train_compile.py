@@ -11,25 +11,23 @@ from medhub.data import load_task_data
 from medhub.data.cache import cached_split
 from medhub.errors import UsageError
 from medhub.registry import load_registry
-from medhub.train.compiled import MIN_STEPS, choose_compile, compiler_available
+from medhub.train.compiled import choose_compile, compiler_available
 from medhub.train.loop import FitConfig, fit
 from medhub.train.state import deterministic
 
 CPU = torch.device("cpu")
 
 
-def test_default_compiles_cifar_stem_resnets_on_a_cpu_for_long_runs_only(monkeypatch):
+def test_the_step_is_compiled_only_when_asked(monkeypatch):
     monkeypatch.setattr("medhub.train.compiled.compiler_available", lambda: True)
-    assert choose_compile(None, device=CPU, stem="cifar", segmentation=False, steps=MIN_STEPS).used
-    assert not choose_compile(None, device=CPU, stem="cifar", segmentation=False, steps=MIN_STEPS - 1).used
-    assert not choose_compile(None, device=CPU, stem=None, segmentation=False, steps=10 * MIN_STEPS).used
-    assert not choose_compile(None, device=torch.device("cuda"), stem="cifar", segmentation=False, steps=5000).used
-    assert not choose_compile(False, device=CPU, stem="cifar", segmentation=False, steps=5000).used
-    assert choose_compile(True, device=CPU, stem=None, segmentation=True, steps=1).why == "--compile"
+    default = choose_compile(None)
+    assert not default.used and default.why.startswith("default: off")
+    assert not choose_compile(False).used
+    assert choose_compile(True).used and choose_compile(True).why == "--compile"
     monkeypatch.setattr("medhub.train.compiled.compiler_available", lambda: False)
-    assert "compiler" in choose_compile(None, device=CPU, stem="cifar", segmentation=False, steps=5000).why
+    assert not choose_compile(None).used  # no compiler needed for the default
     with pytest.raises(UsageError, match="C\\+\\+ compiler"):
-        choose_compile(True, device=CPU, stem="cifar", segmentation=False, steps=5000)
+        choose_compile(True)
 
 
 def small_network() -> nn.Module:
@@ -104,13 +102,18 @@ def test_reproduce_records_the_choice(tmp_path):
     torch.set_num_threads(1)
     try:
         report = reproduce("random:test_resnet", "breastmnist", epochs=1, label_fraction=0.5, out=tmp_path / "r",
-                           progress=False, compile_model=False)
+                           progress=False)
         cifar = reproduce("random:resnet18", "breastmnist", epochs=1, label_fraction=0.1, out=tmp_path / "c",
-                          progress=False, compile_model=False)
+                          progress=False, compile_model=False, precision="bf16")
     finally:
         torch.set_num_threads(threads)
     record = report["runs"][0]["input"]["compile"]
-    assert record["used"] is False and record["why"] == "--no-compile" and record["first_step_s"] > 0
+    assert record["used"] is False and record["why"].startswith("default: off") and record["first_step_s"] > 0
+    assert cifar["runs"][0]["input"]["compile"]["why"] == "--no-compile"
+    # --precision bf16 trains in bf16 on a CPU too (CPU autocast), and result.json says what ran
+    assert report["runs"][0]["input"]["precision"] == "fp32" and cifar["runs"][0]["input"]["precision"] == "bf16"
+    if __import__("platform").libc_ver()[0] == "glibc":  # medhub.cpu.keep_heap_memory, for CPU runs
+        assert report["runs"][0]["input"]["allocator"].startswith(("glibc: freed memory kept", "default (MEDHUB"))
     # the memory format follows the stem on a CPU (channels_last_for): NHWC for MedMNIST's CIFAR-stem ResNet-18
     assert report["protocol"]["stem"] is None and report["runs"][0]["input"]["channels_last"] is False
     assert cifar["protocol"]["stem"] == "cifar" and cifar["runs"][0]["input"]["channels_last"] is True

@@ -76,8 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "files (default: such files are refused)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="run full training batches through torch.compile (fp32, deterministic; a one-off warm-up "
-                   "of a minute or more, recorded in result.json); default: on for a CIFAR-stem ResNet on a CPU "
-                   "with >= 300 training steps, off otherwise")
+                   "of a minute or more, recorded in result.json); default: off (no faster than the eager "
+                   "channels-last step on a CPU, BENCHMARKS.md)")
     p.add_argument("--out", help="output folder")
     _common(p)
     p.set_defaults(func=cmd_reproduce)

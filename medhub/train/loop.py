@@ -171,7 +171,15 @@ def _loss_sum(device: torch.device) -> torch.Tensor:
 
 
 def autocast_dtype(config: FitConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype on ``device``: fp16 or bf16 on CUDA as the precision says, None (fp32) otherwise."""
+    """The autocast dtype on ``device``, None for fp32.
+
+    CUDA: fp16 or bf16 as ``config.precision`` says (None: bf16 when ``config.amp``). CPU: bf16 when asked for
+    (oneDNN's bf16 kernels: fast on CPUs with AVX512-BF16 or AMX, emulated and slower elsewhere); fp16 runs
+    fp32 on a CPU (the GPU recipes' fp16 has no fast CPU kernels; ``result.json`` ``input.precision`` records
+    what ran).
+    """
+    if device.type == "cpu":
+        return torch.bfloat16 if config.precision == "bf16" else None
     if device.type != "cuda":
         return None
     if config.precision == "fp16":
@@ -179,6 +187,11 @@ def autocast_dtype(config: FitConfig, device: torch.device) -> torch.dtype | Non
     if config.precision == "bf16" or (config.precision is None and config.amp):
         return torch.bfloat16
     return None
+
+
+def trained_precision(config: FitConfig, device: torch.device) -> str:
+    """The arithmetic the step runs in on ``device``: ``"fp16"``, ``"bf16"`` (autocast) or ``"fp32"``."""
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(autocast_dtype(config, device), "fp32")
 
 
 def _forward(model, images, device, config: FitConfig) -> torch.Tensor:

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 from medhub._io import atomic_write_text
-from medhub.cpu import torch_threads
+from medhub.cpu import keep_heap_memory, torch_threads
 from medhub.data.cache import CachedSplit, cached_split
 from medhub.data.loader import default_workers, epoch_order, make_loader, train_transform
 from medhub.data.progress import Progress
 from medhub.errors import UsageError
 from medhub.train import metrics
 from medhub.train.compiled import choose_compile
-from medhub.train.loop import FitConfig, evaluate, fit
+from medhub.train.loop import FitConfig, evaluate, fit, trained_precision
 from medhub.train.network import build_network, init_classifier, init_from_scratch, is_random
 from medhub.train.report import build_report, plot_learning_curves, plot_roc, write_json, write_markdown
 from medhub.train.state import deterministic, run_threads
@@ -137,6 +137,8 @@ def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, se
         log.info("%s already finished; kept", run_dir)
         return json.loads(result_path.read_text())
     threads = run_threads(run_dir, resume)
+    if device.type == "cpu":
+        keep_heap_memory()
     log.info("%s: %d torch threads (%s; %d usable cores, %.1f busy elsewhere)", run_dir.name, threads.threads,
              threads.source, threads.usable, threads.busy)
     with deterministic(device, seed), torch_threads(threads.threads):
@@ -167,9 +169,7 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     if config.channels_last:
         network = network.to(memory_format=torch.channels_last)
     _check_last_batch(network, len(splits["train"]), plan.batch_size)
-    steps = plan.epochs * -(-len(splits["train"]) // plan.batch_size)
-    compiling = choose_compile(compile_model, device=device, stem=getattr(plan, "stem", None),
-                               segmentation=config.segmentation, steps=steps)
+    compiling = choose_compile(compile_model)
     config = dataclasses.replace(config, compile=compiling.used)
     log.info("%s: training step %scompiled (%s)", label, "" if compiling.used else "not ", compiling.why)
     workers = default_workers(device)
@@ -200,6 +200,8 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         "checkpoint": str(run_dir / "best.safetensors"),
         "input": {"channels": config.channels, "normalization": config.normalization, "device": str(device),
                   "threads": torch.get_num_threads(), "channels_last": config.channels_last,
+                  "precision": trained_precision(config, device),
+                  "allocator": keep_heap_memory() if device.type == "cpu" else "default (not a CPU run)",
                   "compile": {"used": outcome.compiled,
                               "why": (f"compiling failed: {outcome.compile_failed}" if outcome.compile_failed
                                       else compiling.why if outcome.compiled == compiling.used else "the saved run's"),
