@@ -40,7 +40,9 @@ floor: a goal above it cannot be met in fp32 on this machine. Last stdout line: 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -263,6 +265,88 @@ def fp32_ceiling(network, inputs, threads: int, reference_step_s: float) -> dict
             "reference_step_s": round(reference_step_s, 3), "max_ratio": round(reference_step_s / floor_s, 2)}
 
 
+SIDES = ("reference", "medhub", "medhub_compiled", "medhub_bf16")
+ENVIRONMENT = dict(os.environ)  # before medhub is imported (it sets OMP_WAIT_POLICY): what a plain script gets
+
+
+def worker(args) -> int:
+    """One side in its own process: set up, then answer each ``run`` line on stdin with one timed round's
+    ``done`` (the parent times the round trip). The reference side imports no medhub module (it runs as a plain
+    script would); medhub's sides set their process up as ``reproduce`` does for a CPU run
+    (``import medhub`` first, :func:`medhub.cpu.keep_heap_memory`)."""
+    side, info = args.worker, {}
+    if side != "reference":
+        import medhub  # noqa: F401  (before torch: its OpenMP wait policy)
+        from medhub.cpu import keep_heap_memory
+
+        info["allocator"] = keep_heap_memory()
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(args.threads)
+    count = args.batches * args.batch_size
+    state = load_file(args.state)
+    prefix = f"{'reference' if side == 'reference' else 'medhub'}."
+    weights = {name.removeprefix(prefix): value for name, value in state.items() if name.startswith(prefix)}
+    if side == "reference":
+        network = reference_network(1, 2)
+        network.load_state_dict(weights)
+        run = reference_side(network, data_folder(), count, args.batch_size)
+    else:
+        from medhub.data.cache import CachedSplit
+        from medhub.train.compiled import compile_for_training
+        from medhub.train.network import build_network
+
+        network = build_network("random:resnet18", num_outputs=2, in_chans=1, stem="cifar")
+        network.load_state_dict(weights)
+        network = network.to(memory_format=torch.channels_last)
+        images = np.load(args.arrays, mmap_mode="r")  # the parent's decode-once cache
+        labels = np.load(Path(args.state).with_name("labels.npy"))
+        cached = CachedSplit("train", np.asarray(images[:count]), labels[:count])
+        compiled = compile_for_training(network) if side == "medhub_compiled" else None
+        if compiled is not None:  # the first compiled step, cold (fresh Inductor cache), timed on its own
+            first = CachedSplit("train", cached.images[:args.batch_size], cached.labels[:args.batch_size])
+            started = time.perf_counter()
+            medhub_side(network, first, args.batch_size, compiled, True)()
+            info["first_step_s"] = round(time.perf_counter() - started, 2)
+        run = medhub_side(network, cached, args.batch_size, compiled, True,
+                          precision="bf16" if side == "medhub_bf16" else "fp32")
+    print("ready " + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        run()
+        print("done", flush=True)
+    return 0
+
+
+class Side:
+    """A side's worker process (:func:`worker`); calling it runs one round there and waits for it."""
+
+    def __init__(self, name: str, args, threads: int, state: Path, arrays: Path, env: dict):
+        command = [sys.executable, __file__, "--worker", name, "--threads", str(threads), "--state", str(state),
+                   "--arrays", str(arrays), "--batches", str(args.batches), "--batch-size", str(args.batch_size)]
+        self.name = name
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        line = self.process.stdout.readline()
+        if not line.startswith("ready "):
+            self.process.kill()
+            raise SystemExit(f"the {name} side failed to start (see its error above)")
+        self.info = json.loads(line.removeprefix("ready "))
+
+    def __call__(self) -> None:
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        if self.process.stdout.readline().strip() != "done":
+            raise SystemExit(f"the {self.name} side failed (see its error above)")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser("MedMNIST v2's CIFAR-stem ResNet-18 at 28 px: medhub's trainer vs the medmnist package pipeline")
     p.add_argument("--batches", type=int, default=None, help="batches per side and round (default 6; 2 with --quick)")
@@ -273,76 +357,67 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ceiling", action="store_true", help="skip the fp32 ceiling (per-convolution timings)")
     p.add_argument("--own-threads", action="store_true", help="each side its default thread count (reference: "
                    "torch's, one per core; medhub: medhub.cpu.choose_threads) instead of --threads for both")
+    for name in ("--worker", "--state", "--arrays"):
+        p.add_argument(name, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.batches = args.batches or (2 if args.quick else 6)
+    if args.worker:
+        return worker(args)
     import numpy as np
     import torch
+    from safetensors.torch import save_file
 
-    from medhub.cpu import choose_threads, torch_threads
-
-    counts = {"reference": torch.get_num_threads(), "medhub": choose_threads().threads} if args.own_threads else {}
-    setup_torch(args.threads)
-    counts = {side: counts.get(side, args.threads) for side in ("reference", "medhub")}
-
+    from medhub.cpu import choose_threads, keep_heap_memory, torch_threads
     from medhub.data import load_task_data
-    from medhub.data.cache import CachedSplit, cached_split
+    from medhub.data.cache import cached_split
     from medhub.registry import load_registry
-    from medhub.train.compiled import compile_for_training, compiler_available
+    from medhub.train.compiled import compiler_available
     from medhub.train.network import build_network
     from medhub.train.runner import channels_last_for
 
-    batches = args.batches or (2 if args.quick else 6)
+    threads = {"reference": torch.get_num_threads(), "medhub": choose_threads().threads} if args.own_threads else {}
+    threads = {side: threads.get(side, args.threads) for side in ("reference", "medhub")}
+    setup_torch(threads["medhub"])
     repeats = args.repeats or (2 if args.quick else 5)
-    count = batches * args.batch_size
+    count = args.batches * args.batch_size
     folder = data_folder()
     task = load_registry().get_task(TASK)
-    extra = [side for side, asked in (("medhub_compiled", args.compile and compiler_available()),
-                                      ("medhub_bf16", args.bf16)) if asked]
-    if args.compile and "medhub_compiled" not in extra:
+    names = ["reference", "medhub"] + [side for side, asked in (("medhub_compiled", args.compile),
+                                                                ("medhub_bf16", args.bf16)) if asked]
+    if "medhub_compiled" in names and not compiler_available():
         note("no C++ compiler on PATH: the compiled side is left out")
-    for side in extra:
-        counts[side] = counts["medhub"]
+        names.remove("medhub_compiled")
+    counts = {side: threads["reference" if side == "reference" else "medhub"] for side in names}
+    channels_last = channels_last_for(torch.device("cpu"), "cifar", False)  # what reproduce trains in
     with tempfile.TemporaryDirectory(prefix="medhub-bench-medmnist-") as tmp:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tmp) / "inductor"))  # a cold compile
         data = load_task_data(task, folder, img_size=28)
         split = cached_split(TASK, data.split("train"), 28, data.channels, progress=False, root=Path(tmp) / "arrays")
-        cached = CachedSplit("train", np.asarray(split.images[:count]), split.labels[:count])
-        if len(cached) < count:
+        if len(split) < count:
             raise SystemExit(f"{TASK} train has {len(split)} images; ask for fewer --batches")
         torch.manual_seed(0)
-        nets = {side: build_network("random:resnet18", num_outputs=2, in_chans=data.channels, stem="cifar")
-                for side in ("medhub", *extra)}
+        network = build_network("random:resnet18", num_outputs=2, in_chans=data.channels, stem="cifar")
         reference = reference_network(data.channels, 2)
-        probe = (torch.from_numpy(np.array(cached.images[:16])).float() / 255 - 0.5) / 0.5
-        identity = same_network(nets["medhub"], reference, probe)
-        for side in extra:
-            copy_weights(nets["medhub"], nets[side])
-        channels_last = channels_last_for(torch.device("cpu"), "cifar", False)  # what reproduce trains in
-        if channels_last:
-            nets = {side: net.to(memory_format=torch.channels_last) for side, net in nets.items()}
-        compiled = compile_for_training(nets["medhub_compiled"]) if "medhub_compiled" in extra else None
-        warmup = {}
-        if compiled is not None:  # the first compiled step, cold (fresh Inductor cache), timed on its own
-            first = CachedSplit("train", cached.images[:args.batch_size], cached.labels[:args.batch_size])
-            started = time.perf_counter()
-            with torch_threads(counts["medhub"]):
-                medhub_side(nets["medhub_compiled"], first, args.batch_size, compiled, channels_last)()
-            warmup["first_step_s"] = round(time.perf_counter() - started, 2)
-        note(f"{TASK}: {count} images, batch {args.batch_size}, {repeats} rounds, threads {counts}, "
-             f"sides reference, medhub{''.join(', ' + side for side in extra)}; {identity['parameters']} parameters")
-        made = {
-            "reference": reference_side(reference, folder, count, args.batch_size),
-            "medhub": medhub_side(nets["medhub"], cached, args.batch_size, None, channels_last),
-        }
-        if compiled is not None:
-            made["medhub_compiled"] = medhub_side(nets["medhub_compiled"], cached, args.batch_size, compiled,
-                                                  channels_last)
-        if "medhub_bf16" in extra:
-            made["medhub_bf16"] = medhub_side(nets["medhub_bf16"], cached, args.batch_size, None, channels_last,
-                                              precision="bf16")
-        sides = {side: with_threads(run, counts[side]) for side, run in made.items()}
-        times = interleaved(sides, repeats, warmup=1)
-    steps = {side: median(values) / batches for side, values in times.items()}
-    if compiled is not None:
+        probe = (torch.from_numpy(np.array(split.images[:16])).float() / 255 - 0.5) / 0.5
+        identity = same_network(network, reference, probe)
+        state = Path(tmp) / "state.safetensors"
+        np.save(state.with_name("labels.npy"), np.asarray(split.labels))
+        save_file({f"{side}.{name}": value.contiguous() for side, net in (("medhub", network), ("reference", reference))
+                   for name, value in net.state_dict().items()}, str(state))
+        env = {**ENVIRONMENT, "TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / "inductor")}  # a cold compile
+        note(f"{TASK}: {count} images, batch {args.batch_size}, {repeats} rounds, threads {counts}, sides "
+             f"{', '.join(names)}, each in its own process; {identity['parameters']} parameters")
+        sides = {}
+        try:
+            for name in names:
+                sides[name] = Side(name, args, counts[name], state, split.path, env)
+            times = interleaved(sides, repeats, warmup=1)
+        finally:
+            for side in sides.values():
+                side.close()
+    steps = {side: median(values) / args.batches for side, values in times.items()}
+    warmup = {}
+    if "medhub_compiled" in sides:
+        warmup["first_step_s"] = sides["medhub_compiled"].info["first_step_s"]
         saved = steps["medhub"] - steps["medhub_compiled"]
         warmup["steps_to_repay"] = round(warmup["first_step_s"] / saved) if saved > 0 else None
     result = {
@@ -358,20 +433,24 @@ def main(argv: list[str] | None = None) -> int:
         "precision": "fp32",
         "compiled": False,
         "channels_last": channels_last,
+        "allocator": sides["medhub"].info["allocator"],
         "compile_warmup": warmup or None,
         "network": identity,
         **{side: {**summary(values), "images_per_s": round(count / median(values), 1)}
            for side, values in times.items()},
         "ratio": paired_ratio(times["reference"], times["medhub"]),
     }
-    if compiled is not None:
+    if "medhub_compiled" in times:
         result["ratio_compiled"] = paired_ratio(times["reference"], times["medhub_compiled"])
         result["ratio_compiled_vs_eager"] = paired_ratio(times["medhub"], times["medhub_compiled"])
     if "medhub_bf16" in times:
         result["ratio_bf16"] = paired_ratio(times["reference"], times["medhub_bf16"])
     if not args.no_ceiling:
-        batch = (probe[:1].expand(args.batch_size, -1, -1, -1)).contiguous(memory_format=torch.channels_last)
-        result["fp32_ceiling"] = fp32_ceiling(nets["medhub"], batch, counts["medhub"], steps["reference"])
+        keep_heap_memory()  # the floor as low as this process can make it
+        batch = probe[:1].expand(args.batch_size, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+        with torch_threads(counts["medhub"]):
+            result["fp32_ceiling"] = fp32_ceiling(network.to(memory_format=torch.channels_last), batch,
+                                                  counts["medhub"], steps["reference"])
     result["goal"] = "medhub images/s / reference images/s (same images, steps and schedule; fp32) >= 1.5"
     result["meets_goal"] = result["ratio"] >= 1.5
     result["machine"] = machine()

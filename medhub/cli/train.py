@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "task (default: re-initialise it as the released code does, e.g. normal std 0.01, bias 0 for "
                    "ResNets); recorded, and makes the run not comparable")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="arithmetic (default: the released "
-                   "code's, fp32 for classification); any other is an override that makes the run not comparable")
+                   "code's, fp32 for classification); any other is an override that makes the run not comparable; on a CPU "
+                   "bf16 runs autocast and fp16 runs fp32 (result.json input.precision says what ran)")
     p.add_argument("--quick", action="store_true", help="MedMNIST only: a ~150-step version of the 100-epoch "
                    "schedule (a few minutes on a 2-core CPU); its report says 'shortened schedule: indicative, not a "
                    "verdict'")
