@@ -181,14 +181,15 @@ def keep_heap_memory() -> str:
 
     By default glibc maps blocks above a moving threshold (128 KiB at start) with ``mmap`` and unmaps them on
     ``free``, and trims the heap top above 128 KiB: every step of a CPU training run then maps its activations
-    afresh and the kernel zero-fills each page on first touch. Measured 2026-12-01 on the 2-core development
-    machine (MedMNIST's CIFAR-stem ResNet-18, 28 px, batch 128, fp32, channels-last): 44,000-88,000 page
-    faults and 0.09-0.18 CPU-s of kernel time per step by default; ~1,000-2,000 faults and 0.005 s with
-    ``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` and ``mallopt(M_TRIM_THRESHOLD, 1 GiB)``, a 8-14% shorter step at 2
-    threads and 9% at 1, the same peak RSS (BENCHMARKS.md, issue 19). Blocks above 32 MiB are still mapped.
+    afresh and the kernel zero-fills each page on first touch. With ``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` and
+    ``mallopt(M_TRIM_THRESHOLD, 1 GiB)`` freed memory is reused. Measured 2026-12-01 on the 2-core development
+    machine (MedMNIST's CIFAR-stem ResNet-18, 28 px, batch 128, fp32, channels-last, 2 threads): medhub's
+    trainer went from 13,600-14,600 page faults and 0.032-0.038 CPU-s of kernel time per step to none and
+    0.011 s, its step 0-2% shorter; a plain-torch copy of the network (non-in-place ReLU, 44,000-88,000 faults
+    per step) 8-14% shorter; peak RSS unchanged (BENCHMARKS.md, issue 19). Blocks above 32 MiB are still mapped.
 
     Process-wide and kept for the process's life (as ``OMP_WAIT_POLICY``); called when a training run starts
-    (:func:`medhub.train.runner.run_one`). ``MEDHUB_MALLOC=default`` leaves malloc as it is. Does nothing
+    (:func:`medhub.train.runner.run_once`, CPU runs). ``MEDHUB_MALLOC=default`` leaves malloc as it is. Does nothing
     outside glibc (musl, macOS, Windows).
 
     Returns:
