@@ -190,3 +190,88 @@ def test_damaged_pngs_fail_with_one_line(tmp_path):
         with pytest.raises(DataError, match="cannot decode image") as caught:
             images.read_image(path)
         assert "\n" not in str(caught.value)
+
+
+XMP_ORIENTATION = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                   b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF>'
+                   b'</x:xmpmeta>')
+
+
+def raw_profile_exif() -> bytes:
+    """ImageMagick's "Raw profile type exif" text: a name line, the byte count, the EXIF block in hex."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 clockwise to view
+    block = exif.tobytes()
+    return f"\nexif\n{len(block):8d}\n{block.hex()}\n".encode()
+
+
+@pytest.mark.parametrize("text", ["xmp_itxt", "raw_profile_ztxt", "raw_profile_text"])
+def test_an_orientation_in_a_text_chunk_sends_the_file_to_pillow(tmp_path, text):
+    """Pillow's getexif() reads an orientation from XMP (iTXt "XML:com.adobe.xmp") and from ImageMagick's
+    "Raw profile type exif" text, and the image is turned by it: a 20x30 file is read 30x20, as Pillow reads it."""
+    grey = np.random.default_rng(4).integers(0, 256, (20, 30), dtype=np.uint8)
+    extra = {"xmp_itxt": (b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + XMP_ORIENTATION),
+             "raw_profile_ztxt": (b"zTXt", b"Raw profile type exif\x00\x00" + zlib.compress(raw_profile_exif())),
+             "raw_profile_text": (b"tEXt", b"Raw profile type exif\x00" + raw_profile_exif())}[text]
+    data = encode_png(grey, extra=(extra,))
+    path = write(tmp_path, "turned.png", data)
+    assert not images.plain_png(data)
+    read = images.read_image(path)
+    assert read.shape == (30, 20) and np.array_equal(read, np.rot90(grey, -1))
+    assert np.array_equal(read, pillow_only(path))
+
+
+def test_a_bad_crc_before_idat_is_refused_as_pillow_refuses_it(tmp_path):
+    """PNG 5.3: Pillow checks the CRC of every chunk before IDAT and refuses the file; libpng would skip a bad
+    ancillary chunk and decode. After IDAT, Pillow skips the CRC, so the file stays plain and decodes."""
+    grey = np.random.default_rng(6).integers(0, 256, (20, 30), dtype=np.uint8)
+    good = encode_png(grey, extra=((b"gAMA", struct.pack(">I", 45455)),))
+    at = good.index(b"gAMA") + 8  # the gAMA chunk's CRC
+    before = good[:at] + bytes([good[at] ^ 0xFF]) + good[at + 1:]
+    assert images.plain_png(good) and not images.plain_png(before)
+    with pytest.raises(DataError, match="cannot decode image"):
+        images.read_image(write(tmp_path, "before.png", before))
+    end = good.index(b"IEND") - 4
+    after = good[:end] + chunk(b"tEXt", b"Comment\x00x")[:-1] + b"\x00" + good[end:]
+    assert images.plain_png(after)
+    path = write(tmp_path, "after.png", after)
+    assert np.array_equal(images.read_image(path), grey) and np.array_equal(pillow_only(path), grey)
+
+
+def test_more_pixels_than_pillow_allows_goes_to_pillows_bomb_guard(tmp_path, monkeypatch):
+    """Pillow refuses more than twice Image.MAX_IMAGE_PIXELS (a decompression bomb: a few hundred kB that
+    inflate to gigabytes); OpenCV's own limit is 2**30 pixels. The limit lowered to 250 pixels, a 20x30 file
+    (600 pixels) is Pillow's to refuse; with the guard switched off (None) it is plain again."""
+    grey = np.random.default_rng(7).integers(0, 256, (20, 30), dtype=np.uint8)
+    data = encode_png(grey)
+    path = write(tmp_path, "bomb.png", data)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 250)
+    assert not images.plain_png(data)
+    with pytest.raises(DataError, match="DecompressionBombError"):
+        images.read_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    assert images.plain_png(data) and np.array_equal(images.read_image(path), grey)
+
+
+def test_damaged_bytes_anywhere_give_pillows_outcome(tmp_path):
+    """1-3 random bytes changed anywhere in a plain PNG with every ancillary chunk: read_image gives what Pillow
+    alone gives, the same samples or a DataError (the chunk walk ends on any length; before the CRC check, 60
+    of these 400 files decoded through OpenCV where Pillow refuses them)."""
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 256, (12, 9), dtype=np.uint8)
+    base = encode_png(grey, extra=ANCILLARY)
+    plain = 0
+    for number in range(400):
+        data = bytearray(base)
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        path = write(tmp_path, f"{number}.png", bytes(data))
+        plain += images.plain_png(bytes(data))
+        try:
+            expected = pillow_only(path)
+        except Exception:  # noqa: BLE001 - read_image wraps whatever Pillow raises
+            with pytest.raises(DataError):
+                images.read_image(path)
+            continue
+        assert np.array_equal(images.read_image(path), expected), number
+    assert plain > 50  # the fast path was taken on many of them

@@ -33,6 +33,7 @@ import json
 import logging
 import struct
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -446,24 +447,65 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # the file to Pillow.
 PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"bKGD",
                               b"hIST", b"sPLT", b"pHYs", b"tIME", b"tEXt", b"zTXt", b"iTXt"})
+TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+# Text keywords Pillow reads an orientation from (``Image.getexif``: ImageMagick's "Raw profile type exif"
+# text, XMP's ``tiff:Orientation`` in "XML:com.adobe.xmp"; any keyword with "exif" or "xmp" to be safe): such a
+# file is turned by :func:`_open_pil`, so it goes to Pillow.
+ORIENTATION_KEYWORDS = (b"exif", b"xmp")
+
+
+def _orientation_text(kind: bytes, body: bytes) -> bool:
+    """Whether a tEXt/zTXt/iTXt chunk's keyword (PNG 11.3.3: 1-79 bytes before a NUL) may carry an orientation."""
+    if kind not in TEXT_CHUNKS:
+        return False
+    keyword = body[:80].split(b"\0", 1)[0].lower()
+    return any(word in keyword for word in ORIENTATION_KEYWORDS)
+
+
+def _pillow_pixel_limit() -> int | None:
+    """Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``; None when a caller switched it off)."""
+    from PIL import Image
+
+    return Image.MAX_IMAGE_PIXELS
 
 
 def plain_png(data: bytes) -> bool:
     """Whether ``data`` is a PNG of 8-bit grey (colour type 0) or 8-bit RGB (type 2) samples, one frame, with
     no transparency, palette or EXIF chunk: a file whose decoded samples are its pixels, whatever decoder reads
-    it (PNG 11.2.2 IHDR: width, height, bit depth, colour type, ...). Reads chunk headers only."""
+    it (PNG 11.2.2 IHDR: width, height, bit depth, colour type, ...), and one Pillow opens without complaint.
+
+    Also False (the file goes to Pillow, which turns, warns or refuses it as before) for a text chunk whose
+    keyword names EXIF or XMP (Pillow reads an orientation from them), a chunk before the first IDAT with a
+    wrong CRC (PNG 5.3; Pillow refuses the file, libpng would skip the chunk), and more than Pillow's
+    ``Image.MAX_IMAGE_PIXELS`` pixels (its decompression-bomb guard). Reads chunk headers, checks the CRCs of
+    the chunks before IDAT; never loops past the end of ``data``.
+    """
     if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 33:
         return False
-    if data[24] != 8 or data[25] not in (0, 2):  # IHDR bit depth, colour type
+    width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
+    if depth != 8 or colour not in (0, 2):  # IHDR bit depth, colour type
         return False
-    position = 8
+    limit = _pillow_pixel_limit()
+    if limit is not None and width * height > limit:
+        return False
+    position, seen_idat = 8, False
     while position + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, position)
         if kind not in PLAIN_PNG_CHUNKS:
             return False
         if kind == b"IEND":
             return True
-        position += 12 + length  # length, type, data, CRC
+        end = position + 8 + length
+        if kind == b"IDAT":
+            seen_idat = True
+        else:
+            body = data[position + 8:end]
+            if _orientation_text(kind, body):
+                return False
+            if not seen_idat and (end + 4 > len(data)
+                                  or zlib.crc32(body, zlib.crc32(kind)) != struct.unpack_from(">I", data, end)[0]):
+                return False
+        position = end + 4  # length, type, data, CRC
     return False
 
 
