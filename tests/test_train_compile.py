@@ -162,3 +162,49 @@ def test_a_failing_compiler_falls_back_to_eager_training(tmp_path, monkeypatch):
     for name, value in results["eager"][0].state_dict().items():
         assert torch.equal(results["failed"][0].state_dict()[name], value), name
     assert [h["train_loss"] for h in failed.history] == [h["train_loss"] for h in eager.history]
+
+
+def test_a_resumed_run_keeps_the_saved_runs_precision(tmp_path):
+    """A CPU ``--precision bf16`` run saved before 2026-12-01 ran fp32 (its state has no precision): resumed
+    now, it goes on in fp32 and ends with the weights and history of an uninterrupted fp32 run, and says so."""
+    from medhub.data.loader import make_loader
+    from medhub.train.state import STATE_FILE
+
+    data = load_task_data(load_registry().get_task("breastmnist"))
+    train = cached_split("breastmnist", data.split("train"), 28, 1, progress=False)
+    val = cached_split("breastmnist", data.split("val"), 28, 1, progress=False)
+    fp32 = FitConfig(task_type="binary", label_names=("malignant", "benign"), loss="cross_entropy", lr=1e-3,
+                     epochs=2, channels=1, normalization="half", seed=1)
+    bf16 = FitConfig(**{**fp32.__dict__, "precision": "bf16"})
+
+    def run(name: str, cfg: FitConfig, crash: int | None = None, resume: bool = False):
+        model = small_network()
+        loader = make_loader(train, batch_size=100, shuffle=True, seed=1)
+        with deterministic(CPU, 1):
+            result = fit(model, CrashAt(loader, crash) if crash is not None else loader,
+                         make_loader(val, batch_size=100, shuffle=False), cfg, tmp_path / name, CPU,
+                         progress=False, resume=resume)
+        return model, result
+
+    with torch.inference_mode(False):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            full_model, full = run("fp32", fp32)
+            with pytest.raises(KeyboardInterrupt):
+                run("old", fp32, crash=1)  # what the old code ran for --precision bf16 on a CPU
+            state_path = tmp_path / "old" / STATE_FILE
+            state = torch.load(state_path, weights_only=True)
+            assert state.pop("precision") == "fp32"  # saved now; a state from before had no such entry
+            torch.save(state, state_path)
+            resumed_model, resumed = run("old", bf16, resume=True)
+            _, now = run("bf16", bf16)
+        finally:
+            torch.set_num_threads(threads)
+    assert (full.precision, resumed.precision, now.precision) == ("fp32", "fp32", "bf16")
+    assert resumed.resumed_from == 1
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    for name, value in full_model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[name], value), name
+    assert torch.load(tmp_path / "bf16" / STATE_FILE, weights_only=True)["precision"] == "bf16"

@@ -91,7 +91,8 @@ class FitResult:
     resumed_from: int | None = None
     compiled: bool = False
     first_step_s: float | None = None
-    compile_failed: str | None = None  # why a compiled run fell back to eager (then ``compiled`` is False)  # the first training step of this process (with a compiled step: its warm-up)
+    compile_failed: str | None = None  # why a compiled run fell back to eager (then ``compiled`` is False)
+    precision: str = "fp32"  # the arithmetic the step ran in (trained_precision; after --resume the saved run's)
 
 
 def compute_loss(logits: torch.Tensor, targets: torch.Tensor, config: FitConfig) -> torch.Tensor:
@@ -330,7 +331,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
 
     With ``resume=True`` and a ``state.pt`` in ``run_dir``, training continues after the last saved epoch
     and ends with the same weights and history an uninterrupted run would have (with the same
-    ``config.compile`` as the saved state's: the saved choice wins).
+    ``config.compile`` and the same precision as the saved state's: the saved choice wins; a state saved
+    before 2026-12-01 without a precision ran fp32 on a CPU, where ``bf16`` was not honoured then).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     optimizer = make_optimizer(model.parameters(), config)
@@ -353,9 +355,13 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
         if bool(saved.get("compile", False)) != config.compile:
             log.info("resuming with the saved run's compile=%s", bool(saved.get("compile", False)))
             config = dataclasses.replace(config, compile=bool(saved.get("compile", False)))
+        ran = saved.get("precision", "fp32" if device.type == "cpu" else trained_precision(config, device))
+        if ran != trained_precision(config, device):
+            log.info("resuming with the saved run's precision %s", ran)
+            config = dataclasses.replace(config, precision=ran)
         if saved.get("finished"):
             return FitResult(history, best_epoch, best_state, saved.get("stopped_early", False), resumed,
-                             config.compile)
+                             config.compile, precision=trained_precision(config, device))
         log.info("resuming %s after epoch %d", run_dir, start)
         say(progress, f"{label or run_dir.name}: resuming after epoch {start}/{config.epochs}")
     stopped = False
@@ -405,10 +411,10 @@ def fit(model: torch.nn.Module, train_loader, val_loader, config: FitConfig, run
             "scaler": scaler.state_dict() if scaler is not None else None,
             "history": history, "best_epoch": best_epoch, "best_value": best_value,
             "bad_epochs": bad_epochs, "rng": rng_states(), "finished": finished, "stopped_early": stopped,
-            "compile": config.compile,
+            "compile": config.compile, "precision": trained_precision(config, device),
         })
         if stopped:
             log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best_epoch + 1)
             break
     return FitResult(history, best_epoch, best_state, stopped, resumed, config.compile, timings.get("first_step_s"),
-                     timings.get("compile_failed"))
+                     timings.get("compile_failed"), trained_precision(config, device))

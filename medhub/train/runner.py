@@ -21,7 +21,7 @@ from medhub.data.progress import Progress
 from medhub.errors import UsageError
 from medhub.train import metrics
 from medhub.train.compiled import choose_compile
-from medhub.train.loop import FitConfig, evaluate, fit, trained_precision
+from medhub.train.loop import FitConfig, evaluate, fit
 from medhub.train.network import build_network, init_classifier, init_from_scratch, is_random
 from medhub.train.report import build_report, plot_learning_curves, plot_roc, write_json, write_markdown
 from medhub.train.state import deterministic, run_threads
@@ -188,6 +188,7 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
     outcome = fit(network, train_loader, val_loader, config, run_dir, device, progress=progress, resume=resume,
                   label=label)
     network.load_state_dict(outcome.best_state)
+    config = dataclasses.replace(config, precision=outcome.precision)  # a resumed run keeps its saved arithmetic
     started = time.perf_counter()
     test = evaluate(network, test_loader, device, config, ten_crop=plan.ten_crop)
     roc = {} if config.segmentation else metrics.roc_points(test.targets, test.scores, task.type, tuple(task.labels))
@@ -200,7 +201,7 @@ def _run(model: str, task, data, splits: dict[str, CachedSplit], plan, *, seed: 
         "checkpoint": str(run_dir / "best.safetensors"),
         "input": {"channels": config.channels, "normalization": config.normalization, "device": str(device),
                   "threads": torch.get_num_threads(), "channels_last": config.channels_last,
-                  "precision": trained_precision(config, device),
+                  "precision": outcome.precision,
                   "allocator": keep_heap_memory() if device.type == "cpu" else "default (not a CPU run)",
                   "compile": {"used": outcome.compiled,
                               "why": (f"compiling failed: {outcome.compile_failed}" if outcome.compile_failed
