@@ -22,7 +22,8 @@ min..max:
   onto 0..255 (``bits`` from the rule, else the PNG's sBIT chunk, else 16); palette images through their
   palette; alpha composited onto black; RGB files with equal channels reduced to one channel.
 * 8-bit grey or RGB PNGs with no transparency, palette or EXIF chunk decode through OpenCV (faster, the
-  same samples); every other image file through Pillow.
+  same samples); every other image file through Pillow, and so does a PNG Pillow would turn (an orientation in
+  XMP or "Raw profile type exif" text) or refuse (a bad CRC before IDAT, more than ``Image.MAX_IMAGE_PIXELS``).
 * ``channels=1`` of a colour image is its ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B, as DICOM's
   YBR_FULL Y), ``channels=3`` of a grey image repeats it.
 """
