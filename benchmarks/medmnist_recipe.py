@@ -336,15 +336,35 @@ class Side:
         self.info = json.loads(line.removeprefix("ready "))
 
     def __call__(self) -> None:
-        self.process.stdin.write("run\n")
-        self.process.stdin.flush()
-        if self.process.stdout.readline().strip() != "done":
+        try:
+            self.process.stdin.write("run\n")
+            self.process.stdin.flush()
+            answer = self.process.stdout.readline().strip()
+        except BrokenPipeError:  # the worker died between rounds
+            answer = ""
+        if answer != "done":
             raise SystemExit(f"the {self.name} side failed (see its error above)")
 
-    def close(self) -> None:
-        if self.process.poll() is None:
+    def close(self, timeout: float = 60) -> None:
+        """End the worker: EOF on its stdin (it finishes its round and exits); killed after ``timeout`` s."""
+        try:
             self.process.stdin.close()
-            self.process.wait(timeout=60)
+        except BrokenPipeError:
+            pass
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def close_all(sides) -> None:
+    """Close every side's worker, each even when another fails to end."""
+    for side in sides:
+        try:
+            side.close()
+        except BaseException:  # noqa: BLE001 - a Ctrl-C while waiting: still end the others
+            side.process.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,8 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                 sides[name] = Side(name, args, counts[name], state, split.path, env)
             times = interleaved(sides, repeats, warmup=1)
         finally:
-            for side in sides.values():
-                side.close()
+            close_all(sides.values())
     steps = {side: median(values) / args.batches for side, values in times.items()}
     warmup = {}
     if "medhub_compiled" in sides:

@@ -111,3 +111,37 @@ def test_benchmark_runs_and_prints_json(name: str, tmp_path: Path) -> None:
         costs = result["later_epoch_ms_per_image"]
         assert set(costs) == {"recipe_data", "medhub_data", "model_step"}
         assert costs["recipe_data"] > 0 and costs["medhub_data"] > 0
+
+
+def test_medmnist_recipe_workers_end_when_a_side_dies_or_hangs(tmp_path: Path) -> None:
+    """A side's worker killed between rounds stops the benchmark with its one-line message; a stopped (hung)
+    worker is killed on close; closing never leaves a worker process behind."""
+    import os
+    import signal
+
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import medmnist_recipe as recipe
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    network = recipe.reference_network(1, 2)
+    state = tmp_path / "state.safetensors"
+    save_file({f"reference.{k}": v.contiguous() for k, v in network.state_dict().items()}, str(state))
+
+    class Args:
+        batches, batch_size = 1, 4
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = recipe.Side("reference", Args, 1, state, tmp_path / "unused.npy", env)
+    hung = recipe.Side("reference", Args, 1, state, tmp_path / "unused.npy", env)
+    killed()  # one real round
+    os.kill(killed.process.pid, signal.SIGKILL)
+    killed.process.wait()
+    with pytest.raises(SystemExit, match="the reference side failed"):
+        killed()
+    os.kill(hung.process.pid, signal.SIGSTOP)
+    hung.close(timeout=1)
+    recipe.close_all([killed])
+    assert killed.process.returncode == -signal.SIGKILL and hung.process.returncode == -signal.SIGKILL
