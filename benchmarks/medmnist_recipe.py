@@ -40,6 +40,7 @@ floor: a goal above it cannot be met in fp32 on this machine. Last stdout line: 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -347,10 +348,8 @@ class Side:
 
     def close(self, timeout: float = 60) -> None:
         """End the worker: EOF on its stdin (it finishes its round and exits); killed after ``timeout`` s."""
-        try:
+        with contextlib.suppress(BrokenPipeError):
             self.process.stdin.close()
-        except BrokenPipeError:
-            pass
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
