@@ -93,9 +93,9 @@ def reproduce(model: str, task: str, *, data_dir: str | os.PathLike | None = Non
         pixels: fields of :class:`medhub.schema.PixelRule` replacing the task's (e.g. ``{"window": (-600,
             1500)}`` for a CT lung window, ``{"frame": 0}`` for multi-frame files); recorded in the plan,
             the report's data notes and the cache manifest.
-        compile_model: run full training batches through ``torch.compile`` (True), eagerly (False), or as
-            :func:`medhub.train.compiled.choose_compile` decides (None: on a CPU for a CIFAR-stem ResNet with
-            at least 300 training steps); recorded per run in ``result.json`` (``input.compile``).
+        compile_model: run full training batches through ``torch.compile`` (True) or eagerly (False or None,
+            the default: :mod:`medhub.train.compiled` says why); recorded per run in ``result.json``
+            (``input.compile``).
 
     Returns:
         The report (also written to ``out/report.json``), ending in ``verdict`` and ``verdict_reasons``;

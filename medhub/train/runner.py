@@ -130,7 +130,7 @@ def run_once(model: str, task, data, splits: dict[str, CachedSplit], plan, *, se
 
     ``in_chans`` sets the input channels of a ``random:`` network (default: the data's channels);
     ``label`` names the run in progress lines (default: the run folder's name); ``compile_model``: compile
-    the training step (True), not (False), or as :func:`medhub.train.compiled.choose_compile` decides (None).
+    the training step (True) or not (False, or None: the default, :func:`medhub.train.compiled.choose_compile`).
     """
     result_path = run_dir / "result.json"
     if resume and result_path.is_file():
