@@ -86,8 +86,17 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 
 ANCILLARY = ((b"gAMA", struct.pack(">I", 45455)), (b"sRGB", b"\x00"), (b"pHYs", struct.pack(">IIB", 2835, 2835, 1)),
-             (b"tEXt", b"Comment\x00exported by a viewer"), (b"sBIT", b"\x06"),
-             (b"iCCP", b"p\x00\x00" + zlib.compress(b"not a real profile")))
+             (b"tEXt", b"Comment\x00exported by a viewer"), (b"sBIT", b"\x06"), (b"bKGD", struct.pack(">H", 255)),
+             (b"cHRM", struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)),
+             (b"tIME", struct.pack(">HBBBBB", 2026, 12, 1, 3, 40, 0)))  # what ImageMagick and viewers write
+
+
+def ancillary(colour: str) -> tuple[tuple[bytes, bytes], ...]:
+    """ANCILLARY with sBIT and bKGD sized for the colour type (one sample per channel)."""
+    if colour == "grey":
+        return ANCILLARY
+    per_channel = {b"sBIT": b"\x06\x06\x06", b"bKGD": struct.pack(">3H", 255, 0, 128)}
+    return tuple((kind, per_channel.get(kind, body)) for kind, body in ANCILLARY)
 
 
 @pytest.mark.parametrize("interlace", [False, True])
@@ -98,7 +107,7 @@ def test_plain_png_samples_equal_the_source_and_pillow(tmp_path, interlace, colo
     grey = rng.integers(0, 256, shape, dtype=np.uint8)
     array = {"grey": grey, "rgb": rng.integers(0, 256, (*shape, 3), dtype=np.uint8),
              "rgb_equal": np.repeat(grey[..., None], 3, axis=2)}[colour]
-    extra = tuple(c for c in ANCILLARY if colour == "grey" or c[0] != b"sBIT")
+    extra = ancillary(colour)
     data = encode_png(array, interlace=interlace, extra=extra)
     path = write(tmp_path, "x.png", data)
     assert images.plain_png(data)
@@ -275,3 +284,42 @@ def test_damaged_bytes_anywhere_give_pillows_outcome(tmp_path):
             continue
         assert np.array_equal(images.read_image(path), expected), number
     assert plain > 50  # the fast path was taken on many of them
+
+
+NOISY_CHUNKS = {  # each makes libpng print a "libpng warning: ..." line on stderr; Pillow reads them silently
+    "iCCP": (b"iCCP", b"p\x00\x00" + zlib.compress(b"not a real profile")),
+    "zTXt": (b"zTXt", b"Comment\x00\x00garbage"),
+    "iTXt": (b"iTXt", b"Comment\x00\x01\x00xx"),
+    "gAMA_short": (b"gAMA", b"\x00\x00\x01"),
+    "sRGB_intent_9": (b"sRGB", b"\x09"),
+    "sBIT_9": (b"sBIT", b"\x09"),
+    "bKGD_above_255": (b"bKGD", b"\xff\xff"),
+    "tIME_month_13": (b"tIME", struct.pack(">HBBBBB", 2020, 13, 40, 25, 61, 61)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOISY_CHUNKS))
+def test_chunks_libpng_would_warn_about_go_to_pillow(tmp_path, capfd, kind):
+    """libpng (inside OpenCV) prints a warning on stderr for these chunks, once per file: thousands of lines when a
+    dataset's PNGs carry, e.g., a bad sRGB ICC profile. Such files go to Pillow, which reads them silently."""
+    grey = np.random.default_rng(8).integers(0, 256, (10, 14), dtype=np.uint8)
+    data = encode_png(grey, extra=(NOISY_CHUNKS[kind],))
+    assert not images.plain_png(data)
+    path = write(tmp_path, "noisy.png", data)
+    if kind == "gAMA_short":  # Pillow refuses a truncated gAMA chunk: the same one-line error as any bad file
+        with pytest.raises(DataError, match="Truncated gAMA"):
+            images.read_image(path)
+    else:
+        assert np.array_equal(images.read_image(path), grey)
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("colour", ["grey", "rgb"])
+def test_the_opencv_path_prints_nothing(tmp_path, capfd, colour):
+    """A plain PNG with every ancillary chunk the fast path accepts decodes through OpenCV with nothing on stderr."""
+    rng = np.random.default_rng(9)
+    array = rng.integers(0, 256, (10, 14) if colour == "grey" else (10, 14, 3), dtype=np.uint8)
+    data = encode_png(array, extra=ancillary(colour), interlace=True)
+    assert images.plain_png(data)
+    assert np.array_equal(images.read_image(write(tmp_path, "quiet.png", data), channels=array.ndim * 2 - 3), array)
+    assert capfd.readouterr().err == ""

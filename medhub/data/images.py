@@ -21,8 +21,8 @@ min..max:
 * PNG/JPEG/TIFF: EXIF Orientation applied first (as every viewer does); 16-bit grey maps 0..2**bits-1
   onto 0..255 (``bits`` from the rule, else the PNG's sBIT chunk, else 16); palette images through their
   palette; alpha composited onto black; RGB files with equal channels reduced to one channel.
-* 8-bit grey or RGB PNGs with no transparency, palette or EXIF chunk decode through OpenCV (faster, the
-  same samples); every other image file through Pillow, and so does a PNG Pillow would turn (an orientation in
+* 8-bit grey or RGB PNGs with no transparency, palette, EXIF, ICC profile or compressed text chunk decode
+  through OpenCV (faster, the same samples); every other image file through Pillow, and so does a PNG Pillow would turn (an orientation in
   XMP or "Raw profile type exif" text) or refuse (a bad CRC before IDAT, more than ``Image.MAX_IMAGE_PIXELS``).
 * ``channels=1`` of a colour image is its ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B, as DICOM's
   YBR_FULL Y), ``channels=3`` of a grey image repeats it.
@@ -443,11 +443,13 @@ def grey_if_equal(rgb: np.ndarray) -> np.ndarray:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Chunks that change no pixel value Pillow decodes (PNG 11.3: Pillow keeps gAMA, cHRM, sRGB, iCCP, sBIT of an
-# 8-bit image, bKGD, text, pHYs and tIME as metadata only). Any other chunk (tRNS, eXIf, acTL, PLTE, ...) sends
-# the file to Pillow.
-PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"bKGD",
-                              b"hIST", b"sPLT", b"pHYs", b"tIME", b"tEXt", b"zTXt", b"iTXt"})
+# Chunks that change no pixel value Pillow decodes (PNG 11.3: Pillow keeps gAMA, cHRM, sRGB, sBIT of an 8-bit
+# image, bKGD, tEXt, pHYs and tIME as metadata only) and that libpng reads without a warning on stderr once
+# :func:`_quiet_chunk` has checked their fields. Any other chunk (tRNS, eXIf, acTL, PLTE, and iCCP, zTXt, iTXt,
+# hIST, sPLT, whose faults libpng reports on stderr: "iCCP: known incorrect sRGB profile" is common) sends the
+# file to Pillow.
+PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"bKGD", b"pHYs",
+                              b"tIME", b"tEXt"})
 TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
 # Text keywords Pillow reads an orientation from (``Image.getexif``: ImageMagick's "Raw profile type exif"
 # text, XMP's ``tiff:Orientation`` in "XML:com.adobe.xmp"; any keyword with "exif" or "xmp" to be safe): such a
@@ -461,6 +463,31 @@ def _orientation_text(kind: bytes, body: bytes) -> bool:
         return False
     keyword = body[:80].split(b"\0", 1)[0].lower()
     return any(word in keyword for word in ORIENTATION_KEYWORDS)
+
+
+def _quiet_chunk(kind: bytes, body: bytes, channels: int) -> bool:
+    """Whether libpng reads this ancillary chunk of an 8-bit grey (``channels=1``) or RGB (3) PNG without
+    printing a warning: the lengths and ranges of PNG 11.3 (gAMA 4 bytes, non-zero; sRGB one rendering intent
+    0-3; sBIT one 1-8 per channel; bKGD one 16-bit sample <= 255 per channel; cHRM 32 bytes; pHYs 9; tIME a
+    valid date and time). tEXt, and chunks without fields to check, always."""
+    if kind == b"gAMA":
+        return len(body) == 4 and int.from_bytes(body, "big") > 0
+    if kind == b"sRGB":
+        return len(body) == 1 and body[0] <= 3
+    if kind == b"sBIT":
+        return len(body) == channels and all(1 <= bits <= 8 for bits in body)
+    if kind == b"bKGD":
+        return len(body) == 2 * channels and all(v <= 255 for v in struct.unpack(f">{channels}H", body))
+    if kind == b"cHRM":
+        return len(body) == 32
+    if kind == b"pHYs":
+        return len(body) == 9
+    if kind == b"tIME":
+        if len(body) != 7:
+            return False
+        _, month, day, hour, minute, second = struct.unpack(">HBBBBB", body)
+        return 1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59 and second <= 60
+    return True
 
 
 def _pillow_pixel_limit() -> int | None:
@@ -477,7 +504,8 @@ def plain_png(data: bytes) -> bool:
 
     Also False (the file goes to Pillow, which turns, warns or refuses it as before) for a text chunk whose
     keyword names EXIF or XMP (Pillow reads an orientation from them), a chunk before the first IDAT with a
-    wrong CRC (PNG 5.3; Pillow refuses the file, libpng would skip the chunk), and more than Pillow's
+    wrong CRC (PNG 5.3; Pillow refuses the file, libpng would skip the chunk), an ancillary chunk libpng
+    would warn about on stderr (:func:`_quiet_chunk`; Pillow is silent), and more than Pillow's
     ``Image.MAX_IMAGE_PIXELS`` pixels (its decompression-bomb guard). Reads chunk headers, checks the CRCs of
     the chunks before IDAT; never loops past the end of ``data``.
     """
@@ -501,7 +529,7 @@ def plain_png(data: bytes) -> bool:
             seen_idat = True
         else:
             body = data[position + 8:end]
-            if _orientation_text(kind, body):
+            if _orientation_text(kind, body) or not _quiet_chunk(kind, body, 1 if colour == 0 else 3):
                 return False
             if not seen_idat and (end + 4 > len(data)
                                   or zlib.crc32(body, zlib.crc32(kind)) != struct.unpack_from(">I", data, end)[0]):
