@@ -52,37 +52,43 @@ class CrashAt:
         return len(self.loader)
 
 
-@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
-def test_compiled_fit_resumes_exactly_and_matches_eager(tmp_path):
+def breastmnist_splits():
+    """BreastMNIST's train and val splits (shipped with medhub) from the decode-once cache, at 28 px."""
+    data = load_task_data(load_registry().get_task("breastmnist"))
+    return tuple(cached_split("breastmnist", data.split(name), 28, 1, progress=False) for name in ("train", "val"))
+
+
+def fit_small(train, val, cfg: FitConfig, run_dir, crash: int | None = None, resume: bool = False):
+    """:func:`small_network` fitted on ``train`` (batch 100, shuffled, seed 1; BreastMNIST's 546 images leave a
+    last batch of 46), one thread, deterministic; ``crash``: the epoch in which the loader raises mid-way."""
+    from medhub.cpu import torch_threads
     from medhub.data.loader import make_loader
 
-    data = load_task_data(load_registry().get_task("breastmnist"))
-    train = cached_split("breastmnist", data.split("train"), 28, 1, progress=False)
-    val = cached_split("breastmnist", data.split("val"), 28, 1, progress=False)
+    model = small_network()
+    loader = make_loader(train, batch_size=100, shuffle=True, seed=1)
+    with torch_threads(1), deterministic(CPU, 1):
+        result = fit(model, CrashAt(loader, crash) if crash is not None else loader,
+                     make_loader(val, batch_size=100, shuffle=False), cfg, run_dir, CPU, progress=False,
+                     resume=resume)
+    return model, result
+
+
+@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
+def test_compiled_fit_resumes_exactly_and_matches_eager(tmp_path):
+    train, val = breastmnist_splits()
     config = FitConfig(task_type="binary", label_names=("malignant", "benign"), loss="cross_entropy", lr=1e-3,
                        epochs=3, channels=1, normalization="half", seed=1, compile=True)
 
     def run(name: str, cfg: FitConfig, crash: int | None = None, resume: bool = False):
-        model = small_network()
-        loader = make_loader(train, batch_size=100, shuffle=True, seed=1)  # 546 images: a last batch of 46
-        with deterministic(CPU, 1):
-            result = fit(model, CrashAt(loader, crash) if crash is not None else loader,
-                         make_loader(val, batch_size=100, shuffle=False), cfg, tmp_path / name, CPU,
-                         progress=False, resume=resume)
-        return model, result
+        return fit_small(train, val, cfg, tmp_path / name, crash=crash, resume=resume)
 
     with torch.inference_mode(False):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            full_model, full = run("full", config)
-            with pytest.raises(KeyboardInterrupt):
-                run("cut", config, crash=2)
-            # resuming with compile=False in the config: the saved run's choice (compiled) wins
-            resumed_model, resumed = run("cut", FitConfig(**{**config.__dict__, "compile": False}), resume=True)
-            eager_model, eager = run("eager", FitConfig(**{**config.__dict__, "compile": False}))
-        finally:
-            torch.set_num_threads(threads)
+        full_model, full = run("full", config)
+        with pytest.raises(KeyboardInterrupt):
+            run("cut", config, crash=2)
+        # resuming with compile=False in the config: the saved run's choice (compiled) wins
+        resumed_model, resumed = run("cut", FitConfig(**{**config.__dict__, "compile": False}), resume=True)
+        eager_model, eager = run("eager", FitConfig(**{**config.__dict__, "compile": False}))
     assert full.compiled and resumed.compiled and not eager.compiled
     assert full.first_step_s is not None and full.first_step_s > 0
     assert resumed.resumed_from == 2
@@ -167,40 +173,26 @@ def test_a_failing_compiler_falls_back_to_eager_training(tmp_path, monkeypatch):
 def test_a_resumed_run_keeps_the_saved_runs_precision(tmp_path):
     """A CPU ``--precision bf16`` run saved before 2026-12-01 ran fp32 (its state has no precision): resumed
     now, it goes on in fp32 and ends with the weights and history of an uninterrupted fp32 run, and says so."""
-    from medhub.data.loader import make_loader
     from medhub.train.state import STATE_FILE
 
-    data = load_task_data(load_registry().get_task("breastmnist"))
-    train = cached_split("breastmnist", data.split("train"), 28, 1, progress=False)
-    val = cached_split("breastmnist", data.split("val"), 28, 1, progress=False)
+    train, val = breastmnist_splits()
     fp32 = FitConfig(task_type="binary", label_names=("malignant", "benign"), loss="cross_entropy", lr=1e-3,
                      epochs=2, channels=1, normalization="half", seed=1)
     bf16 = FitConfig(**{**fp32.__dict__, "precision": "bf16"})
 
     def run(name: str, cfg: FitConfig, crash: int | None = None, resume: bool = False):
-        model = small_network()
-        loader = make_loader(train, batch_size=100, shuffle=True, seed=1)
-        with deterministic(CPU, 1):
-            result = fit(model, CrashAt(loader, crash) if crash is not None else loader,
-                         make_loader(val, batch_size=100, shuffle=False), cfg, tmp_path / name, CPU,
-                         progress=False, resume=resume)
-        return model, result
+        return fit_small(train, val, cfg, tmp_path / name, crash=crash, resume=resume)
 
     with torch.inference_mode(False):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            full_model, full = run("fp32", fp32)
-            with pytest.raises(KeyboardInterrupt):
-                run("old", fp32, crash=1)  # what the old code ran for --precision bf16 on a CPU
-            state_path = tmp_path / "old" / STATE_FILE
-            state = torch.load(state_path, weights_only=True)
-            assert state.pop("precision") == "fp32"  # saved now; a state from before had no such entry
-            torch.save(state, state_path)
-            resumed_model, resumed = run("old", bf16, resume=True)
-            _, now = run("bf16", bf16)
-        finally:
-            torch.set_num_threads(threads)
+        full_model, full = run("fp32", fp32)
+        with pytest.raises(KeyboardInterrupt):
+            run("old", fp32, crash=1)  # what the old code ran for --precision bf16 on a CPU
+        state_path = tmp_path / "old" / STATE_FILE
+        state = torch.load(state_path, weights_only=True)
+        assert state.pop("precision") == "fp32"  # saved now; a state from before had no such entry
+        torch.save(state, state_path)
+        resumed_model, resumed = run("old", bf16, resume=True)
+        _, now = run("bf16", bf16)
     assert (full.precision, resumed.precision, now.precision) == ("fp32", "fp32", "bf16")
     assert resumed.resumed_from == 1
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
