@@ -194,17 +194,6 @@ def medhub_side(network, cached, batch_size: int, compiled, channels_last: bool 
     return run
 
 
-def with_threads(run, count: int):
-    """``run`` with ``count`` torch threads, the previous count restored after."""
-    from medhub.cpu import torch_threads
-
-    def wrapped() -> None:
-        with torch_threads(count):
-            run()
-
-    return wrapped
-
-
 def conv_seconds(conv, shape: tuple[int, ...], channels_last: bool, input_grad: bool) -> float:
     """Median seconds of one forward + backward of ``conv`` alone on a random input of ``shape`` (3 runs after
     a warm-up), in channels-last or the default format; ``input_grad``: the backward computes the input's
@@ -266,7 +255,6 @@ def fp32_ceiling(network, inputs, threads: int, reference_step_s: float) -> dict
             "reference_step_s": round(reference_step_s, 3), "max_ratio": round(reference_step_s / floor_s, 2)}
 
 
-SIDES = ("reference", "medhub", "medhub_compiled", "medhub_bf16")
 ENVIRONMENT = dict(os.environ)  # before medhub is imported (it sets OMP_WAIT_POLICY): what a plain script gets
 
 
@@ -386,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from medhub.cpu import choose_threads, keep_heap_memory, torch_threads
+    from medhub.cpu import choose_threads, keep_heap_memory
     from medhub.data import load_task_data
     from medhub.data.cache import cached_split
     from medhub.registry import load_registry
@@ -466,9 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_ceiling:
         keep_heap_memory()  # the floor as low as this process can make it
         batch = probe[:1].expand(args.batch_size, -1, -1, -1).contiguous(memory_format=torch.channels_last)
-        with torch_threads(counts["medhub"]):
-            result["fp32_ceiling"] = fp32_ceiling(network.to(memory_format=torch.channels_last), batch,
-                                                  counts["medhub"], steps["reference"])
+        result["fp32_ceiling"] = fp32_ceiling(network.to(memory_format=torch.channels_last), batch, counts["medhub"],
+                                              steps["reference"])
     result["goal"] = "medhub images/s / reference images/s (same images, steps and schedule; fp32) >= 1.5"
     result["meets_goal"] = result["ratio"] >= 1.5
     result["machine"] = machine()

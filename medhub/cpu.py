@@ -26,6 +26,7 @@ same seed must give the same numbers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -173,9 +174,9 @@ def choose_threads(threads: int | None = None, *, measure: bool = True) -> Threa
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit)
 TRIM_THRESHOLD = 1024 * 1024 * 1024
-_ALLOCATOR: list[str] = []
 
 
+@functools.cache
 def keep_heap_memory() -> str:
     """Let glibc's malloc reuse freed memory between training steps instead of returning it to the kernel.
 
@@ -195,22 +196,17 @@ def keep_heap_memory() -> str:
     Returns:
         What the process's allocator does now, as ``result.json`` records it (``input.allocator``).
     """
-    if _ALLOCATOR:
-        return _ALLOCATOR[0]
     import ctypes
     import platform
 
     if os.environ.get("MEDHUB_MALLOC", "").strip().lower() == "default":
-        _ALLOCATOR.append("default (MEDHUB_MALLOC=default)")
-    elif platform.libc_ver()[0] != "glibc":
-        _ALLOCATOR.append("default (not glibc)")
-    else:
-        libc = ctypes.CDLL(None)
-        done = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(M_TRIM_THRESHOLD,
-                                                                                     TRIM_THRESHOLD) == 1
-        _ALLOCATOR.append("glibc: freed memory kept (mmap threshold 32 MiB, trim threshold 1 GiB)" if done
-                          else "default (mallopt refused)")
-    return _ALLOCATOR[0]
+        return "default (MEDHUB_MALLOC=default)"
+    if platform.libc_ver()[0] != "glibc":
+        return "default (not glibc)"
+    libc = ctypes.CDLL(None)
+    if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
+        return "glibc: freed memory kept (mmap threshold 32 MiB, trim threshold 1 GiB)"
+    return "default (mallopt refused)"
 
 
 def openmp_wait_policy() -> str:

@@ -22,14 +22,16 @@ min..max:
   onto 0..255 (``bits`` from the rule, else the PNG's sBIT chunk, else 16); palette images through their
   palette; alpha composited onto black; RGB files with equal channels reduced to one channel.
 * 8-bit grey or RGB PNGs with no transparency, palette, EXIF, ICC profile or compressed text chunk decode
-  through OpenCV (faster, the same samples); every other image file through Pillow, and so does a PNG Pillow would turn (an orientation in
-  XMP or "Raw profile type exif" text) or refuse (a bad CRC before IDAT, more than ``Image.MAX_IMAGE_PIXELS``).
+  through OpenCV (faster, the same samples); every other image file through Pillow, and so does a PNG Pillow
+  would turn (an orientation in "Raw profile type exif" text) or refuse (a bad CRC before IDAT, more than
+  ``Image.MAX_IMAGE_PIXELS``).
 * ``channels=1`` of a colour image is its ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B, as DICOM's
   YBR_FULL Y), ``channels=3`` of a grey image repeats it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import struct
@@ -435,6 +437,16 @@ def _pil_to_uint8(image, path: Path, rule: PixelRule) -> np.ndarray:
     return grey_if_equal(rgb)
 
 
+@functools.cache
+def opencv():
+    """The ``cv2`` module, with OpenCV's own thread pool switched off (once per process): beside torch's OpenMP
+    threads it can deadlock a later torch operation, and every caller here runs one image per thread."""
+    import cv2
+
+    cv2.setNumThreads(0)
+    return cv2
+
+
 def grey_if_equal(rgb: np.ndarray) -> np.ndarray:
     """``(H, W)`` when the three channels of ``rgb`` (``(H, W, 3)`` uint8) are equal, else ``rgb`` itself."""
     if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
@@ -450,7 +462,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # file to Pillow.
 PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"bKGD", b"pHYs",
                               b"tIME", b"tEXt"})
-TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
 # Text keywords Pillow reads an orientation from (``Image.getexif``: ImageMagick's "Raw profile type exif"
 # text, XMP's ``tiff:Orientation`` in "XML:com.adobe.xmp"; any keyword with "exif" or "xmp" to be safe): such a
 # file is turned by :func:`_open_pil`, so it goes to Pillow.
@@ -458,8 +469,9 @@ ORIENTATION_KEYWORDS = (b"exif", b"xmp")
 
 
 def _orientation_text(kind: bytes, body: bytes) -> bool:
-    """Whether a tEXt/zTXt/iTXt chunk's keyword (PNG 11.3.3: 1-79 bytes before a NUL) may carry an orientation."""
-    if kind not in TEXT_CHUNKS:
+    """Whether a tEXt chunk's keyword (PNG 11.3.3: 1-79 bytes before a NUL) may carry an orientation (zTXt and
+    iTXt never reach the fast path)."""
+    if kind != b"tEXt":
         return False
     keyword = body[:80].split(b"\0", 1)[0].lower()
     return any(word in keyword for word in ORIENTATION_KEYWORDS)
@@ -543,9 +555,7 @@ def read_plain_png(data: bytes) -> np.ndarray | None:
     (``cv2.imdecode``; about 15% less CPU than Pillow's on a 1024x1024 grey radiograph, BENCHMARKS.md), or None
     when OpenCV cannot decode it (the caller then asks Pillow, which explains what is wrong). The samples are
     those Pillow decodes (tests/test_data_png.py checks every PNG kind for equality)."""
-    import cv2
-
-    cv2.setNumThreads(0)  # as resize_cv2: no OpenCV thread pool beside torch's
+    cv2 = opencv()
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None or array.dtype != np.uint8 or array.ndim not in (2, 3):
         return None
@@ -655,9 +665,7 @@ def resize_cv2(mode: str, array: np.ndarray, size: int, *, mask: bool = False) -
     Raises:
         ValueError: another ``mode``.
     """
-    import cv2
-
-    cv2.setNumThreads(0)  # OpenCV's own thread pool next to torch's OpenMP threads can deadlock a later torch op
+    cv2 = opencv()
     if mode not in ("nearest", "linear"):
         raise ValueError(f"unknown OpenCV resize mode {mode!r}; use nearest or linear")
     if array.shape[0] == size and array.shape[1] == size:

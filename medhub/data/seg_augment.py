@@ -44,9 +44,10 @@ def released_pipeline(size: int = 224):
         An ``albumentations.Compose`` taking ``image`` (H, W[, C]) uint8 and ``mask`` (H, W) uint8.
     """
     import albumentations as A
-    import cv2
 
-    cv2.setNumThreads(0)  # OpenCV's own thread pool next to torch's OpenMP threads can deadlock a later torch op
+    from medhub.data.images import opencv
+
+    cv2 = opencv()
     reflect = cv2.BORDER_REFLECT_101  # albumentations 0.x default border for the three distortions
     low = round(size * 156 / 224)
     return A.Compose([
